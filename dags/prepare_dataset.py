@@ -1,0 +1,96 @@
+"""prepare_dataset: raw partitions -> a versioned, validated fine-tuning dataset.
+
+Nightly on the partition of the run's logical date (the day the data interval covers), backfillable per day,
+and triggerable from the UI for any partition or explicit source URIs. Publishing the version
+emits an event on the curated-dataset asset, which is what retraining listens to.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+
+from include.assets import CURATED_DATASET
+
+DEFAULTS = {
+    "owner": "ml-platform",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+}
+
+PARAMS = {
+    "partition": Param(
+        None, type=["null", "string"], format="date", pattern=r"^\d{4}-\d{2}-\d{2}$",
+        title="Partition date", section="Source",
+        description="Raw partition dt=YYYY-MM-DD to curate. Empty: the run's data interval day.",
+    ),
+    "source_uris": Param(
+        [], type="array", maxItems=64, section="Source", title="Explicit source URIs",
+        items={"type": "string", "pattern": r"^(file|s3)://(?!.*(^|/)\.\.(/|$))[^\s]+$", "maxLength": 1024},
+        description="Files or directories under <data root>/raw/. Overrides the partition when given.",
+    ),
+    "redact_pii": Param(True, type="boolean", title="Redact PII", section="Curation",
+                        description="Replace e-mails, phones, cards, IPs and AWS keys with placeholders."),
+    "near_dedup": Param(True, type="boolean", title="Near-duplicate removal", section="Curation",
+                        description="MinHash LSH over word trigrams, after exact deduplication."),
+    "dedup_threshold": Param(0.85, type="number", minimum=0.5, maximum=0.95, section="Curation",
+                             title="Near-duplicate threshold",
+                             description="Estimated Jaccard similarity at which two records are duplicates."),
+    "max_tokens": Param(2048, type="integer", minimum=64, maximum=131072, section="Curation",
+                        title="Max estimated tokens", description="Longer records are quarantined."),
+}
+
+
+@dag(
+    dag_id="prepare_dataset",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=3,
+    default_args=DEFAULTS,
+    params=PARAMS,
+    tags=["llmops", "data"],
+    doc_md=__doc__,
+)
+def prepare_dataset():
+    @task
+    def resolve_sources(params: dict, logical_date=None) -> list[str]:
+        from include.data.catalog import resolve_sources
+        from include.settings import get_settings
+
+        return resolve_sources(get_settings().data_root, params["partition"], params["source_uris"],
+                               logical_date)
+
+    @task(multiple_outputs=False, execution_timeout=timedelta(hours=2))
+    def curate(sources: list[str], params: dict, run_id: str) -> dict:
+        from include.data.catalog import stage
+        from include.data.pipeline import PrepConfig
+        from include.settings import get_settings
+
+        config = PrepConfig(redact_pii=params["redact_pii"], near_dedup=params["near_dedup"],
+                            dedup_threshold=params["dedup_threshold"], max_tokens=params["max_tokens"])
+        return stage(get_settings().data_root, sources, config, run_id)
+
+    @task(multiple_outputs=False, outlets=[CURATED_DATASET])
+    def publish(manifest: dict, run_id: str, outlet_events=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from include.data.catalog import asset_extra, publish, summary
+        from include.settings import get_settings
+
+        live, ours = publish(get_settings().data_root, manifest, run_id)
+        print(summary(live))
+        if not ours:
+            raise AirflowSkipException(
+                f"version {live['version']} was already published by run {live['run_id']}; no new asset event"
+            )
+        outlet_events[CURATED_DATASET].extra = asset_extra(live)
+        return asset_extra(live)
+
+    publish(curate(resolve_sources()))
+
+
+prepare_dataset()

@@ -1,0 +1,49 @@
+"""Text hygiene: Unicode normalization, control characters, whitespace, length bounds."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from include.data.records import Record, Rejected
+
+# C0/C1 controls except tab and newline, plus zero-width and bidi marks that hide in copied text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u3000]+")
+_BLANK_LINES = re.compile(r"\s*\n\s*\n\s*")
+_LINE_EDGES = re.compile(r" ?\n ?")
+
+
+def clean_text(text: str) -> str:
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL.sub("", text)
+    text = _SPACES.sub(" ", text)
+    if "\n" in text:
+        text = _BLANK_LINES.sub("\n\n", text)
+        text = _LINE_EDGES.sub("\n", text)
+    return text.strip()
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token for English BPE vocabularies; cheap and stable across runs."""
+    return (len(text) + 3) // 4
+
+
+def clean_record(record: Record, min_tokens: int, max_tokens: int) -> Record:
+    record.question = clean_text(record.question)
+    record.answer = clean_text(record.answer)
+    record.system = clean_text(record.system) if record.system else ""
+    record.contexts = [c for c in (clean_text(c) for c in record.contexts) if c]
+    if not record.question:
+        raise Rejected("empty_question", "empty after cleaning")
+    if not record.answer:
+        raise Rejected("empty_answer", "empty after cleaning")
+    tokens = estimate_tokens(record.question) + estimate_tokens(record.answer)
+    tokens += sum(estimate_tokens(c) for c in record.contexts) + estimate_tokens(record.system)
+    if tokens < min_tokens:
+        raise Rejected("too_short", f"{tokens} estimated tokens < {min_tokens}")
+    if tokens > max_tokens:
+        raise Rejected("too_long", f"{tokens} estimated tokens > {max_tokens}")
+    return record

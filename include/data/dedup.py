@@ -1,0 +1,130 @@
+"""Exact and near-duplicate detection that streams: memory grows only with the index.
+
+Exact duplicates share the 64-bit hash of their normalized text. Near duplicates share a MinHash
+LSH band over word trigrams. Signatures are computed for a whole batch at once with numpy
+(multiply-shift hashing, the high 32 bits of a*h+b), which is what makes 10^4+ records/s possible
+in Python; only the band keys are kept (one int per band per kept record), never the signatures.
+The band/row split comes from datasketch, which picks it to balance false positives and negatives
+at the threshold.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import numpy as np
+import xxhash
+
+_NON_WORD = re.compile(r"[\W_]+")
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0xC2B2AE3D27D4EB4F)
+_FNV = np.uint64(0x100000001B3)
+
+
+def normalize_for_dedup(text: str) -> str:
+    """Case, punctuation and spacing do not make two records different."""
+    return _NON_WORD.sub(" ", text.casefold()).strip()
+
+
+def content_hash(normalized: str) -> int:
+    return xxhash.xxh3_64_intdigest(normalized.encode())
+
+
+class ExactDeduplicator:
+    def __init__(self) -> None:
+        self._seen: set[int] = set()
+
+    def is_duplicate(self, normalized: str) -> bool:
+        key = content_hash(normalized)
+        if key in self._seen:
+            return True
+        self._seen.add(key)
+        return False
+
+
+@lru_cache(maxsize=16)
+def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows) that minimise weighted false positives and negatives at `threshold`."""
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    return lsh.b, lsh.r
+
+
+class NearDuplicateIndex:
+    """MinHash LSH over word trigrams; the first record of a near-duplicate cluster is kept."""
+
+    def __init__(self, threshold: float = 0.85, num_perm: int = 128, seed: int = 1):
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"dedup threshold must be in (0, 1], got {threshold}")
+        self.bands, self.rows = lsh_bands(threshold, num_perm)
+        rng = np.random.default_rng(seed)
+        self._a = rng.integers(1, 2**63, num_perm, dtype=np.uint64) | np.uint64(1)
+        self._b = rng.integers(0, 2**63, num_perm, dtype=np.uint64)
+        self._band_tag = np.arange(self.bands, dtype=np.uint64) << np.uint64(56)
+        self._seen: set[int] = set()
+
+    def signatures(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), num_perm) uint32 MinHash signatures of normalized texts."""
+        token_hashes: list[int] = []
+        counts = np.empty(len(texts), dtype=np.int64)
+        h = xxhash.xxh64_intdigest
+        for i, text in enumerate(texts):
+            tokens = text.encode().split() or [b""]
+            token_hashes.extend(map(h, tokens))
+            counts[i] = len(tokens)
+        t = np.fromiter(token_hashes, dtype=np.uint64, count=len(token_hashes))
+        with np.errstate(over="ignore"):
+            # trigram hash at every position; positions that would cross a record are never read
+            tri = np.empty_like(t)
+            tri[:-2] = (t[:-2] * _M1) ^ (t[1:-1] * _M2) ^ t[2:]
+            tri[-2:] = t[-2:]
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        n_shingles = np.maximum(counts - 2, 1)  # records under three tokens: one "shingle" of its first
+        idx = np.repeat(starts, n_shingles) + _ranges(n_shingles)
+        offsets = np.concatenate(([0], np.cumsum(n_shingles)[:-1]))
+        shingles = tri[idx]
+        for i in np.flatnonzero(counts < 3):  # hash a short record whole, so "a b" != "a"
+            shingles[offsets[i]] = xxhash.xxh64_intdigest(texts[i].encode())
+        out = np.empty((len(texts), len(self._a)), dtype=np.uint32)
+        for lo in range(0, len(texts), 128):  # keep the (shingles x perms) block in cache
+            hi = min(lo + 128, len(texts))
+            first, last = offsets[lo], offsets[hi] if hi < len(texts) else len(shingles)
+            with np.errstate(over="ignore"):
+                block = (shingles[first:last, None] * self._a + self._b) >> np.uint64(32)
+            out[lo:hi] = np.minimum.reduceat(block, offsets[lo:hi] - first, axis=0)
+        return out
+
+    def band_keys(self, signatures: np.ndarray) -> np.ndarray:
+        sig = signatures[:, : self.bands * self.rows].astype(np.uint64).reshape(len(signatures), self.bands,
+                                                                                 self.rows)
+        keys = np.zeros((len(signatures), self.bands), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for j in range(self.rows):
+                keys = (keys * _FNV) ^ sig[:, :, j]
+        return (keys >> np.uint64(8)) ^ self._band_tag
+
+    def add_batch(self, texts: list[str]) -> list[bool]:
+        """For each normalized text in order: True if it near-duplicates one already indexed."""
+        if not texts:
+            return []
+        seen = self._seen
+        flags = []
+        for row in self.band_keys(self.signatures(texts)).tolist():
+            if any(k in seen for k in row):
+                flags.append(True)
+            else:
+                seen.update(row)
+                flags.append(False)
+        return flags
+
+
+def _ranges(lengths: np.ndarray) -> np.ndarray:
+    """Concatenated arange(n) for each n in lengths, without a Python loop."""
+    total = int(lengths.sum())
+    ends = np.cumsum(lengths)
+    out = np.ones(total, dtype=np.int64)
+    out[0] = 0
+    out[ends[:-1]] = 1 - lengths[:-1]
+    return np.cumsum(out)

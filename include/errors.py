@@ -1,0 +1,9 @@
+"""Errors that name bad input. Airflow fails these at once: a retry cannot fix a wrong value."""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowFailException
+
+
+class InputError(AirflowFailException, ValueError):
+    """A parameter, source or setting the run cannot use; nothing was written."""

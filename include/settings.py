@@ -1,0 +1,87 @@
+"""One typed settings object, read from the environment.
+
+Both profiles build the same DAGs; only these values differ. Everything is read once per
+process (`get_settings()`), validated eagerly, and a bad value fails with the variable's name
+and what it accepts, before any task does work.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ("local", "eks")
+
+Profile = Literal["local", "eks"]
+
+
+class SettingsError(ValueError):
+    """A setting in the environment has a value the project cannot use."""
+
+
+def _uri(name: str, value: str, schemes: tuple[str, ...]) -> str:
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in schemes or not rest.strip("/"):
+        raise SettingsError(f"{name}={value!r}: expected a URI with scheme {' or '.join(schemes)}://")
+    return value.rstrip("/")
+
+
+def _k8s_name(name: str, value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+        raise SettingsError(f"{name}={value!r}: not a valid Kubernetes name (RFC 1123 label)")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: Profile = "local"
+    data_root: str = f"file://{PROJECT_ROOT / '.data'}"
+    aws_conn_id: str = "aws_default"
+    mlflow_tracking_uri: str = f"sqlite:///{PROJECT_ROOT / '.mlflow' / 'mlflow.db'}"
+    kubernetes_conn_id: str = "kubernetes_default"
+    training_namespace: str = "llm-training"
+    serving_namespace: str = "llm-serving"
+    training_pool: str = "gpu-training-pool"
+    experiment_pool: str = "gpu-experiment-pool"
+    inference_pool: str = "gpu-inference-pool"
+    trainer_image: str = "ghcr.io/llmops-finetune/nemo-trainer:0.1.0"
+    evaluator_image: str = "ghcr.io/llmops-finetune/evaluator:0.1.0"
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise SettingsError(f"LLMOPS_PROFILE={self.profile!r}: expected one of {', '.join(PROFILES)}")
+        schemes = ("s3",) if self.profile == "eks" else ("file", "s3")
+        object.__setattr__(self, "data_root", _uri("LLMOPS_DATA_ROOT", self.data_root, schemes))
+        for f in ("training_namespace", "serving_namespace", "training_pool", "experiment_pool",
+                  "inference_pool"):
+            _k8s_name(f"LLMOPS_{f.upper()}", getattr(self, f))
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Read `LLMOPS_<FIELD>` for every field; unset or empty keeps the default."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f"LLMOPS_{f.name.upper()}", "").strip()
+            if raw:
+                values[f.name] = raw
+        return cls(**values)
+
+    @property
+    def is_local(self) -> bool:
+        return self.profile == "local"
+
+    def storage_conn_id(self) -> str | None:
+        """Connection for ObjectStoragePath: S3 needs the AWS connection, file:// needs none."""
+        return self.aws_conn_id if self.data_root.startswith("s3://") else None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()

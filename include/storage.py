@@ -1,0 +1,71 @@
+"""Object storage through Airflow's ObjectStoragePath: the same code on file:// and s3://.
+
+Publishing is the one subtle part. A directory is visible to readers only once its
+`manifest.json` exists; it is always the last object written. On a local filesystem the staged
+directory (manifest included) is renamed into place in one atomic step; on S3, which has no
+rename, the data objects are copied first and the manifest last, so a reader that trusts only
+manifests never sees half a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+MANIFEST = "manifest.json"
+
+
+def storage_path(uri: str, conn_id: str | None = None) -> ObjectStoragePath:
+    from airflow.sdk import ObjectStoragePath
+
+    if conn_id is None and uri.startswith("s3://"):
+        from include.settings import get_settings
+
+        conn_id = get_settings().aws_conn_id
+    return ObjectStoragePath(uri, conn_id=conn_id)
+
+
+def is_local(path: ObjectStoragePath) -> bool:
+    return path.protocol in ("file", "local")
+
+
+def remove_tree(path: ObjectStoragePath) -> None:
+    if path.exists():
+        path.fs.rm(path.path, recursive=True)
+
+
+def read_json(path: ObjectStoragePath) -> dict:
+    return json.loads(path.read_bytes())
+
+
+def is_published(directory: ObjectStoragePath) -> bool:
+    return (directory / MANIFEST).exists()
+
+
+def publish_dir(staging: ObjectStoragePath, final: ObjectStoragePath, manifest: dict) -> bool:
+    """Make `staging` visible as `final`; False (and nothing rewritten) if `final` already is."""
+    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    if is_published(final):
+        remove_tree(staging)
+        return False
+    remove_tree(final)  # an earlier publish that died before its manifest: invisible, start over
+    if is_local(staging) and is_local(final):
+        (staging / MANIFEST).write_bytes(body)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(staging.path, final.path)
+        except OSError:
+            if not is_published(final):
+                raise
+            remove_tree(staging)  # a concurrent publisher of the same content won the rename
+            return False
+        return True
+    for item in sorted(staging.iterdir(), key=lambda p: p.name):
+        item.copy(final / item.name)
+    (final / MANIFEST).write_bytes(body)
+    remove_tree(staging)
+    return True

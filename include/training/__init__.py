@@ -1,0 +1,1 @@
+"""Training stage: the trainer entrypoint, its local (tiny) and EKS (NeMo) backends, the local launcher."""

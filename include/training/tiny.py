@@ -1,0 +1,645 @@
+"""The local backend: a tiny byte-level causal transformer trained from scratch on CPU.
+
+It stands in for NeMo on the `local` profile and keeps every contract the EKS path has: the same
+rank environment (DDP over gloo instead of NCCL), atomic step checkpoints with resume on a shared
+directory, a per-step metrics series, and a Hugging Face-like export the evaluation stage loads
+with `load_model` / `generate`.
+
+Bytes are the vocabulary (0-255) plus a few special ids, so there is no tokenizer to ship or
+download; the prompt template matches NeMo's FineTuningDataModule: "{input} {output}", with the
+loss on the output part only. The plan's `method` and `lora_rank` are accepted and ignored here:
+there is no base model to adapt, so all weights train from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+import uuid
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+PAD_ID, BOS_ID, EOS_ID = 256, 257, 258
+VOCAB_SIZE = 259
+IGNORE_INDEX = -100
+PROMPT_TEMPLATE = "{input} {output}"
+ARCHITECTURE = "TinyByteLMForCausalLM"
+KEEP_CHECKPOINTS = 3
+VALIDATION_RECORDS = 128
+
+
+# ---------------------------------------------------------------- tokenizer and data
+
+
+def encode_text(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+
+def decode_ids(ids: list[int]) -> str:
+    return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+
+def prompt_text(input_text: str) -> str:
+    """The part of the template before the answer: what the model is conditioned on."""
+    return PROMPT_TEMPLATE.split("{output}")[0].format(input=input_text)
+
+
+def encode_example(input_text: str, output_text: str, seq_length: int) -> tuple[list[int], list[int]]:
+    """Token ids and next-token labels for one record, loss only on the answer and EOS.
+
+    Over-long records keep the answer (up to half the window) and drop the oldest prompt bytes,
+    as NeMo truncates the `input` field first.
+    """
+    prompt = encode_text(prompt_text(input_text))
+    answer = [*encode_text(output_text), EOS_ID]
+    budget = seq_length + 1  # inputs and shifted labels both have seq_length positions
+    answer = answer[: max(budget // 2, budget - 1 - len(prompt))]
+    room = budget - 1 - len(answer)
+    prompt = prompt[len(prompt) - room :] if room > 0 else []
+    tokens = [BOS_ID, *prompt, *answer]
+    n_prompt = 1 + len(prompt)
+    inputs = tokens[:-1]
+    labels = [tok if pos + 1 >= n_prompt else IGNORE_INDEX for pos, tok in enumerate(tokens[1:])]
+    return inputs, labels
+
+
+def collate(examples: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest example: causal attention never lets real tokens see the pads."""
+    width = max(len(inp) for inp, _ in examples)
+    ids = torch.full((len(examples), width), PAD_ID, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (inp, lab) in enumerate(examples):
+        ids[row, : len(inp)] = torch.tensor(inp)
+        labels[row, : len(lab)] = torch.tensor(lab)
+    return ids, labels
+
+
+def read_records(path: Path) -> list[dict[str, str]]:
+    records = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if not isinstance(rec.get("input"), str) or not isinstance(rec.get("output"), str):
+                raise ValueError(f"{path.name}:{lineno}: a record needs string 'input' and 'output'")
+            records.append(rec)
+    if not records:
+        raise ValueError(f"{path.name}: no records")
+    return records
+
+
+class BatchPlan:
+    """Which records each rank uses at each step: a pure function of (seed, step, rank).
+
+    Global sample k of the run is record perm_e[k mod N] with e = k // N (a fresh shuffle per
+    epoch). Because it depends on nothing but the step, a resumed run sees exactly the batches
+    an uninterrupted one would, with no data-loader state to checkpoint.
+    """
+
+    def __init__(self, n_records: int, global_batch: int, world_size: int, seed: int):
+        if global_batch % world_size:
+            raise ValueError("global batch must split evenly across ranks")
+        self.n, self.global_batch, self.world, self.seed = n_records, global_batch, world_size, seed
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:
+                self._perms.clear()
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms[epoch] = torch.randperm(self.n, generator=gen).tolist()
+        return self._perms[epoch]
+
+    def indices(self, step: int, rank: int) -> list[int]:
+        """Record indices for 1-based `step` on `rank`: its disjoint slice of the global batch."""
+        per_rank = self.global_batch // self.world
+        start = (step - 1) * self.global_batch + rank * per_rank
+        return [self._perm(k // self.n)[k % self.n] for k in range(start, start + per_rank)]
+
+
+# ---------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    vocab_size: int = VOCAB_SIZE
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 128
+
+    def to_hf(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "architectures": [ARCHITECTURE],
+            "model_type": "tiny-byte-lm",
+            **asdict(self),
+            "bos_token_id": BOS_ID,
+            "eos_token_id": EOS_ID,
+            "pad_token_id": PAD_ID,
+            "tie_word_embeddings": True,
+            "torch_dtype": "float32",
+            **extra,
+        }
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> TinyConfig:
+        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        self.heads = cfg.num_attention_heads
+        self.ln1 = nn.LayerNorm(cfg.hidden_size)
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.ln2 = nn.LayerNorm(cfg.hidden_size)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.hidden_size, cfg.intermediate_size),
+            nn.GELU(),
+            nn.Linear(cfg.intermediate_size, cfg.hidden_size),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.ln2(x))
+
+
+class TinyByteLM(nn.Module):
+    """Pre-norm GPT with learned positions; the output head is the (tied) byte embedding."""
+
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.pos = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = nn.LayerNorm(cfg.hidden_size)
+        for name, p in self.named_parameters():
+            if p.dim() > 1:
+                nn.init.normal_(p, std=0.02)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        h = self.embed(ids) + self.pos(positions)
+        for block in self.blocks:
+            h = block(h)
+        return self.norm(h) @ self.embed.weight.T
+
+
+def token_loss_sum(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = model(ids)
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+# ---------------------------------------------------------------- checkpoints and metrics
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    with path.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_checkpoint(root: Path, step: int, state: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write `root/step-<step>/` so that it either exists complete or not at all.
+
+    Files go to a hidden temp dir, are fsynced, `meta.json` is written last, then one rename
+    publishes the directory and `latest` is replaced atomically. A crash at any point leaves
+    only a `.tmp-*` dir that the next start removes.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = root / f".tmp-step-{step}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(state, tmp / "state.pt")
+    with (tmp / "state.pt").open("rb+") as fh:
+        os.fsync(fh.fileno())
+    _write_durable(tmp / "meta.json", json.dumps({**meta, "step": step}, sort_keys=True).encode())
+    _fsync_dir(tmp)
+    if final.exists():  # the same step again (a retry after the marker lagged): replace it
+        trash = root / f".trash-step-{step}-{os.getpid()}"
+        final.rename(trash)
+        tmp.rename(final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    marker_tmp = root / f".latest.tmp-{os.getpid()}"
+    _write_durable(marker_tmp, f"{final.name}\n".encode())
+    os.replace(marker_tmp, root / "latest")
+    _fsync_dir(root)
+    return final
+
+
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of every finished checkpoint, oldest first; a dir without meta.json is not one."""
+    found = []
+    if not root.is_dir():
+        return found
+    for path in root.glob("step-*"):
+        suffix = path.name.removeprefix("step-")
+        if not suffix.isdigit() or not (path / "meta.json").is_file() or not (path / "state.pt").is_file():
+            continue
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("step") == int(suffix):
+            found.append((int(suffix), path))
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path) -> tuple[int, Path] | None:
+    """The newest complete checkpoint. The `latest` marker is a hint for people and tools; the
+    scan is the truth, so a crash between the rename and the marker update loses nothing."""
+    found = complete_checkpoints(root)
+    return found[-1] if found else None
+
+
+def clean_partial_checkpoints(root: Path) -> None:
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.name.startswith((".tmp-step-", ".trash-step-", ".latest.tmp-")):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+
+def prune_checkpoints(root: Path, keep: int = KEEP_CHECKPOINTS) -> None:
+    for _, path in complete_checkpoints(root)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class MetricsLog:
+    """`metrics.jsonl` beside the checkpoints: one line per step, continued across resumes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+                out.append(rec)
+        return out
+
+    def truncate_after(self, step: int) -> list[dict[str, Any]]:
+        """Keep each step <= `step` once; later lines are from steps the resume will redo."""
+        seen: dict[int, dict[str, Any]] = {}
+        for rec in self.read():
+            if rec["step"] <= step and rec["step"] not in seen:
+                seen[rec["step"]] = rec
+        kept = [seen[s] for s in sorted(seen)]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        _write_durable(tmp, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
+        os.replace(tmp, self.path)
+        return kept
+
+    def append(self, rec: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------- training
+
+
+def lr_at(step: int, max_steps: int, peak: float) -> float:
+    """Linear warmup, then cosine decay to 10% of peak: stateless, so resume needs no scheduler."""
+    import math
+
+    warmup = max(1, min(20, max_steps // 10))
+    if step <= warmup:
+        return peak * step / warmup
+    progress = (step - warmup) / max(1, max_steps - warmup)
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def _broadcast(obj: Any, world: int) -> Any:
+    if world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, examples: list[tuple[list[int], list[int]]], batch: int = 16) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch):
+        ids, labels = collate(examples[i : i + batch])
+        total += float(token_loss_sum(model, ids, labels))
+        count += int((labels != IGNORE_INDEX).sum())
+    model.train()
+    return total / max(count, 1)
+
+
+def train(plan: dict[str, Any], env: Any, *, dataset_dir: Path, export_dir: Path) -> dict[str, Any]:
+    """Run (or resume) the plan on this rank; rank 0 also writes the export into `export_dir`."""
+    torch.set_num_threads(1)
+    world, rank = env.world_size, env.rank
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://{env.master_addr}:{env.master_port}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(minutes=5),
+        )
+    try:
+        return _train(plan, env, dataset_dir=dataset_dir, export_dir=export_dir)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(plan: dict[str, Any], env: Any, *, dataset_dir: Path, export_dir: Path) -> dict[str, Any]:
+    world, rank = env.world_size, env.rank
+    seq_length, max_steps = plan["seq_length"], plan["max_steps"]
+    micro, global_batch = plan["micro_batch_size"], plan["global_batch_size"]
+    ckpt_root = Path(plan["checkpoint_dir"])
+
+    examples = [
+        encode_example(r["input"], r["output"], seq_length) for r in read_records(dataset_dir / "training.jsonl")
+    ]
+    batches = BatchPlan(len(examples), global_batch, world, plan["seed"])
+    cfg = TinyConfig(max_position_embeddings=seq_length)
+
+    torch.manual_seed(plan["seed"])
+    random.seed(plan["seed"])
+    model = TinyByteLM(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=plan["learning_rate"], betas=(0.9, 0.95), weight_decay=0.01)
+
+    # Rank 0 decides where to resume from and tells the others, so all ranks load the same step.
+    chosen = None
+    if rank == 0:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        clean_partial_checkpoints(ckpt_root)
+        found = latest_checkpoint(ckpt_root)
+        chosen = str(found[1]) if found else None
+    chosen = _broadcast(chosen, world)
+
+    start_step, tokens_seen = 0, 0
+    if chosen is not None:
+        state = torch.load(Path(chosen) / "state.pt", map_location="cpu", weights_only=True)
+        if state["model_config"] != asdict(cfg):
+            raise RuntimeError(
+                f"checkpoint {chosen} was made with model {state['model_config']}, "
+                f"this plan builds {asdict(cfg)}; use a fresh checkpoint_dir"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rngs = state["rng"]
+        if len(rngs) == world:
+            _set_rng_state(rngs[rank])
+        start_step, tokens_seen = state["step"], state["tokens_seen"]
+
+    ddp: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(model)
+
+    attempt = uuid.uuid4().hex[:12]
+    log = MetricsLog(ckpt_root / "metrics.jsonl")
+    if rank == 0:
+        log.truncate_after(start_step)
+        print(
+            f"tiny: rank 0 of {world}, steps {start_step + 1}..{max_steps}"
+            f" ({'resumed' if start_step else 'fresh'}), attempt {attempt}",
+            flush=True,
+        )
+
+    started = time.monotonic()
+    last_ckpt = chosen
+    for step in range(start_step + 1, max_steps + 1):
+        lr = lr_at(step, max_steps, plan["learning_rate"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        shard = [examples[i] for i in batches.indices(step, rank)]
+        label_tokens = sum(sum(1 for t in lab if t != IGNORE_INDEX) for _, lab in shard)
+        input_tokens = sum(len(inp) for inp, _ in shard)
+        chunks = [shard[i : i + micro] for i in range(0, len(shard), micro)]
+        loss_sum = 0.0
+        for i, chunk in enumerate(chunks):
+            ids, labels = collate(chunk)
+            # Sync gradients only on the last micro-batch of the step (gradient accumulation).
+            sync = world == 1 or i == len(chunks) - 1
+            with nullcontext() if sync else ddp.no_sync():
+                loss = token_loss_sum(ddp, ids, labels)
+                (loss / max(label_tokens, 1)).backward()
+            loss_sum += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        totals = torch.tensor([loss_sum, float(label_tokens), float(input_tokens)], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(totals)
+        step_loss = float(totals[0] / max(totals[1], 1.0))
+        tokens_seen += int(totals[2])
+        if rank == 0:
+            log.append(
+                {
+                    "step": step,
+                    "loss": round(step_loss, 6),
+                    "lr": lr,
+                    "tokens_seen": tokens_seen,
+                    "attempt": attempt,
+                    "time": round(time.time(), 3),
+                }
+            )
+
+        if step % plan["checkpoint_interval"] == 0 or step == max_steps:
+            rngs = [None] * world
+            if world > 1:
+                dist.all_gather_object(rngs, _rng_state())
+            else:
+                rngs = [_rng_state()]
+            if rank == 0:
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": rngs,
+                    "step": step,
+                    "tokens_seen": tokens_seen,
+                    "model_config": asdict(cfg),
+                }
+                path = write_checkpoint(
+                    ckpt_root, step, state, {"run_name": plan["run_name"], "tokens_seen": tokens_seen}
+                )
+                prune_checkpoints(ckpt_root)
+                last_ckpt = str(path)
+    train_seconds = time.monotonic() - started
+
+    result: dict[str, Any] = {}
+    if rank == 0:
+        if last_ckpt is None:  # nothing to do and nothing saved: cannot happen with max_steps >= 1
+            raise RuntimeError("no checkpoint was produced")
+        history = log.read()
+        steps_run = max_steps - start_step
+        val_path = dataset_dir / "validation.jsonl"
+        val_loss = None
+        if val_path.is_file():
+            val = [
+                encode_example(r["input"], r["output"], seq_length) for r in read_records(val_path)[:VALIDATION_RECORDS]
+            ]
+            val_loss = round(evaluate_loss(model, val), 6)
+        metrics = {
+            "initial_loss": history[0]["loss"] if history else None,
+            "final_loss": history[-1]["loss"] if history else None,
+            "steps": history[-1]["step"] if history else start_step,
+            "resumed_from_step": start_step,
+            "tokens_seen": tokens_seen,
+            "train_seconds": round(train_seconds, 3),
+            "steps_per_second": round(steps_run / train_seconds, 3) if steps_run and train_seconds else None,
+            "validation_loss": val_loss,
+            "world_size": world,
+        }
+        export_model(model, export_dir / "model", base_model=plan["base_model"], run_name=plan["run_name"])
+        (export_dir / "metrics.json").write_text(
+            json.dumps(
+                {"run_name": plan["run_name"], "backend": "tiny", **metrics, "history": history},
+                sort_keys=True,
+            )
+        )
+        result = {"checkpoint_uri": Path(last_ckpt).resolve().as_uri(), "metrics": metrics}
+    if world > 1:
+        dist.barrier()  # nobody tears the group down while rank 0 still evaluates
+    return result
+
+
+# ---------------------------------------------------------------- export, load, generate
+
+
+def export_model(model: TinyByteLM, out_dir: Path, *, base_model: str = "tiny-byte-lm", run_name: str = "") -> Path:
+    """A Hugging Face-like directory: config, safetensors weights, tokenizer and generation defaults."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(out_dir / "model.safetensors", 0o644)  # safetensors writes 0600; evaluators may run as another user
+    (out_dir / "config.json").write_text(
+        json.dumps(cfg.to_hf(base_model=base_model, run_name=run_name), indent=2, sort_keys=True)
+    )
+    (out_dir / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "ByteLevelTokenizer",
+                "encoding": "utf-8 bytes: token id = byte value (0-255)",
+                "vocab_size": VOCAB_SIZE,
+                "bos_token_id": BOS_ID,
+                "eos_token_id": EOS_ID,
+                "pad_token_id": PAD_ID,
+                "add_bos_token": True,
+                "prompt_template": PROMPT_TEMPLATE,
+                "model_max_length": cfg.max_position_embeddings,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+    )
+    (out_dir / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": BOS_ID,
+                "eos_token_id": EOS_ID,
+                "pad_token_id": PAD_ID,
+                "do_sample": False,
+                "max_new_tokens": 64,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+    )
+    return out_dir
+
+
+def load_model(model_dir: str | Path) -> TinyByteLM:
+    """Load an exported tiny model (a directory, or a file:// URI of one) ready for `generate`."""
+    from safetensors.torch import load_file
+
+    path = Path(str(model_dir).removeprefix("file://"))
+    cfg = json.loads((path / "config.json").read_text())
+    if ARCHITECTURE not in cfg.get("architectures", []):
+        raise ValueError(f"{path}: not a tiny byte-level model (architectures={cfg.get('architectures')})")
+    model = TinyByteLM(TinyConfig.from_hf(cfg))
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def generate(model: TinyByteLM, prompt: str, max_new_tokens: int = 64, *, template: bool = True) -> str:
+    """Greedy byte-level continuation of `prompt`, stopping at EOS.
+
+    With `template` (the default) the prompt is the `input` of "{input} {output}", as in training,
+    so `generate(model, question)` returns the model's answer.
+    """
+    model.eval()
+    window = model.config.max_position_embeddings
+    ids = [BOS_ID, *encode_text(prompt_text(prompt) if template else prompt)]
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        context = torch.tensor([ids[-window:]])
+        logits = model(context)[0, -1]
+        logits[PAD_ID] = logits[BOS_ID] = float("-inf")
+        nxt = int(logits.argmax())
+        if nxt == EOS_ID:
+            break
+        ids.append(nxt)
+        out.append(nxt)
+    return decode_ids(out)

@@ -1,0 +1,33 @@
+import pytest
+
+from include.settings import Settings, SettingsError
+
+
+def test_defaults_are_the_local_profile():
+    s = Settings.from_env({})
+    assert s.profile == "local" and s.is_local
+    assert s.data_root.startswith("file://")
+    assert s.storage_conn_id() is None
+
+
+def test_environment_overrides_and_trailing_slashes():
+    s = Settings.from_env({"LLMOPS_PROFILE": "eks", "LLMOPS_DATA_ROOT": "s3://bucket/llmops/",
+                           "LLMOPS_TRAINING_NAMESPACE": "team-a", "LLMOPS_AWS_CONN_ID": "aws_llm"})
+    assert (s.profile, s.data_root, s.training_namespace) == ("eks", "s3://bucket/llmops", "team-a")
+    assert s.storage_conn_id() == "aws_llm"
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"LLMOPS_PROFILE": "prod"}, "LLMOPS_PROFILE='prod': expected one of local, eks"),
+        ({"LLMOPS_DATA_ROOT": "/tmp/data"}, "LLMOPS_DATA_ROOT='/tmp/data': expected a URI"),
+        ({"LLMOPS_PROFILE": "eks", "LLMOPS_DATA_ROOT": "file:///data"}, "with scheme s3://"),
+        ({"LLMOPS_DATA_ROOT": "s3://"}, "expected a URI"),
+        ({"LLMOPS_TRAINING_NAMESPACE": "Team_A"}, "LLMOPS_TRAINING_NAMESPACE='Team_A': not a valid Kubernetes name"),
+    ],
+)
+def test_bad_values_fail_with_the_variable_name(env, message):
+    with pytest.raises(SettingsError) as e:
+        Settings.from_env(env)
+    assert message in str(e.value)

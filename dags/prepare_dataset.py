@@ -75,13 +75,13 @@ def prepare_dataset():
         return stage(get_settings().data_root, sources, config, run_id)
 
     @task(multiple_outputs=False, outlets=[CURATED_DATASET])
-    def publish(manifest: dict, run_id: str, outlet_events=None) -> dict:
+    def publish(manifest: dict, run_id: str, dag_run=None, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
         from include.data.catalog import asset_extra, publish, summary
         from include.settings import get_settings
 
-        live, ours = publish(get_settings().data_root, manifest, run_id)
+        live, ours = publish(get_settings().data_root, manifest, run_id, f"{run_id}#{dag_run.clear_number}")
         print(summary(live))
         if not ours:
             raise AirflowSkipException(

@@ -50,6 +50,7 @@ class Settings:
     training_pool: str = "gpu-training-pool"
     experiment_pool: str = "gpu-experiment-pool"
     inference_pool: str = "gpu-inference-pool"
+    checkpoint_root: str = ""  # a shared filesystem; default: <repo>/.data/checkpoints or /checkpoints (FSx)
     trainer_image: str = "ghcr.io/llmops-finetune/nemo-trainer:0.1.0"
     evaluator_image: str = "ghcr.io/llmops-finetune/evaluator:0.1.0"
 
@@ -58,6 +59,11 @@ class Settings:
             raise SettingsError(f"LLMOPS_PROFILE={self.profile!r}: expected one of {', '.join(PROFILES)}")
         schemes = ("s3",) if self.profile == "eks" else ("file", "s3")
         object.__setattr__(self, "data_root", _uri("LLMOPS_DATA_ROOT", self.data_root, schemes))
+        if not self.checkpoint_root:
+            default = "/checkpoints" if self.profile == "eks" else str(PROJECT_ROOT / ".data" / "checkpoints")
+            object.__setattr__(self, "checkpoint_root", default)
+        if not self.checkpoint_root.startswith("/"):
+            raise SettingsError(f"LLMOPS_CHECKPOINT_ROOT={self.checkpoint_root!r}: expected an absolute path")
         for f in ("training_namespace", "serving_namespace", "training_pool", "experiment_pool",
                   "inference_pool"):
             _k8s_name(f"LLMOPS_{f.upper()}", getattr(self, f))

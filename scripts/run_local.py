@@ -12,22 +12,8 @@ import sys
 from pathlib import Path
 
 from include.data.catalog import latest_version, summary
-from include.settings import PROJECT_ROOT, get_settings
-from include.storage import storage_path
-
-SAMPLE = PROJECT_ROOT / "include" / "sample_data" / "raw"
-
-
-def stage_sample(data_root: str) -> str:
-    """Copy the sample partitions under <data root>/raw (skipping files already there)."""
-    raw = storage_path(f"{data_root}/raw")
-    for src in sorted(p for p in SAMPLE.rglob("*") if p.is_file()):
-        dest = raw / str(src.relative_to(SAMPLE))
-        if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(src.read_bytes())
-    return str(raw)
-
+from include.sample_data import stage_sample
+from include.settings import get_settings
 
 def dags_test(dag_id: str, conf: dict) -> None:
     cmd = ["airflow", "dags", "test", dag_id, "--conf", json.dumps(conf)]

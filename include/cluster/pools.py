@@ -62,6 +62,7 @@ class InstanceType:
     gpus: int
     gpu_model: str
     gpu_memory_gib: int
+    gpu_bf16_tflops: float
     efa_interfaces: int
     gpudirect_rdma: bool
     vcpu: int

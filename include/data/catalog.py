@@ -57,11 +57,12 @@ def stage(data_root: str, sources: list[str], config: PrepConfig, run_id: str) -
     return manifest
 
 
-def publish(data_root: str, manifest: dict, run_id: str) -> tuple[dict, bool]:
+def publish(data_root: str, manifest: dict, run_id: str, attempt_key: str | None = None) -> tuple[dict, bool]:
     """Publish the staged run as its version. Returns the live manifest and whether this run made it.
 
     Idempotent: if the version is already published the staged copy is dropped and nothing is
-    rewritten; a retry of the run that published it still counts as its publisher.
+    rewritten. `attempt_key` tells a retry (same key: still the publisher, so its asset event is
+    not lost) from a cleared or reprocessed run (new key: not the publisher, no second event).
     """
     version_uri = f"{curated_root(data_root)}/{manifest['version']}"
     final = storage_path(version_uri)
@@ -69,13 +70,14 @@ def publish(data_root: str, manifest: dict, run_id: str) -> tuple[dict, bool]:
         **manifest,
         "uri": version_uri,
         "run_id": run_id,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "publisher": attempt_key or run_id,
+        "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
         "uris": {**{split: f"{version_uri}/{name}" for split, name in SPLIT_FILES.items()},
                  "eval": f"{version_uri}/{EVAL_FILE}", "quarantine": f"{version_uri}/{QUARANTINE_FILE}"},
     }
     created = publish_dir(storage_path(staging_uri(data_root, run_id)), final, manifest)
     live = read_json(final / MANIFEST)
-    return live, created or live.get("run_id") == run_id
+    return live, created or live.get("publisher") == (attempt_key or run_id)
 
 
 def list_versions(data_root: str) -> list[dict]:
@@ -118,3 +120,17 @@ def summary(manifest: dict) -> str:
         "  pii redacted: " + (", ".join(f"{k} {v}" for k, v in sorted(manifest["pii"].items())) or "none"),
     ]
     return "\n".join(lines)
+
+
+def resolve_version(data_root: str, requested: str | None, event_versions: list[str]) -> dict:
+    """The dataset a training run uses: the param, else the triggering asset event's, else the latest."""
+    version = requested or (event_versions[-1] if event_versions else None)
+    if version is None:
+        latest = latest_version(data_root)
+        if latest is None:
+            raise InputError(f"no published dataset under {curated_root(data_root)}: run prepare_dataset first")
+        return latest
+    directory = storage_path(f"{curated_root(data_root)}/{version}")
+    if not re.fullmatch(r"[0-9a-f]{16}", version) or not is_published(directory):
+        raise InputError(f"dataset version {version!r} is not published under {curated_root(data_root)}")
+    return read_json(directory / MANIFEST)

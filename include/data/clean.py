@@ -10,6 +10,7 @@ from include.data.records import Record, Rejected
 # C0/C1 controls except tab and newline, plus zero-width and bidi marks that hide in copied text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u3000]+")
+_ODD_SPACE = re.compile(r"[\t\u00a0\u2000-\u200a\u3000]")  # every space but " "
 _BLANK_LINES = re.compile(r"\s*\n\s*\n\s*")
 _LINE_EDGES = re.compile(r" ?\n ?")
 
@@ -19,7 +20,8 @@ def clean_text(text: str) -> str:
         text = unicodedata.normalize("NFKC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
-    text = _SPACES.sub(" ", text)
+    if "  " in text or _ODD_SPACE.search(text):  # else every run is a single " " already
+        text = _SPACES.sub(" ", text)
     if "\n" in text:
         text = _BLANK_LINES.sub("\n\n", text)
         text = _LINE_EDGES.sub("\n", text)

@@ -1360,8 +1360,7 @@ def _plan() -> Plan:
         dup("How does a container request a GPU in Kubernetes?"),
         near("Which disruptions does a PodDisruptionBudget protect against?", "question",
              "Which disruptions does", "which disruptions does"),
-        near("What does the NeMo distributed optimizer shard?", "question",
-             "What does the NeMo distributed optimizer shard?", "What does NeMo's distributed optimizer shard?"),
+        near("What does the NeMo distributed optimizer shard?", "answer", "ZeRO stage 1.", "ZeRO stage one."),
         ("malformed_json", b'{"question": "What is Karpenter consolidation?", "context": "Karpenter\'s '
                            b'disruption controller can consolidate a cluster to cut cost. With consol'),
         ("not_an_object", ["What is MIG?", "Multi-Instance GPU partitions a GPU into isolated instances."]),
@@ -1399,7 +1398,8 @@ def _plan() -> Plan:
         near("What is the default value of catchup in Airflow 3?", "answer", "False;", "False -"),
         near("How does PagedAttention manage the KV cache?", "context", "vLLM's PagedAttention stores",
              "vLLM's  PagedAttention\nstores"),
-        near("What does the RAGAS faithfulness metric measure?", "answer", "supported by", "backed by"),
+        near("What does the RAGAS faithfulness metric measure?", "answer", "retrieved context.",
+             "retrieved passages."),
         ("malformed_json", b'{"question": "What is a PodDisruptionBudget?", "answer": "A limit on '
                            b'voluntary disruptions.",}'),
         ("not_an_object", "Karpenter launches nodes directly through the EC2 Fleet API."),
@@ -1430,8 +1430,8 @@ def _plan() -> Plan:
         dup("Who operates etcd in an Amazon EKS cluster?"),  # from dt=2026-11-02
         dup("Why are Pods usually created through a controller instead of directly?"),
         near("Why should Airflow tasks be idempotent?", "question", "idempotent?", "idempotent"),
-        near("What does .partial() do in dynamic task mapping?", "answer",
-             "for every mapped task instance", "for all mapped task instances"),
+        near("What does .partial() do in dynamic task mapping?", "answer", "values that vary.",
+             "values that differ."),
         ("malformed_json", b"{'question': 'What is MLflow?', 'answer': 'An open-source MLOps platform.'}"),
         ("not_an_object", 42),
         ("unknown_shape", {"title": "vLLM tuning", "body": "Raise --gpu-memory-utilization carefully."}),

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_XCOM_PATH = "/airflow/xcom/return.json"
+RESULT_FILE = "result.json"  # rank 0's result, also published next to the model
 DATASET_FILES = ("training.jsonl", "validation.jsonl", "test.jsonl")
 BACKENDS = ("tiny", "nemo")
 METHODS = ("lora", "full")
@@ -133,6 +134,15 @@ def _check_int(key: str, value: Any) -> int:
     if not low <= value <= high:
         raise _bad(key, f"expected {low} <= value <= {high}", value)
     return value
+
+
+# Keys a launcher needs that the trainer does not read (the Job renderer's placement inputs).
+LAUNCH_KEYS = ("dag_id", "run_id", "pool", "instance_type", "image")
+
+
+def trainer_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a launch plan the trainer reads, validated and with its defaults filled in."""
+    return validate_plan({k: v for k, v in plan.items() if k not in LAUNCH_KEYS})
 
 
 def validate_plan(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -381,17 +391,21 @@ def run(plan: dict[str, Any], env: RankEnv) -> dict[str, Any] | None:
         out = backend.train(plan, env, dataset_dir=dataset_dir, export_dir=export_dir)
         if not env.is_main:
             return None
-        # metrics.json last: its presence says the model next to it is complete.
+        metrics = dict(out["metrics"])
+        metrics.setdefault("train_seconds", round(time.monotonic() - started, 3))
+        result = {
+            "backend": plan["backend"],
+            "checkpoint_uri": out["checkpoint_uri"],
+            "model_uri": f"{plan['output_uri']}/model",
+            "metrics": metrics,
+        }
+        # metrics.json, then result.json last: its presence says everything next to it is complete,
+        # and Airflow reads it from storage on either profile (no pod sidecar needed).
         publish_dir(export_dir / "model", f"{plan['output_uri']}/model")
         publish_file(export_dir / "metrics.json", f"{plan['output_uri']}/metrics.json")
-    metrics = dict(out["metrics"])
-    metrics.setdefault("train_seconds", round(time.monotonic() - started, 3))
-    return {
-        "backend": plan["backend"],
-        "checkpoint_uri": out["checkpoint_uri"],
-        "model_uri": f"{plan['output_uri']}/model",
-        "metrics": metrics,
-    }
+        (workdir / RESULT_FILE).write_text(json.dumps(result, sort_keys=True))
+        publish_file(workdir / RESULT_FILE, f"{plan['output_uri']}/{RESULT_FILE}")
+    return result
 
 
 def _parse_args(argv: list[str] | None) -> dict[str, Any]:

@@ -66,7 +66,7 @@ from include.cluster.pools import EFA, GPU, INSTANCE_TYPE_LABEL, PLAN_POOLS, Ins
 from include.cluster.preflight import as_manifest, check_pod_placement
 from include.settings import Settings, get_settings
 from include.training.entrypoint import PlanError as TrainerPlanError
-from include.training.entrypoint import validate_plan
+from include.training.entrypoint import trainer_plan as _trainer_plan
 from include.training.rendezvous import (
     DEFAULT_WAIT_TIMEOUT_S,
     USER_ERROR_EXIT_CODE,
@@ -97,7 +97,6 @@ TERMINATION_GRACE_S = 90  # spot gives 2 minutes' notice; room to flush a checkp
 TTL_AFTER_FINISHED_S = 3 * 24 * 3600
 
 # Keys the launcher consumes; the rest of the plan goes to the trainer as its JSON argument.
-LAUNCH_KEYS = ("dag_id", "run_id", "pool", "instance_type", "image")
 REQUIRED_KEYS = ("run_name", "dag_id", "run_id", "pool", "nodes", "gpus_per_node", "instance_type")
 
 
@@ -209,7 +208,7 @@ def trainer_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
     every default it runs with. The pod validates again (the image may be newer than Airflow).
     """
     try:
-        return validate_plan({k: v for k, v in plan.items() if k not in LAUNCH_KEYS})
+        return _trainer_plan(plan)
     except TrainerPlanError as exc:
         raise PlanError(f"trainer plan: {exc}") from None
 

@@ -4,10 +4,15 @@ Each process gets the rank environment a pod of the Indexed Job gets (RANK, WORL
 NODE_RANK = JOB_COMPLETION_INDEX, MASTER_ADDR, MASTER_PORT), so the local profile exercises the
 same entrypoint, rendezvous and failure handling as EKS. The plan travels as one argv item of
 JSON: no shell, so no value in it can become a command.
+
+Each live rank is recorded in `<checkpoint_dir>/.ranks/rank-<i>.pid` (pid and start time) until the
+launcher has seen it exit. If the Airflow task is killed outright, the files outlive it and
+`stop_recorded_ranks` (the next launch, or the run's teardown) stops the orphans.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,12 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from include.training.entrypoint import validate_plan
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT_MODULE = "include.training.entrypoint"
 STDERR_TAIL_CHARS = 3000
 TERMINATE_GRACE_S = 5.0
+RANKS_DIR = ".ranks"
+# A recorded start time this close to the live process's is the same process, not a reused pid.
+START_TIME_TOLERANCE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,67 @@ def _stop(procs: list[subprocess.Popen]) -> set[int]:
     return stopped
 
 
+def ranks_dir(checkpoint_dir: str | Path) -> Path:
+    return Path(checkpoint_dir) / RANKS_DIR
+
+
+def record_rank(checkpoint_dir: str | Path, rank: int, pid: int) -> None:
+    """Write rank `rank`'s pid file atomically; a process already gone needs none."""
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return
+    directory = ranks_dir(checkpoint_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".rank-{rank}.pid.tmp"
+    tmp.write_text(json.dumps({"rank": rank, "pid": pid, "create_time": started}))
+    os.replace(tmp, directory / f"rank-{rank}.pid")
+
+
+def _recorded_process(path: Path) -> psutil.Process | None:
+    """The live process a pid file names, or None if it is gone or the pid now belongs to another."""
+    try:
+        record = json.loads(path.read_text())
+        proc = psutil.Process(int(record["pid"]))
+        if abs(proc.create_time() - float(record["create_time"])) > START_TIME_TOLERANCE_S:
+            return None
+        return proc
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return None
+
+
+def stop_recorded_ranks(checkpoint_dir: str | Path, grace: float = TERMINATE_GRACE_S) -> list[int]:
+    """Stop every rank (and its children) still alive from an earlier launch; return their pids.
+
+    Pid files are removed either way; stale ones (process gone, pid reused) stop nothing.
+    """
+    directory = ranks_dir(checkpoint_dir)
+    if not directory.is_dir():
+        return []
+    stopped: list[int] = []
+    for path in sorted(directory.glob("rank-*.pid")):
+        proc = _recorded_process(path)
+        if proc is not None:
+            with contextlib.suppress(psutil.Error):
+                tree = [*proc.children(recursive=True), proc]
+                for p in tree:
+                    with contextlib.suppress(psutil.Error):
+                        p.terminate()
+                _, alive = psutil.wait_procs(tree, timeout=grace)
+                for p in alive:
+                    with contextlib.suppress(psutil.Error):
+                        p.kill()
+                psutil.wait_procs(alive, timeout=grace)
+            stopped.append(proc.pid)
+        path.unlink(missing_ok=True)
+    return stopped
+
+
+def _forget_ranks(checkpoint_dir: str | Path, nprocs: int) -> None:
+    for rank in range(nprocs):
+        (ranks_dir(checkpoint_dir) / f"rank-{rank}.pid").unlink(missing_ok=True)
+
+
 def launch(
     plan: Mapping[str, Any],
     nprocs: int,
@@ -130,7 +201,9 @@ def launch(
 
     If any rank fails, the others are stopped (a collective would hang on them otherwise) and
     LaunchError names each failed rank with its exit code and stderr tail. `on_started`
-    receives {rank: pid} once all ranks are up (tests use it to inject faults).
+    receives {rank: pid} once all ranks are up (tests use it to inject faults). Ranks an earlier,
+    killed launch of the same checkpoint_dir left running are stopped first: two trainers must
+    never write one checkpoint directory.
     """
     plan = validate_plan(plan)
     expected = plan["nodes"] * plan["gpus_per_node"]
@@ -138,6 +211,8 @@ def launch(
         raise ValueError(f"nprocs={nprocs} but the plan asks for nodes x gpus_per_node = {expected}")
     base = dict(os.environ if env is None else env)
     argv = build_command(plan, python)
+    checkpoint_dir = plan["checkpoint_dir"]
+    stop_recorded_ranks(checkpoint_dir)
 
     with tempfile.TemporaryDirectory(prefix="llmops-launch-") as tmp:
         workdir = Path(tmp)
@@ -160,6 +235,7 @@ def launch(
                             stderr=err,
                         )
                     )
+                record_rank(checkpoint_dir, rank, procs[-1].pid)
             if on_started is not None:
                 on_started({rank: p.pid for rank, p in enumerate(procs)})
 
@@ -181,10 +257,12 @@ def launch(
                 time.sleep(0.05)
         except BaseException:
             _stop(procs)
+            _forget_ranks(checkpoint_dir, len(procs))
             raise
 
         if first_failed:
             stopped = _stop(procs)
+            _forget_ranks(checkpoint_dir, nprocs)
             failures = [RankFailure(r, procs[r].returncode, _tail(logs[r])) for r in first_failed]
             failures += [
                 RankFailure(r, p.returncode, _tail(logs[r]), terminated_by_launcher=r in stopped)
@@ -195,6 +273,7 @@ def launch(
             tails = "\n".join(f"--- rank {f.rank} stderr (tail) ---\n{f.stderr_tail.rstrip()}" for f in failures)
             raise LaunchError(f"training failed: {summary}\n{tails}", failures)
 
+        _forget_ranks(checkpoint_dir, nprocs)
         if not xcom.is_file():
             raise LaunchError(f"all ranks exited 0 but rank 0 wrote no result; stderr:\n{_tail(logs[0])}", [])
         return json.loads(xcom.read_text())

@@ -43,3 +43,52 @@ def airflow_stack(request, tmp_path):
     yield start
     for stack in stacks:
         stack.stop()
+
+
+class LocalAirflow:
+    """A throwaway local-profile Airflow home (SQLite) for `airflow dags test` runs."""
+
+    def __init__(self, root: Path):
+        import os
+
+        self.root = root
+        self.data_root = f"file://{root / 'data'}"
+        self.env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(root / "airflow"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{root / 'airflow' / 'airflow.db'}",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "LLMOPS_PROFILE": "local",
+            "LLMOPS_DATA_ROOT": self.data_root,
+            "LLMOPS_CHECKPOINT_ROOT": str(root / "checkpoints"),
+            "LLMOPS_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        }
+        (root / "airflow").mkdir(parents=True, exist_ok=True)
+        self.run(["airflow", "db", "migrate"])
+
+    def run(self, argv: list[str], timeout: float = 600):
+        import subprocess
+
+        out = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout)
+        assert out.returncode == 0, f"{argv} failed:\n{out.stdout[-8000:]}\n{out.stderr[-8000:]}"
+        return out
+
+    def dags_test(self, dag_id: str, conf: dict | None = None, timeout: float = 600):
+        import json
+
+        return self.run(["airflow", "dags", "test", dag_id, "--conf", json.dumps(conf or {})], timeout=timeout)
+
+    def popen_dags_test(self, dag_id: str, conf: dict | None = None):
+        import json
+        import subprocess
+
+        log = open(self.root / f"{dag_id}.log", "w")  # noqa: SIM115 - closed with the process
+        return subprocess.Popen(["airflow", "dags", "test", dag_id, "--conf", json.dumps(conf or {})],
+                                env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture
+def local_airflow(tmp_path) -> LocalAirflow:
+    return LocalAirflow(tmp_path)

@@ -88,3 +88,115 @@ def s3_server() -> Iterator[S3Server]:
             else:
                 os.environ[k] = v
         server.stop()
+
+
+# --------------------------------------------------------------------------- MLflow tracking server
+
+@dataclass(frozen=True)
+class MlflowServer:
+    url: str
+    s3: S3Server
+    artifact_prefix: str  # key prefix in the bucket where the server writes proxied artifacts
+    log_path: str
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.url, registry_uri=self.url)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc, log_path, timeout: float = 120.0) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    with open(log_path, errors="replace") as f:
+        tail = f.read()[-4000:]
+    raise RuntimeError(f"mlflow server at {url} not healthy (exit code {proc.poll()}); log tail:\n{tail}")
+
+
+def _stop(proc) -> None:
+    """Terminate the server's own process group (the CLI plus the uvicorn worker it spawns)."""
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+        try:
+            os.killpg(proc.pid, sig)  # the group this fixture created (start_new_session)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:  # the CLI is gone; stragglers of its group are not left behind
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        break
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory) -> Iterator[MlflowServer]:
+    """A real `mlflow server` on 127.0.0.1: SQLite backend, artifacts proxied to the moto bucket.
+
+    Started as a subprocess from an argument list in its own process group, waited for on /health,
+    and always terminated. Its AWS settings point at moto only, so nothing reaches real AWS.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    prefix = "mlflow"
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    cmd = [str(mlflow_cli), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", f"s3://{s3_server.bucket}/{prefix}",
+           "--workers", "1"]
+    env = {**os.environ,
+           "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url,
+           "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": REGION,
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+           # MLflow 3 servers start a job runner with seven huey consumer processes (GenAI jobs);
+           # the registry needs none of it, and on a small CI box it costs seconds at start and stop.
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("AWS_PROFILE", None)
+    env.pop("AWS_SESSION_TOKEN", None)
+    log_path = root / "server.log"
+    saved = os.environ.get("MLFLOW_DISABLE_TELEMETRY")
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # the test process's own client, too
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        _wait_healthy(url, proc, log_path)
+        yield MlflowServer(url=url, s3=s3_server, artifact_prefix=prefix, log_path=str(log_path))
+    finally:
+        _stop(proc)
+        if saved is None:
+            os.environ.pop("MLFLOW_DISABLE_TELEMETRY", None)
+        else:
+            os.environ["MLFLOW_DISABLE_TELEMETRY"] = saved

@@ -155,6 +155,9 @@ def test_rerun_is_idempotent_and_rewrites_nothing(root):
     assert {p.name: p.stat().st_mtime_ns for p in version_dir.iterdir()} == mtimes
     retry, ours3 = run(data_root, [f"{data_root}/raw"], run_id="run-1")
     assert ours3, "a retry of the publishing run still owns the version (and re-emits its event)"
+    manifest = catalog.stage(data_root, [f"{data_root}/raw"], PrepConfig(), "run-1")
+    _, cleared = catalog.publish(data_root, manifest, "run-1", attempt_key="run-1#1")
+    assert not cleared, "a cleared (reprocessed) run must not emit a second event"
     assert [d.name for d in (tmp / "curated").iterdir() if not d.name.startswith("_")] == [first["version"]]
     assert not any((tmp / "curated" / "_staging").iterdir())
 

@@ -1,0 +1,70 @@
+"""The training task on both profiles: N local processes, or an Indexed Job on EKS.
+
+Both take the same flat plan (trainer keys plus dag_id, run_id, pool, instance_type, image) as a
+templated field, so the planning task's XCom can feed either. Results travel through storage
+(`include.compute.read_result`), never a pod sidecar.
+
+This module stays free of the `kubernetes` client: the local profile parses DAGs without it. The
+Kubernetes operator lives in `k8s_training.py` and is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from include.settings import get_settings
+
+
+class LocalTrainingJobOperator(BaseOperator):
+    """Run the trainer as nodes x gpus_per_node local ranks and return rank 0's result.
+
+    A retry starts the ranks again; they resume from the last checkpoint in checkpoint_dir, and
+    ranks a killed earlier try left running are stopped first (see local_launcher).
+    """
+
+    template_fields: Sequence[str] = ("plan",)
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, plan: Mapping[str, Any] | Any, timeout_s: float | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.plan = plan
+        self.timeout_s = timeout_s
+
+    def execute(self, context) -> dict[str, Any]:
+        from include.errors import InputError
+        from include.training.entrypoint import PlanError, trainer_plan
+        from include.training.local_launcher import launch
+
+        try:
+            checked = trainer_plan(self.plan)
+        except PlanError as exc:
+            raise InputError(str(exc)) from None
+        nprocs = checked["nodes"] * checked["gpus_per_node"]
+        self.log.info("Launching %d local ranks of run %s", nprocs, checked["run_name"])
+        return launch(checked, nprocs=nprocs, timeout=self.timeout_s)
+
+    def on_kill(self) -> None:
+        from include.training.local_launcher import stop_recorded_ranks
+
+        if isinstance(self.plan, Mapping) and self.plan.get("checkpoint_dir"):
+            stop_recorded_ranks(self.plan["checkpoint_dir"])
+
+
+def __getattr__(name: str):
+    if name == "KubernetesTrainingJobOperator":
+        from .k8s_training import KubernetesTrainingJobOperator
+
+        return KubernetesTrainingJobOperator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def training_job_operator(**kwargs) -> BaseOperator:
+    """The training operator for this profile; same task id, params and plan either way."""
+    if get_settings().profile == "eks":
+        from .k8s_training import KubernetesTrainingJobOperator
+
+        return KubernetesTrainingJobOperator(**kwargs)
+    return LocalTrainingJobOperator(**kwargs)

@@ -79,7 +79,7 @@ PARAMS = {
     doc_md=__doc__,
 )
 def finetune_lifecycle():
-    @task(retries=0)
+    @task(retries=0, multiple_outputs=False)
     def validate_params(params: dict) -> dict:
         from include.training.planning import validate_params
 

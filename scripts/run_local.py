@@ -15,6 +15,7 @@ from include.data.catalog import latest_version, summary
 from include.sample_data import stage_sample
 from include.settings import get_settings
 
+
 def dags_test(dag_id: str, conf: dict) -> None:
     cmd = ["airflow", "dags", "test", dag_id, "--conf", json.dumps(conf)]
     print(f"$ {' '.join(cmd[:4])} --conf '{cmd[5]}'", flush=True)

@@ -1,9 +1,12 @@
-"""finetune_lifecycle: a curated dataset version -> a fine-tuned model.
+"""finetune_lifecycle: a curated dataset version -> a fine-tuned, evaluated, registered model.
 
 Starts nightly, when prepare_dataset publishes a new curated version (asset event), or from the UI
 trigger form. Bad params are refused by the form's schema, then by `validate_params`, before
 anything is planned or launched. On eks the trainer is a NeMo Indexed Job on a Karpenter GPU pool;
-on local the same entrypoint runs as local ranks. Task ids and XComs are the same on both.
+on local the same entrypoint runs as local ranks. The candidate then answers the evaluation set and
+RAGAS scores it; the gate compares it with floors and with the champion's per-sample scores, and
+only a passing candidate is registered in MLflow (weights stay where training wrote them). Task ids
+and XComs are the same on both profiles.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from llmops_operators.evaluation import evaluation_operator
+from llmops_operators.notifiers import GateRejectionNotifier
 from llmops_operators.training import training_job_operator
 
 from include.assets import CURATED_DATASET
@@ -45,10 +50,10 @@ PARAMS = {
     ),
     **section(
         "Training",
-        max_steps=Param(120 if LOCAL else 1000, type="integer", minimum=1, maximum=1_000_000, title="Max steps"),
+        max_steps=Param(240 if LOCAL else 1000, type="integer", minimum=1, maximum=1_000_000, title="Max steps"),
         learning_rate=Param(3e-3 if LOCAL else 1e-4, type="number", exclusiveMinimum=0, maximum=1,
                             title="Learning rate"),
-        checkpoint_interval=Param(40 if LOCAL else 200, type="integer", minimum=1, maximum=1_000_000,
+        checkpoint_interval=Param(60 if LOCAL else 200, type="integer", minimum=1, maximum=1_000_000,
                                   title="Checkpoint every N steps"),
     ),
     **section(
@@ -62,6 +67,14 @@ PARAMS = {
                    description="production: on-demand gpu-training-pool; experiment: spot gpu-experiment-pool."),
         dry_run=Param(False, type="boolean", title="Dry run",
                       description="Plan and preflight only; launch nothing."),
+    ),
+    **section(
+        "Gate and registry",
+        gate_policy=Param({}, type="object", title="Gate policy overrides",
+                          description="Merged over include/evaluation/policy.yaml, e.g. "
+                                      '{"confidence": 0.9, "metrics": {"rouge_score": {"floor": 0.1}}}.'),
+        promote=Param(LOCAL, type="boolean", title="Promote to champion",
+                      description="Move the champion alias to the new version (until the canary stage decides)."),
     ),
 }
 
@@ -128,7 +141,36 @@ def finetune_lifecycle():
 
         return read_result(plan)
 
-    planned = plan(resolve_dataset())
+    @task(multiple_outputs=True)
+    def evaluation_jobs(plan: dict, result: dict, dataset: dict) -> dict:
+        from include.registry.stages import eval_jobs
+
+        return eval_jobs(plan, result, dataset, get_settings())
+
+    @task(multiple_outputs=False, trigger_rule="none_failed")
+    def gate(plan: dict, dataset: dict, jobs: dict, params: dict) -> dict:
+        from include.registry.stages import gate
+
+        return gate(plan, dataset, jobs, params["gate_policy"], get_settings())
+
+    @task.branch
+    def gate_decision(decision: dict) -> str:
+        return "register" if decision["passed"] else "reject"
+
+    @task(multiple_outputs=False)
+    def register(plan: dict, result: dict, dataset: dict, decision: dict, params: dict) -> dict:
+        from include.registry.stages import register
+
+        return register(plan, result, dataset, decision, params["promote"], get_settings())
+
+    @task(multiple_outputs=False, on_success_callback=[GateRejectionNotifier()])
+    def reject(decision: dict) -> dict:
+        from include.registry.stages import reject
+
+        return reject(decision)
+
+    dataset = resolve_dataset()
+    planned = plan(dataset)
     validate_params() >> planned
     checked = preflight(planned["plan"])
     rendezvous = setup_rendezvous(planned["plan"])
@@ -136,7 +178,15 @@ def finetune_lifecycle():
                                   execution_timeout=timedelta(hours=2 if LOCAL else 72))
     checked >> launch_unless_dry_run() >> rendezvous >> train
     train >> teardown_rendezvous(planned["plan"]).as_teardown(setups=rendezvous)
-    train >> collect_result(planned["plan"])
+    result = collect_result(planned["plan"])
+    train >> result
+
+    jobs = evaluation_jobs(planned["plan"], result, dataset)
+    candidate = evaluation_operator(task_id="evaluate_candidate", job=jobs["candidate"])
+    champion = evaluation_operator(task_id="evaluate_champion", job=jobs["champion"])
+    decision = gate(planned["plan"], dataset, jobs)
+    [candidate, champion] >> decision
+    gate_decision(decision) >> [register(planned["plan"], result, dataset, decision), reject(decision)]
 
 
 finetune_lifecycle()

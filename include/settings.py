@@ -44,6 +44,8 @@ class Settings:
     data_root: str = f"file://{PROJECT_ROOT / '.data'}"
     aws_conn_id: str = "aws_default"
     mlflow_tracking_uri: str = f"sqlite:///{PROJECT_ROOT / '.mlflow' / 'mlflow.db'}"
+    mlflow_experiment: str = "llm-finetune"
+    registered_model_name: str = "llmops-assistant"
     kubernetes_conn_id: str = "kubernetes_default"
     training_namespace: str = "llm-training"
     serving_namespace: str = "llm-serving"

@@ -1,8 +1,9 @@
 """PII redaction: e-mail, phone, payment card (Luhn-checked), IP address, AWS keys.
 
-One combined pattern scans each text once; the order of the alternatives decides ties (an AWS key
-before a generic token, a card before a phone number). Each hit becomes a typed placeholder so the
-model still learns the sentence shape, and the manifest counts hits per kind.
+One combined pattern, cut down to the kinds a text can contain, scans each text once; the order of
+the alternatives decides ties (an AWS key before a generic token, a card before a phone number).
+Each hit becomes a typed placeholder so the model still learns the sentence shape, and the
+manifest counts hits per kind.
 """
 
 from __future__ import annotations

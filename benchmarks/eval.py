@@ -1,0 +1,395 @@
+"""Evaluation throughput: local RAGAS scoring, and the LLM-judge path against a stub judge.
+
+    python benchmarks/eval.py [--samples 1000] [--latency-ms 50] [--concurrency 4,8,16]
+                              [--judge-seconds 8] [--generation 100] [--no-fail]
+
+(a) scoring   `scoring.score(samples, "local")` on --samples synthetic RAG samples: the five
+              non-LLM metrics plus semantic similarity with the packaged all-MiniLM-L6-v2
+              (loaded before the clock starts). Reports samples/s.
+(b) judge     Faithfulness + ResponseRelevancy (answer_relevancy) through `JudgeConfig` ->
+              ChatOpenAI -> HTTP, against an OpenAI-compatible stub judge this file serves on
+              127.0.0.1 in a child process: fixed --latency-ms per request, valid chat-completion
+              bodies whose content ragas parses (statements, NLI verdicts, generated questions).
+              For each concurrency c (ragas RunConfig max_workers) it reports requests/s as the
+              stub counted them, against the bound c / latency, and their ratio. Target: >= 0.8.
+(c) generation the tiny model's batched greedy decoding (random weights, so every answer runs to
+              max_new_tokens: the worst case) on --generation prompts; 0 skips it.
+
+The stub stops by itself (--stub-lifetime-s, and after 60 s without requests) and is terminated
+when the benchmark ends. CPU seconds are printed next to wall seconds: CPU/wall well under the
+core count with idle time means waiting, well over 1 per core means other work competed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TARGET_RATIO = 0.8
+STUB_IDLE_S = 60.0
+
+
+# ---------------------------------------------------------------- the stub judge (child process)
+
+_INPUT_RE = re.compile(r"\ninput: (\{.*\})\s*\nOutput: ?$", re.S)
+
+
+def _sentences(text: str) -> list[str]:
+    parts = [p.strip() for p in re.split(r"(?<=[.!?])\s+", text) if p.strip()]
+    return parts[:4]
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def judge_reply(prompt: str) -> str:
+    """What a careful judge would answer to one of ragas' prompts, as the JSON ragas parses."""
+    match = _INPUT_RE.search(prompt)
+    try:
+        data = json.loads(match.group(1)) if match else {}
+    except ValueError:
+        data = {}
+    if prompt.startswith("Given a question and an answer, analyze the complexity"):
+        return json.dumps({"statements": _sentences(data.get("answer", ""))})
+    if prompt.startswith("Your task is to judge the faithfulness"):
+        context = _words(data.get("context", ""))
+        verdicts = []
+        for statement in data.get("statements", []):
+            words = _words(statement)
+            supported = bool(words) and len(words & context) / len(words) >= 0.5
+            verdicts.append({"statement": statement, "reason": "word overlap with the context",
+                             "verdict": int(supported)})
+        return json.dumps({"statements": verdicts})
+    if prompt.startswith("Generate a question for the given answer"):
+        response = " ".join(data.get("response", "").split()[:12])
+        return json.dumps({"question": f"What is {response}?" if response else "What?",
+                           "noncommittal": int(not response)})
+    return "{}"
+
+
+def _completion(body: dict, reply: str, n: int) -> dict:
+    prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages") or [])
+    return {
+        "id": f"chatcmpl-stub-{n}", "object": "chat.completion", "created": int(time.time()),
+        "model": body.get("model", "stub-judge"),
+        "choices": [{"index": i, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop",
+                     "logprobs": None} for i in range(int(body.get("n") or 1))],
+        "usage": {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(reply) // 4,
+                  "total_tokens": (prompt_chars + len(reply)) // 4},
+    }
+
+
+def serve_stub(latency_ms: float, lifetime_s: float, port: int = 0) -> None:
+    """An OpenAI-compatible judge on 127.0.0.1 (aiohttp: one event loop, no thread per connection).
+
+    POST /v1/chat/completions answers after a fixed latency; GET /v1/stats counts answered
+    requests; GET /v1/models lists the one model. Prints "PORT <n>" once listening, and stops by
+    itself after lifetime_s, or after STUB_IDLE_S without a request.
+    """
+    import asyncio
+
+    from aiohttp import web
+
+    state = {"requests": 0, "last": time.monotonic()}
+    latency_s = latency_ms / 1000
+
+    async def chat(request: web.Request) -> web.Response:
+        state["last"] = time.monotonic()
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": {"message": "invalid JSON"}}, status=400)
+        content = (body.get("messages") or [{}])[-1].get("content") or ""
+        if isinstance(content, list):  # content parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        reply = judge_reply(content)
+        await asyncio.sleep(latency_s)  # the judge's fixed service time
+        state["requests"] += 1
+        return web.json_response(_completion(body, reply, state["requests"]))
+
+    async def stats(_: web.Request) -> web.Response:
+        return web.json_response({"requests": state["requests"]})
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "stub-judge", "object": "model"}]})
+
+    async def main() -> None:
+        app = web.Application()
+        app.add_routes([web.post("/v1/chat/completions", chat), web.get("/v1/stats", stats),
+                        web.get("/v1/models", models)])
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1]
+        print(f"PORT {bound}", flush=True)
+        started = time.monotonic()
+        try:
+            while True:
+                await asyncio.sleep(0.5)
+                now = time.monotonic()
+                if now - started > lifetime_s or now - state["last"] > STUB_IDLE_S:
+                    return
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+class StubJudge:
+    """The stub in a child process (its own interpreter and GIL, as a real judge would be)."""
+
+    def __init__(self, latency_ms: float, lifetime_s: float = 600):
+        self.latency_ms = latency_ms
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve-stub", "--latency-ms", str(latency_ms),
+             "--stub-lifetime-s", str(lifetime_s)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("PORT "):
+            self.stop()
+            raise RuntimeError(f"the stub judge did not start (got {line!r})")
+        self.port = int(line.split()[1])
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+    def requests(self) -> int:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.base_url}/stats", timeout=5) as resp:
+            return json.loads(resp.read())["requests"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> StubJudge:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------- samples
+
+
+def _base_records() -> list[dict]:
+    """RAG records from the project's sample data (question, answer, contexts)."""
+    records = []
+    for path in sorted((ROOT / "include" / "sample_data" / "raw").glob("*/rag_qa.jsonl")):
+        for line in path.read_bytes().splitlines():  # the sample data has broken lines on purpose
+            try:
+                raw = json.loads(line.decode("utf-8"))
+            except ValueError:
+                continue
+            if not isinstance(raw, dict):
+                continue
+            q, a, c = raw.get("question"), raw.get("answer"), raw.get("contexts", raw.get("context"))
+            if isinstance(q, str) and isinstance(a, str) and q.strip() and a.strip():
+                ctx = [c] if isinstance(c, str) else [x for x in (c or []) if isinstance(x, str)]
+                records.append({"question": q, "answer": a, "contexts": [x for x in ctx if x.strip()]})
+    if not records:
+        raise RuntimeError("no RAG records in include/sample_data/raw/*/rag_qa.jsonl")
+    return records
+
+
+def make_samples(n: int, seed: int = 0) -> list[dict]:
+    """n scored-sample dicts: responses are the references with words dropped, swapped or replaced,
+    so scores spread over (0, 1] like a real model's would."""
+    rng = random.Random(seed)
+    base = _base_records()
+    filler = "the a cluster node pod model answer data value result system request".split()
+    samples = []
+    for i in range(n):
+        rec = base[i % len(base)]
+        words = rec["answer"].split()
+        keep = rng.uniform(0.3, 1.0)
+        response = [w if rng.random() < keep else rng.choice(filler) for w in words if rng.random() > 0.1]
+        samples.append({"id": f"s{i:05d}", "user_input": rec["question"], "reference": rec["answer"],
+                        "reference_contexts": rec["contexts"], "response": " ".join(response) or "unknown"})
+    return samples
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def _clock():
+    return time.perf_counter(), time.process_time()
+
+
+def bench_scoring(n: int) -> dict:
+    from include.evaluation.embeddings import LocalEmbeddings
+    from include.evaluation.scoring import metric_names, score
+
+    samples = make_samples(n)
+    t0 = time.perf_counter()
+    LocalEmbeddings()  # load the model (shared per process) before the clock starts
+    load_s = time.perf_counter() - t0
+    wall0, cpu0 = _clock()
+    rows = score(samples, "local")
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    names = metric_names("local")
+    means = {m: sum(r[m] for r in rows if r[m] is not None) / max(1, sum(r[m] is not None for r in rows))
+             for m in names}
+    return {"n": n, "wall": wall, "cpu": cpu, "rate": n / wall, "load_s": load_s, "means": means}
+
+
+def bench_judge(stub: StubJudge, concurrency: int, seconds: float, latency_ms: float) -> dict:
+    from include.evaluation.embeddings import LocalEmbeddings
+    from include.evaluation.judge import JudgeConfig
+    from include.evaluation.scoring import JUDGE_METRICS, score
+
+    bound = concurrency / (latency_ms / 1000)
+    # Faithfulness makes 2 requests per sample, ResponseRelevancy (strictness 1) 1.
+    n = max(20, round(seconds * bound / 3))
+    samples = make_samples(n, seed=concurrency)
+    judge = JudgeConfig(provider="openai", model="stub-judge", base_url=stub.base_url, api_key="bench-key",
+                        max_workers=concurrency, timeout_s=30)
+    embeddings = LocalEmbeddings()
+    # what score() primes anyway, outside the clock: this measures the judge path, not MiniLM
+    embeddings.prime([s["user_input"] for s in samples] + [s["response"] for s in samples]
+                     + [s["reference"] for s in samples])
+    before = stub.requests()
+    wall0, cpu0 = _clock()
+    rows = score(samples, "eks", judge=judge, embeddings=embeddings, metrics=JUDGE_METRICS)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    requests = stub.requests() - before
+    achieved = requests / wall
+    scored = {m: sum(r[m] is not None for r in rows) for m in JUDGE_METRICS}
+    means = {m: (sum(r[m] for r in rows if r[m] is not None) / scored[m]) if scored[m] else None
+             for m in JUDGE_METRICS}
+    return {"concurrency": concurrency, "n": n, "requests": requests, "wall": wall, "cpu": cpu,
+            "achieved": achieved, "bound": bound, "ratio": achieved / bound, "scored": scored, "means": means}
+
+
+def bench_generation(n: int, max_new_tokens: int = 64) -> dict:
+    import torch
+
+    from include.evaluation.generate import build_prompt, greedy_batch
+    from include.training import tiny
+
+    torch.manual_seed(0)
+    model = tiny.TinyByteLM(tiny.TinyConfig(max_position_embeddings=128))
+    samples = make_samples(n)
+    prompts = [build_prompt(s["user_input"], s["reference_contexts"]) for s in samples]
+    wall0, cpu0 = _clock()
+    answers = greedy_batch(model, prompts, max_new_tokens)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    tokens = sum(len(a.encode("utf-8", errors="replace")) for a in answers)
+    return {"n": n, "wall": wall, "cpu": cpu, "rate": n / wall, "tokens_per_s": tokens / wall,
+            "max_new_tokens": max_new_tokens, "threads": torch.get_num_threads()}
+
+
+# ---------------------------------------------------------------- report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=1000, help="samples for the local scoring run")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="the stub judge's latency per request")
+    parser.add_argument("--concurrency", default="4,8,16", help="comma-separated ragas max_workers values")
+    parser.add_argument("--judge-seconds", type=float, default=8.0,
+                        help="target duration of each judge run (sets its sample count)")
+    parser.add_argument("--generation", type=int, default=100, help="prompts for the tiny generation run; 0 skips")
+    parser.add_argument("--no-fail", action="store_true", help="exit 0 even when a target is missed")
+    parser.add_argument("--serve-stub", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--stub-lifetime-s", type=float, default=600.0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.serve_stub:
+        serve_stub(args.latency_ms, args.stub_lifetime_s)
+        return 0
+
+    import logging
+    import warnings
+
+    warnings.simplefilter("ignore")
+    logging.basicConfig(level=logging.WARNING)
+    concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    cores = os.cpu_count() or 1
+
+    print(f"(a) local scoring: {args.samples:,} samples, 6 metrics ({cores} CPU cores) ...", file=sys.stderr)
+    a = bench_scoring(args.samples)
+
+    judge_runs = []
+    print(f"(b) judge path: stub at {args.latency_ms:g} ms, concurrency {concurrencies} ...", file=sys.stderr)
+    with StubJudge(args.latency_ms) as stub:
+        for c in concurrencies:
+            judge_runs.append(bench_judge(stub, c, args.judge_seconds, args.latency_ms))
+
+    g = None
+    if args.generation > 0:
+        print(f"(c) tiny generation: {args.generation} prompts ...", file=sys.stderr)
+        g = bench_generation(args.generation)
+
+    print("\n(a) local RAGAS scoring (non-LLM metrics + semantic similarity, embeddings preloaded "
+          f"in {a['load_s']:.1f}s)")
+    head = f"{'samples':>8}{'wall s':>9}{'CPU s':>9}{'samples/s':>11}"
+    print(head)
+    print("-" * len(head))
+    print(f"{a['n']:>8,}{a['wall']:>9.2f}{a['cpu']:>9.2f}{a['rate']:>11.1f}")
+    print("  means: " + ", ".join(f"{k}={v:.3f}" for k, v in a["means"].items()))
+
+    print(f"\n(b) LLM-judge path: faithfulness + answer_relevancy via ChatOpenAI -> stub judge "
+          f"({args.latency_ms:g} ms/request)")
+    head = (f"{'concurrency':>11}{'samples':>9}{'requests':>10}{'wall s':>8}{'CPU s':>8}{'req/s':>9}"
+            f"{'bound':>9}{'ratio':>7}  scored (faith/relev)")
+    print(head)
+    print("-" * len(head))
+    for r in judge_runs:
+        print(f"{r['concurrency']:>11}{r['n']:>9}{r['requests']:>10}{r['wall']:>8.2f}{r['cpu']:>8.2f}"
+              f"{r['achieved']:>9.1f}{r['bound']:>9.1f}{r['ratio']:>7.2f}  "
+              f"{r['scored']['faithfulness']}/{r['scored']['answer_relevancy']} of {r['n']}")
+    print("  bound = concurrency / latency; ratio = req/s / bound")
+
+    if g is not None:
+        print(f"\n(c) tiny generation (batched greedy, random weights: every answer runs to "
+              f"{g['max_new_tokens']} tokens, {g['threads']} torch threads)")
+        head = f"{'prompts':>8}{'wall s':>9}{'CPU s':>9}{'samples/s':>11}{'tokens/s':>10}"
+        print(head)
+        print("-" * len(head))
+        print(f"{g['n']:>8}{g['wall']:>9.2f}{g['cpu']:>9.2f}{g['rate']:>11.1f}{g['tokens_per_s']:>10.0f}")
+        print(f"  1,000 samples ~ {1000 / g['rate']:.0f}s at this rate")
+
+    print()
+    ok_all = True
+    for r in judge_runs:
+        ok = r["ratio"] >= TARGET_RATIO and r["scored"]["faithfulness"] == r["n"] and \
+            r["scored"]["answer_relevancy"] == r["n"]
+        ok_all &= ok
+        print(f"{'PASS' if ok else 'FAIL'}  judge concurrency {r['concurrency']}: {r['achieved']:.1f} req/s = "
+              f"{r['ratio']:.2f} x bound {r['bound']:.0f} (target >= {TARGET_RATIO}); every sample scored: "
+              f"{r['scored']['faithfulness'] == r['n'] and r['scored']['answer_relevancy'] == r['n']}")
+    busy = [r for r in judge_runs if r["cpu"] / r["wall"] > 0.9]
+    if busy:
+        print(f"NOTE  the client used {busy[-1]['cpu'] / busy[-1]['wall']:.2f} CPU s per wall s at concurrency "
+              f"{busy[-1]['concurrency']}: ragas + LangChain per-request overhead (prompt rendering, parsing, "
+              "callbacks) is the limit there, not the judge")
+    return 0 if ok_all or args.no_fail else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

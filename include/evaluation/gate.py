@@ -1,0 +1,275 @@
+"""The evaluation gate: absolute floors plus a paired-bootstrap no-regression rule.
+
+Inputs are per-sample scores, one dict per eval sample: ``{"id": str, "<metric>": float | None}``.
+Metric names are opaque strings taken from the policy (include/evaluation/policy.yaml).
+
+For every metric in the policy:
+- floor: the candidate's mean over its scored samples must be >= floor;
+- no regression (only with a champion): pair candidate and champion by id, drop pairs where either
+  score is missing (None or NaN), resample the paired differences (candidate - champion) with
+  replacement ``n_bootstrap`` times, and take the percentile interval at ``confidence``. The metric
+  regressed when the whole interval lies below ``-margin``.
+
+Everything is deterministic: the bootstrap draws come from ``seed`` and the metric's name, so a
+metric's result does not depend on which other metrics are in the policy or in what order.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+import zlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from include.errors import InputError
+
+POLICY_PATH = Path(__file__).with_name("policy.yaml")
+TOP_KEYS = {"version", "confidence", "n_bootstrap", "seed", "margin", "min_pairs", "metrics", "profile"}
+METRIC_KEYS = {"floor", "margin", "required"}
+# Upper bound on one bootstrap draw (resamples x samples) so memory stays flat on large eval sets.
+_CHUNK_ELEMENTS = 4_000_000
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` merged into a copy of `base`: dicts recurse, anything else replaces; None deletes."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_policy(overrides: Mapping[str, Any] | None = None, *, profile: str | None = None,
+                path: str | Path | None = None) -> dict[str, Any]:
+    """The repo policy resolved for `profile` (default: LLMOPS_PROFILE), with `overrides` merged over it.
+
+    Returns a validated, fully specified policy: every metric has floor, margin and required.
+    """
+    if profile is None:
+        from include.settings import get_settings
+
+        profile = get_settings().profile
+    raw = yaml.safe_load(Path(path or POLICY_PATH).read_text()) or {}
+    if not isinstance(raw, Mapping):
+        raise InputError(f"gate policy {path or POLICY_PATH}: expected a mapping at the top level")
+    profiles = raw.get("profiles") or {}
+    if profile not in profiles:
+        raise InputError(f"gate policy: no section for profile {profile!r} (have {sorted(profiles)})")
+    base = {k: v for k, v in raw.items() if k != "profiles"}
+    resolved = deep_merge(base, profiles[profile] or {})
+    if overrides:
+        if not isinstance(overrides, Mapping):
+            raise InputError(f"gate policy override: expected a mapping, got {type(overrides).__name__}")
+        if "profiles" in overrides or "profile" in overrides:
+            raise InputError("gate policy override: set keys of the resolved policy, not 'profiles'/'profile'")
+        resolved = deep_merge(resolved, overrides)
+    resolved["profile"] = profile
+    return validate_policy(resolved)
+
+
+def _number(problems: list[str], name: str, value: Any, *, low: float | None = None, high: float | None = None,
+            integer: bool = False, open_low: bool = False, open_high: bool = False) -> Any:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok and low is not None:
+        ok = value > low if open_low else value >= low
+    if ok and high is not None:
+        ok = value < high if open_high else value <= high
+    if not ok:
+        bounds = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        problems.append(f"{name}={value!r}: expected {'an integer' if integer else 'a number'} in {bounds}")
+        return value
+    return int(value) if integer else float(value)
+
+
+def validate_policy(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a resolved policy and fill per-metric defaults; an InputError lists every problem."""
+    problems: list[str] = []
+    unknown = set(policy) - TOP_KEYS
+    if unknown:
+        problems.append(f"unknown keys {sorted(unknown)} (known: {sorted(TOP_KEYS)})")
+    out: dict[str, Any] = {
+        "version": policy.get("version", 1),
+        "profile": policy.get("profile"),
+        "confidence": _number(problems, "confidence", policy.get("confidence", 0.95), low=0, high=1,
+                              open_low=True, open_high=True),
+        "n_bootstrap": _number(problems, "n_bootstrap", policy.get("n_bootstrap", 2000), low=100, high=100_000,
+                               integer=True),
+        "seed": _number(problems, "seed", policy.get("seed", 0), low=0, high=2**63 - 1, integer=True),
+        "margin": _number(problems, "margin", policy.get("margin", 0.0), low=0, high=1e9),
+        "min_pairs": _number(problems, "min_pairs", policy.get("min_pairs", 10), low=2, high=1e9, integer=True),
+    }
+    metrics = policy.get("metrics")
+    if not isinstance(metrics, Mapping) or not metrics:
+        problems.append("metrics: expected a non-empty mapping of metric name -> {floor, margin, required}")
+        metrics = {}
+    out["metrics"] = {}
+    for name, spec in metrics.items():
+        if not isinstance(name, str) or not name or name == "id":
+            problems.append(f"metrics: {name!r} is not a metric name")
+            continue
+        spec = {} if spec is None else spec
+        if not isinstance(spec, Mapping):
+            problems.append(f"metrics.{name}: expected a mapping, got {spec!r}")
+            continue
+        extra = set(spec) - METRIC_KEYS
+        if extra:
+            problems.append(f"metrics.{name}: unknown keys {sorted(extra)} (known: {sorted(METRIC_KEYS)})")
+        floor = spec.get("floor")
+        if floor is not None:
+            floor = _number(problems, f"metrics.{name}.floor", floor, low=-1e9, high=1e9)
+        margin = spec.get("margin", out["margin"])
+        margin = _number(problems, f"metrics.{name}.margin", margin, low=0, high=1e9)
+        required = spec.get("required", True)
+        if not isinstance(required, bool):
+            problems.append(f"metrics.{name}.required={required!r}: expected true or false")
+        out["metrics"][name] = {"floor": floor, "margin": margin, "required": required}
+    if problems:
+        raise InputError("invalid gate policy:\n  - " + "\n  - ".join(problems))
+    return out
+
+
+def gated_metrics(policy: Mapping[str, Any]) -> list[str]:
+    """The metric names the evaluator has to produce for this policy."""
+    return list(policy["metrics"])
+
+
+def _score(value: Any) -> float | None:
+    """A usable score or None: missing, None, NaN/inf, bools and non-numbers all count as missing."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _index(scores: Iterable[Mapping[str, Any]], who: str) -> dict[str, Mapping[str, Any]]:
+    out: dict[str, Mapping[str, Any]] = {}
+    for i, row in enumerate(scores):
+        sid = row.get("id") if isinstance(row, Mapping) else None
+        if not isinstance(sid, str) or not sid:
+            raise ValueError(f"{who} scores: row {i} has no string 'id'")
+        if sid in out:
+            raise ValueError(f"{who} scores: id {sid!r} appears more than once")
+        out[sid] = row
+    return out
+
+
+def paired_bootstrap_ci(diffs, *, confidence: float, n_bootstrap: int, seed: int,
+                        key: str = "") -> tuple[float, float]:
+    """Percentile interval of the mean of `diffs` under resampling with replacement (vectorised)."""
+    import numpy as np
+
+    d = np.asarray(diffs, dtype=np.float64)
+    n = d.size
+    if n == 0:
+        raise ValueError("paired_bootstrap_ci: no differences")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(key.encode())]))
+    means = np.empty(n_bootstrap, dtype=np.float64)
+    rows = max(1, _CHUNK_ELEMENTS // n)
+    for start in range(0, n_bootstrap, rows):
+        stop = min(n_bootstrap, start + rows)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        means[start:stop] = d[idx].mean(axis=1)
+    alpha = 1.0 - confidence
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def _mean(values: list[float]) -> float | None:
+    return math.fsum(values) / len(values) if values else None
+
+
+def decide(candidate: Iterable[Mapping[str, Any]], champion: Iterable[Mapping[str, Any]] | None,
+           policy: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Gate a candidate's per-sample scores, against the champion's on the same eval set if there is one.
+
+    Returns the decision report::
+
+        {"passed": bool, "reasons": [why it failed, one line each], "notes": [informational],
+         "champion_present": bool, "policy": {the resolved policy},
+         "metrics": {name: {"candidate_mean", "champion_mean", "delta", "ci_low", "ci_high", "floor",
+                            "floor_ok", "regressed", "n_pairs", "n_candidate", "n_champion",
+                            "n_dropped", "margin", "gated"}}}
+
+    `delta` and the interval are over paired samples (candidate - champion); the two means are over
+    each side's own scored samples. `n_dropped` counts ids present on both sides where either score
+    is missing. Metrics without a champion have champion_mean/delta/ci/regressed = None.
+    """
+    policy = load_policy() if policy is None else validate_policy(policy)
+    cand = _index(candidate, "candidate")
+    champ = _index(champion, "champion") if champion is not None else None
+    reasons: list[str] = []
+    notes: list[str] = []
+    metrics: dict[str, dict[str, Any]] = {}
+    if not cand:
+        reasons.append("candidate: no scored samples")
+    if champ is not None:
+        only_cand, only_champ = len(cand.keys() - champ.keys()), len(champ.keys() - cand.keys())
+        if only_cand or only_champ:
+            notes.append(f"eval sets differ: {only_cand} ids only in the candidate, {only_champ} only in the "
+                         "champion; only shared ids are compared")
+
+    for name, spec in policy["metrics"].items():
+        floor, margin = spec["floor"], spec["margin"]
+        cand_values = {sid: _score(row.get(name)) for sid, row in cand.items()}
+        cand_scored = [v for v in cand_values.values() if v is not None]
+        cand_mean = _mean(cand_scored)
+        m: dict[str, Any] = {
+            "candidate_mean": cand_mean, "champion_mean": None, "delta": None, "ci_low": None, "ci_high": None,
+            "floor": floor, "floor_ok": None, "regressed": None, "n_pairs": 0, "n_candidate": len(cand_scored),
+            "n_champion": 0, "n_dropped": 0, "margin": margin, "gated": True,
+        }
+        metrics[name] = m
+        missing = len(cand_values) - len(cand_scored)
+        if not cand_scored:
+            m["floor_ok"] = False
+            if spec["required"]:
+                reasons.append(f"{name}: the candidate has no scores for this metric")
+            else:
+                m["gated"] = False
+                notes.append(f"{name}: not scored; skipped (required: false)")
+            continue
+        if missing:
+            notes.append(f"{name}: {missing} of {len(cand_values)} candidate samples have no score")
+        m["floor_ok"] = floor is None or cand_mean >= floor
+        if not m["floor_ok"]:
+            reasons.append(f"{name}: candidate mean {cand_mean:.4f} is below the floor {floor:g}")
+        if champ is None:
+            continue
+
+        champ_values = {sid: _score(row.get(name)) for sid, row in champ.items()}
+        champ_scored = [v for v in champ_values.values() if v is not None]
+        m["champion_mean"], m["n_champion"] = _mean(champ_scored), len(champ_scored)
+        shared = sorted(cand.keys() & champ.keys())
+        pairs = [(cand_values[s], champ_values[s]) for s in shared
+                 if cand_values[s] is not None and champ_values[s] is not None]
+        m["n_pairs"], m["n_dropped"] = len(pairs), len(shared) - len(pairs)
+        if m["n_dropped"]:
+            notes.append(f"{name}: {m['n_dropped']} shared samples dropped from the comparison (a score is missing)")
+        if len(pairs) < policy["min_pairs"]:
+            reasons.append(f"{name}: only {len(pairs)} paired samples with the champion (min_pairs "
+                           f"{policy['min_pairs']}); score the champion on this eval set to compare")
+            continue
+        diffs = [c - h for c, h in pairs]
+        m["delta"] = _mean(diffs)
+        m["ci_low"], m["ci_high"] = paired_bootstrap_ci(
+            diffs, confidence=policy["confidence"], n_bootstrap=policy["n_bootstrap"], seed=policy["seed"], key=name)
+        m["regressed"] = m["ci_high"] < -margin
+        if m["regressed"]:
+            reasons.append(
+                f"{name}: regressed against the champion: mean difference {m['delta']:+.4f} over {len(pairs)} "
+                f"pairs, {policy['confidence']:.0%} CI [{m['ci_low']:+.4f}, {m['ci_high']:+.4f}] lies below "
+                f"-{margin:g}")
+
+    return {"passed": not reasons, "reasons": reasons, "notes": notes, "metrics": metrics,
+            "policy": dict(policy), "champion_present": champ is not None}

@@ -1,0 +1,197 @@
+"""The candidate answers every eval question, RAG style, with the prompt layout it was trained on.
+
+prompt = `format_prompt(user_input, reference_contexts)` (include/data/records.py), the input half of
+the training template "{input} {output}" (`tiny.prompt_text`), so the model sees exactly what it
+saw in training: the gold contexts stand in for a retriever (see scoring.py for what that means
+for the context metrics).
+
+Two generators behind one interface, both greedy and deterministic:
+- `LocalTinyGenerator` (local profile): the tiny byte-level model, batched greedy decoding on CPU,
+  bounded by `max_new_tokens`. Same tokens as `tiny.generate` one prompt at a time, but rows whose
+  context has the same length are decoded together, which makes 1,000 samples take seconds.
+- `VllmGenerator` (eks): vLLM offline `LLM(model=dir).generate` with SamplingParams temperature 0.
+  vLLM is imported only when it generates: never in tests, never on an Airflow worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from include.data.records import format_prompt
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 64
+
+
+def build_prompt(user_input: str, reference_contexts: Sequence[str]) -> str:
+    """The evaluation prompt: the one layout used for training inputs."""
+    return format_prompt(user_input, list(reference_contexts))
+
+
+class Generator(ABC):
+    """Answers prompts; one answer per prompt, in order, whitespace-stripped."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[str]) -> list[str]: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What produced the answers, recorded in summary.json."""
+        return {"generator": self.name}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the model (GPU memory) once the answers are in."""
+
+
+class LocalTinyGenerator(Generator):
+    name = "tiny"
+
+    def __init__(self, model_dir: str | Path, *, max_new_tokens: int = 64, batch_size: int = DEFAULT_BATCH_SIZE):
+        from include.training import tiny
+
+        if max_new_tokens < 1 or batch_size < 1:
+            raise ValueError("max_new_tokens and batch_size must be positive")
+        self.model_dir = str(model_dir)
+        self.model = tiny.load_model(model_dir)
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.model.config
+        return {"generator": self.name, "decoding": "greedy", "max_new_tokens": self.max_new_tokens,
+                "context_window": cfg.max_position_embeddings}
+
+    def generate(self, prompts: Sequence[str]) -> list[str]:
+        return [a.strip() for a in greedy_batch(self.model, prompts, self.max_new_tokens, self.batch_size)]
+
+
+def greedy_batch(model: Any, prompts: Sequence[str], max_new_tokens: int,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
+    """`tiny.generate(model, p, max_new_tokens)` for every prompt, decoding equal-length rows together.
+
+    The tiny model has no attention mask, so rows of different lengths cannot share a batch
+    without changing the result. Rows whose (window-truncated) context has the same length can:
+    they grow by one token per step, in step, and stay equal. Prompts longer than the window all
+    truncate to it, so a RAG eval set falls into a handful of groups. Rows that emit EOS leave
+    their batch; the others continue. Deterministic: the groups and their order depend only on
+    the prompts.
+    """
+    import torch
+
+    from include.training.tiny import BOS_ID, EOS_ID, PAD_ID, decode_ids, encode_text, prompt_text
+
+    window = model.config.max_position_embeddings
+    seqs = [[BOS_ID, *encode_text(prompt_text(p))] for p in prompts]
+    outputs: list[list[int]] = [[] for _ in prompts]
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, ids in enumerate(seqs):
+        groups[min(len(ids), window)].append(i)
+    model.eval()
+    with torch.no_grad():
+        for length in sorted(groups):
+            members = groups[length]
+            for start in range(0, len(members), batch_size):
+                active = members[start:start + batch_size]
+                for _ in range(max_new_tokens):
+                    if not active:
+                        break
+                    context = torch.tensor([seqs[i][-window:] for i in active])
+                    logits = model(context)[:, -1]
+                    logits[:, PAD_ID] = float("-inf")
+                    logits[:, BOS_ID] = float("-inf")
+                    chosen = logits.argmax(dim=-1).tolist()
+                    still = []
+                    for i, nxt in zip(active, chosen, strict=True):
+                        if nxt == EOS_ID:
+                            continue
+                        seqs[i].append(nxt)
+                        outputs[i].append(nxt)
+                        still.append(i)
+                    active = still
+    return [decode_ids(o) for o in outputs]
+
+
+class VllmGenerator(Generator):
+    """vLLM offline inference on the evaluator pod's GPU: temperature 0, one seed, bounded tokens."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir: str | Path, *, max_new_tokens: int = 256, max_model_len: int | None = None,
+                 gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1, dtype: str = "auto",
+                 seed: int = 0):
+        self.model_dir = str(model_dir)
+        self.max_new_tokens = max_new_tokens
+        self.engine_args: dict[str, Any] = {
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "tensor_parallel_size": tensor_parallel_size,
+            "dtype": dtype,
+            "seed": seed,
+        }
+        if max_model_len is not None:
+            self.engine_args["max_model_len"] = max_model_len
+        self.seed = seed
+        self._llm: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"generator": self.name, "decoding": "greedy (temperature 0)", "max_new_tokens": self.max_new_tokens,
+                **self.engine_args}
+
+    def _engine(self) -> Any:
+        if self._llm is None:
+            from vllm import LLM  # only in the evaluator image
+
+            started = time.monotonic()
+            self._llm = LLM(model=self.model_dir, **self.engine_args)
+            log.info("vLLM loaded %s in %.1fs", self.model_dir, time.monotonic() - started)
+        return self._llm
+
+    def generate(self, prompts: Sequence[str]) -> list[str]:
+        from vllm import SamplingParams
+
+        from include.training.tiny import prompt_text  # the training template, no model code involved
+
+        params = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=self.max_new_tokens, seed=self.seed)
+        outputs = self._engine().generate([prompt_text(p) for p in prompts], params, use_tqdm=False)
+        return [o.outputs[0].text.strip() if o.outputs else "" for o in outputs]
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm = None
+            try:
+                import gc
+
+                import torch
+
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except ImportError:  # pragma: no cover
+                pass
+
+
+def make_generator(kind: str, model_dir: str | Path, *, max_new_tokens: int,
+                   vllm_options: dict[str, Any] | None = None) -> Generator:
+    if kind == "tiny":
+        return LocalTinyGenerator(model_dir, max_new_tokens=max_new_tokens)
+    if kind == "vllm":
+        return VllmGenerator(model_dir, max_new_tokens=max_new_tokens, **(vllm_options or {}))
+    raise ValueError(f"unknown generator {kind!r}; expected tiny or vllm")
+
+
+def generate_answers(generator: Generator, samples: Sequence[Any]) -> list[str]:
+    """One answer per eval sample (objects with user_input and reference_contexts), in order."""
+    prompts = [build_prompt(s.user_input, s.reference_contexts) for s in samples]
+    started = time.monotonic()
+    answers = generator.generate(prompts)
+    if len(answers) != len(prompts):
+        raise RuntimeError(f"{generator.name} returned {len(answers)} answers for {len(prompts)} prompts")
+    log.info("%s answered %d prompts in %.1fs", generator.name, len(prompts), time.monotonic() - started)
+    return answers

@@ -1,0 +1,173 @@
+"""The evaluation job: one JSON object that says what to evaluate, where, and how.
+
+The same spec drives both profiles. Locally `evaluate_model` builds it and runs it in-process; on
+EKS it is the single argv item of the evaluator pod (`--job '<json>'`), so nothing in it is ever
+parsed by a shell. It is validated on both sides: when the DAG builds it (a bad spec fails before a
+GPU node is provisioned) and again in the pod (the image may be newer than Airflow).
+
+Secrets never travel in the job: the judge's API key comes from the pod's environment (a Kubernetes
+Secret) or, in-process, from the Airflow connection. A job that carries one is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+GENERATORS = ("tiny", "vllm")
+METRICS_PROFILES = ("local", "eks")
+JUDGE_PROVIDERS = ("openai", "bedrock")
+URI_SCHEMES = ("file", "s3")
+DEFAULT_MAX_NEW_TOKENS = {"tiny": 64, "vllm": 256}
+MAX_NEW_TOKENS_LIMIT = 4096
+
+KEYS = ("model_uri", "eval_uri", "output_uri", "generator", "metrics_profile", "limit", "max_new_tokens",
+        "vllm", "judge")
+REQUIRED = ("model_uri", "eval_uri", "output_uri", "generator", "metrics_profile")
+VLLM_KEYS = ("max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "dtype", "seed")
+JUDGE_KEYS = ("provider", "model", "base_url", "region_name", "aws_conn_id", "max_workers", "timeout_s",
+              "max_tokens")
+SECRET_KEYS = ("api_key", "password", "secret", "token", "aws_secret_access_key", "aws_session_token")
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+class JobError(ValueError):
+    """The evaluation job has a missing, unknown or invalid key; the message names it."""
+
+
+def _bad(key: str, problem: str, value: Any) -> JobError:
+    return JobError(f"job key {key!r}: {problem} (got {value!r})")
+
+
+def check_uri(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _bad(key, "expected a URI string", value)
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in URI_SCHEMES or not rest.strip("/"):
+        raise _bad(key, f"expected a URI with scheme {' or '.join(URI_SCHEMES)}://", value)
+    if scheme == "file" and not rest.startswith("/"):
+        raise _bad(key, "a file:// URI needs an absolute path (file:///...)", value)
+    if _CONTROL_RE.search(value):
+        raise _bad(key, "control characters are not allowed", value)
+    if ".." in rest.split("/"):
+        raise _bad(key, "'..' path segments are not allowed", value)
+    return value.rstrip("/")
+
+
+def _int(key: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _bad(key, f"expected an integer with {low} <= value <= {high}", value)
+    return value
+
+
+def _text(key: str, value: Any, *, max_len: int = 512) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > max_len or _CONTROL_RE.search(value):
+        raise _bad(key, f"expected a non-empty single-line string of at most {max_len} characters", value)
+    return value
+
+
+def _section(key: str, raw: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise _bad(key, "expected an object", raw)
+    for k in raw:
+        if str(k).lower() in SECRET_KEYS:
+            raise JobError(f"job key {key}.{k}: secrets never travel in the job; the evaluator reads the "
+                           "API key from its environment (LLMOPS_JUDGE_API_KEY) or the Airflow connection")
+        if k not in allowed:
+            raise JobError(f"unknown job key {key}.{k}; expected some of: {', '.join(allowed)}")
+    return dict(raw)
+
+
+def _judge(raw: Any) -> dict[str, Any]:
+    judge = _section("judge", raw, JUDGE_KEYS)
+    provider = judge.get("provider", "openai")
+    if provider not in JUDGE_PROVIDERS:
+        raise _bad("judge.provider", f"expected one of {', '.join(JUDGE_PROVIDERS)}", provider)
+    out: dict[str, Any] = {"provider": provider, "model": _text("judge.model", judge.get("model"))}
+    if provider == "openai":
+        base_url = judge.get("base_url")
+        if not isinstance(base_url, str) or not re.fullmatch(r"https?://[^\s/]+(/\S*)?", base_url):
+            raise _bad("judge.base_url", "expected an http(s):// URL of an OpenAI-compatible API", base_url)
+        out["base_url"] = base_url.rstrip("/")
+    else:
+        out["region_name"] = _text("judge.region_name", judge.get("region_name"), max_len=32)
+        if judge.get("aws_conn_id") is not None:
+            out["aws_conn_id"] = _text("judge.aws_conn_id", judge["aws_conn_id"], max_len=250)
+    out["max_workers"] = _int("judge.max_workers", judge.get("max_workers", 16), 1, 512)
+    out["timeout_s"] = _int("judge.timeout_s", judge.get("timeout_s", 120), 1, 3600)
+    out["max_tokens"] = _int("judge.max_tokens", judge.get("max_tokens", 2048), 16, 32768)
+    return out
+
+
+def _vllm(raw: Any) -> dict[str, Any]:
+    opts = _section("vllm", raw, VLLM_KEYS)
+    out: dict[str, Any] = {}
+    if opts.get("max_model_len") is not None:
+        out["max_model_len"] = _int("vllm.max_model_len", opts["max_model_len"], 256, 1_048_576)
+    util = opts.get("gpu_memory_utilization", 0.85)
+    if isinstance(util, bool) or not isinstance(util, int | float) or not math.isfinite(util) or not 0.1 <= util <= 0.98:
+        raise _bad("vllm.gpu_memory_utilization", "expected a number within [0.1, 0.98]", util)
+    out["gpu_memory_utilization"] = float(util)
+    out["tensor_parallel_size"] = _int("vllm.tensor_parallel_size", opts.get("tensor_parallel_size", 1), 1, 8)
+    dtype = opts.get("dtype", "auto")
+    if dtype not in _DTYPES:
+        raise _bad("vllm.dtype", f"expected one of {', '.join(_DTYPES)}", dtype)
+    out["dtype"] = dtype
+    out["seed"] = _int("vllm.seed", opts.get("seed", 0), 0, 2**31 - 1)
+    return out
+
+
+def validate_job(raw: Any) -> dict[str, Any]:
+    """The job with defaults filled in, or JobError naming the first bad key. Unknown keys are refused."""
+    if not isinstance(raw, Mapping):
+        raise JobError(f"the job must be a JSON object (got {type(raw).__name__})")
+    for key in raw:
+        if str(key).lower() in SECRET_KEYS:
+            raise JobError(f"job key {key!r}: secrets never travel in the job")
+        if key not in KEYS:
+            raise JobError(f"unknown job key {key!r}; expected some of: {', '.join(KEYS)}")
+    for key in REQUIRED:
+        if key not in raw:
+            raise JobError(f"job key {key!r} is required")
+    job: dict[str, Any] = {k: check_uri(k, raw[k]) for k in ("model_uri", "eval_uri", "output_uri")}
+    if raw["generator"] not in GENERATORS:
+        raise _bad("generator", f"expected one of {', '.join(GENERATORS)}", raw["generator"])
+    if raw["metrics_profile"] not in METRICS_PROFILES:
+        raise _bad("metrics_profile", f"expected one of {', '.join(METRICS_PROFILES)}", raw["metrics_profile"])
+    job["generator"], job["metrics_profile"] = raw["generator"], raw["metrics_profile"]
+    limit = raw.get("limit")
+    job["limit"] = None if limit is None else _int("limit", limit, 1, 10_000_000)
+    job["max_new_tokens"] = _int("max_new_tokens", raw.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS[job["generator"]]),
+                                 1, MAX_NEW_TOKENS_LIMIT)
+    job["vllm"] = _vllm(raw.get("vllm") or {}) if job["generator"] == "vllm" else None
+    if raw.get("vllm") and job["generator"] != "vllm":
+        raise JobError("job key 'vllm': only meaningful with generator 'vllm'")
+    judge = raw.get("judge")
+    if job["metrics_profile"] == "eks":
+        if judge is None:
+            raise JobError("job key 'judge' is required with metrics_profile 'eks' (the LLM judge's provider, "
+                           "model and endpoint)")
+        job["judge"] = _judge(judge)
+    else:
+        if judge is not None:
+            raise JobError("job key 'judge': metrics_profile 'local' uses no LLM judge")
+        job["judge"] = None
+    return job
+
+
+def job_argument(job: Mapping[str, Any]) -> str:
+    """The job as the one argv item the evaluator pod receives (validated, canonical, no NaN)."""
+    return json.dumps(validate_job(job), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def parse_job_argument(text: str) -> dict[str, Any]:
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise JobError(f"--job is not valid JSON: {exc}") from None
+    return validate_job(raw)

@@ -1,0 +1,445 @@
+"""RAGAS scoring with PER-SAMPLE scores, the score writer, and `evaluate_model` (what the DAG calls).
+
+Metrics by profile (names are ragas' metric names, the keys of scores.jsonl and the gate policy):
+
+    local  non_llm_string_similarity   Levenshtein similarity of response and reference (rapidfuzz)
+           bleu_score                  sacrebleu BLEU of response against reference, in [0, 1]
+           rouge_score                 ROUGE-L F-measure of response against reference
+           semantic_similarity         cosine of all-MiniLM-L6-v2 embeddings of response and reference
+           non_llm_context_precision_with_reference
+           non_llm_context_recall
+    eks    all of the above, plus LLM-judged
+           faithfulness                share of the response's claims the contexts support
+           answer_relevancy            ResponseRelevancy: how well questions the judge derives
+                                       from the response match the asked question
+
+Columns: the string and semantic metrics read `response` (the generated answer) and `reference`;
+the two context metrics read `retrieved_contexts` and `reference_contexts`; faithfulness reads
+`user_input`, `response` and `retrieved_contexts`; answer relevancy `user_input` and `response`.
+
+Why the reference contexts are also the retrieved contexts: the evaluation is RAG style with an
+oracle retriever. The model is prompted with the eval record's gold contexts (the same layout it
+was trained on), so what it was given IS the reference context list. That isolates generation
+quality, which is what a fine-tune changes, from retrieval quality, which it does not; and
+faithfulness is judged against exactly what the model saw. Consequently the two non-LLM context
+metrics are 1.0 by construction for every sample that has contexts: they are kept as a wiring
+check (a broken prompt/context path shows up as < 1) and become meaningful unchanged once a real
+retriever fills `retrieved_contexts`. Samples without contexts get None for them (not
+applicable), not ragas' 0 or NaN.
+
+Per-sample output: `score()` returns one dict per sample, in input order: {"id", metric: float or
+None}; NaN/inf (a failed or undefined metric, e.g. faithfulness of an empty answer) becomes None,
+and values are rounded to 6 decimals so reruns give byte-identical files. Deterministic: greedy
+generation, non-LLM metrics, CPU embeddings, and a temperature-0 judge.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from include.evaluation import artifacts
+from include.evaluation.job import DEFAULT_MAX_NEW_TOKENS, validate_job
+
+if TYPE_CHECKING:
+    from include.evaluation.judge import JudgeConfig
+    from include.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STRING_METRICS = ("non_llm_string_similarity", "bleu_score", "rouge_score")
+CONTEXT_METRICS = ("non_llm_context_precision_with_reference", "non_llm_context_recall")
+LOCAL_METRICS = (*STRING_METRICS, "semantic_similarity", *CONTEXT_METRICS)
+JUDGE_METRICS = ("faithfulness", "answer_relevancy")
+METRICS_BY_PROFILE = {"local": LOCAL_METRICS, "eks": (*LOCAL_METRICS, *JUDGE_METRICS)}
+NEEDS_CONTEXTS = frozenset({*CONTEXT_METRICS, "faithfulness"})
+DECIMALS = 6
+
+
+def metric_names(metrics_profile: str) -> tuple[str, ...]:
+    try:
+        return METRICS_BY_PROFILE[metrics_profile]
+    except KeyError:
+        raise ValueError(f"unknown metrics profile {metrics_profile!r}; expected local or eks") from None
+
+
+def _ragas_env() -> None:
+    os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _response_relevancy_class() -> type:
+    """ragas' ResponseRelevancy with its embedding step batched off the event loop.
+
+    Same prompt, same score; only `_ascore` differs: the judge call is awaited as in ragas, then
+    the generated questions are embedded through `LocalEmbeddings.aprime` (one batched forward
+    pass in a worker thread for all concurrent samples) before ragas' own `_calculate_score`,
+    which then only reads cached vectors. Called synchronously on the loop, as ragas does, each
+    sample's forward pass would stall every in-flight judge request.
+    """
+    from ragas.metrics._answer_relevance import ResponseRelevanceInput, ResponseRelevancy
+
+    class BatchedResponseRelevancy(ResponseRelevancy):
+        async def _ascore(self, row: dict, callbacks: Any) -> float:
+            assert self.llm is not None, "LLM is not set"
+            responses = await self.question_generation.generate_multiple(
+                data=ResponseRelevanceInput(response=row["response"]), llm=self.llm, callbacks=callbacks,
+                n=self.strictness)
+            if hasattr(self.embeddings, "aprime"):
+                await self.embeddings.aprime([row["user_input"], *(r.question for r in responses)])
+            return self._calculate_score(responses, row)
+
+    return BatchedResponseRelevancy
+
+
+def build_metrics(names: Sequence[str], *, embeddings: Any = None, llm: Any = None) -> list[Any]:
+    """ragas metric objects for `names`, in that order (the classes `ragas.evaluate` runs)."""
+    _ragas_env()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ragas.metrics._answer_similarity import SemanticSimilarity
+        from ragas.metrics._bleu_score import BleuScore
+        from ragas.metrics._context_precision import NonLLMContextPrecisionWithReference
+        from ragas.metrics._context_recall import NonLLMContextRecall
+        from ragas.metrics._faithfulness import Faithfulness
+        from ragas.metrics._rouge_score import RougeScore
+        from ragas.metrics._string import NonLLMStringSimilarity
+
+    factories = {
+        "non_llm_string_similarity": NonLLMStringSimilarity,
+        "bleu_score": BleuScore,
+        "rouge_score": lambda: RougeScore(rouge_type="rougeL", mode="fmeasure"),
+        "semantic_similarity": lambda: SemanticSimilarity(embeddings=embeddings),
+        "non_llm_context_precision_with_reference": NonLLMContextPrecisionWithReference,
+        "non_llm_context_recall": NonLLMContextRecall,
+        "faithfulness": lambda: Faithfulness(llm=llm),
+        # strictness 1: at temperature 0 more generated questions are copies (see judge.py)
+        "answer_relevancy": lambda: _response_relevancy_class()(llm=llm, embeddings=embeddings, strictness=1),
+    }
+    unknown = [n for n in names if n not in factories]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; known: {sorted(factories)}")
+    if embeddings is None and {"semantic_similarity", "answer_relevancy"} & set(names):
+        raise ValueError("semantic_similarity and answer_relevancy need embeddings")
+    if llm is None and set(JUDGE_METRICS) & set(names):
+        raise ValueError("faithfulness and answer_relevancy need the LLM judge")
+    metrics = [factories[n]() for n in names]
+    for name, metric in zip(names, metrics, strict=True):
+        assert metric.name == name, (metric.name, name)
+    return metrics
+
+
+def _ragas_key(metric: Any) -> str:
+    """The key ragas.evaluate stores a metric's score under (RougeScore: 'rouge_score(mode=fmeasure)')."""
+    from ragas.metrics.base import ModeMetric
+
+    return f"{metric.name}(mode={metric.mode})" if isinstance(metric, ModeMetric) else metric.name
+
+
+def clean(value: Any) -> float | None:
+    """A finite float rounded to DECIMALS, or None for NaN, inf, None and non-numbers."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number):
+        return None
+    return round(number, DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def _field(sample: Any, key: str) -> Any:
+    return sample[key] if isinstance(sample, Mapping) else getattr(sample, key)
+
+
+def score(samples: Sequence[Any], metrics_profile: str = "local", *, judge: JudgeConfig | None = None,
+          embeddings: Any = None, llm: Any = None, run_config: Any = None,
+          metrics: Sequence[str] | None = None, engine: str = "direct") -> list[dict[str, Any]]:
+    """Per-sample RAGAS scores: one dict per sample, {"id", <metric>: float | None}, in input order.
+
+    samples: mappings or objects with id, user_input, reference, reference_contexts and response
+    (the generated answer). The eks profile needs `judge` (or a ready ragas `llm`).
+    engine: "direct" (default: each metric's single_turn_ascore under one semaphore) or
+    "evaluate" (ragas.evaluate); both give the same per-sample scores (tests check it).
+    Call from synchronous code (a plain task): it runs its own event loop.
+    """
+    _ragas_env()
+    names = tuple(metrics) if metrics is not None else metric_names(metrics_profile)
+    if not samples:
+        return []
+    from ragas.run_config import RunConfig
+
+    if run_config is None:
+        workers = judge.max_workers if judge is not None else 16
+        timeout = (judge.timeout_s * 3) if judge is not None else 180
+        run_config = RunConfig(timeout=timeout, max_retries=3, max_wait=10, max_workers=workers, seed=42)
+    if embeddings is None and {"semantic_similarity", "answer_relevancy"} & set(names):
+        from include.evaluation.embeddings import LocalEmbeddings
+
+        embeddings = LocalEmbeddings()
+    if llm is None and set(JUDGE_METRICS) & set(names):
+        if judge is None:
+            raise ValueError(f"metrics {sorted(set(JUDGE_METRICS) & set(names))} need an LLM judge: pass judge= "
+                             "(judge_from_connection) or use metrics profile 'local'")
+        from include.evaluation.judge import build_judge_llm
+
+        llm = build_judge_llm(judge, run_config)
+
+    rows = []
+    for s in samples:
+        contexts = list(_field(s, "reference_contexts") or [])
+        rows.append({
+            "user_input": _field(s, "user_input"),
+            "response": _field(s, "response") or "",
+            "reference": _field(s, "reference"),
+            # oracle retrieval: what the model was prompted with (module docstring)
+            "retrieved_contexts": contexts,
+            "reference_contexts": contexts,
+        })
+    if embeddings is not None and hasattr(embeddings, "prime"):
+        texts = [r["reference"] or " " for r in rows] + [r["response"] or " " for r in rows]
+        if "answer_relevancy" in names:
+            texts += [r["user_input"] for r in rows]
+        embeddings.prime(texts)
+
+    metric_objs = build_metrics(names, embeddings=embeddings, llm=llm)
+    started = time.monotonic()
+    if engine == "evaluate":
+        raw_rows = _run_evaluate(metric_objs, rows, run_config)
+    elif engine == "direct":
+        raw_rows = _run_direct(metric_objs, rows, run_config)
+    else:
+        raise ValueError(f"engine={engine!r}: expected 'direct' or 'evaluate'")
+    log.info("scored %d samples x %d metrics in %.1fs", len(rows), len(names), time.monotonic() - started)
+
+    out = []
+    for s, row, raw in zip(samples, rows, raw_rows, strict=True):
+        rec: dict[str, Any] = {"id": _field(s, "id")}
+        for name, value in zip(names, raw, strict=True):
+            value = clean(value)
+            if name in NEEDS_CONTEXTS and not row["reference_contexts"]:
+                value = None  # not applicable without contexts
+            rec[name] = value
+        out.append(rec)
+    return out
+
+
+def _run_evaluate(metric_objs: list[Any], rows: list[dict], run_config: Any) -> list[list[Any]]:
+    """ragas.evaluate: per-sample scores from EvaluationResult.scores, in metric order."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ragas import EvaluationDataset, evaluate
+
+        result = evaluate(
+            EvaluationDataset.from_list(rows),
+            metrics=metric_objs,
+            run_config=run_config,
+            raise_exceptions=False,  # a failed metric call is NaN for that sample -> None
+            show_progress=False,
+            allow_nest_asyncio=False,  # plain task, no running loop: asyncio.run, no patching
+        )
+    keys = [_ragas_key(m) for m in metric_objs]
+    return [[raw.get(k) for k in keys] for raw in result.scores]
+
+
+def _run_direct(metric_objs: list[Any], rows: list[dict], run_config: Any) -> list[list[Any]]:
+    """Each metric's `single_turn_ascore` under one semaphore of run_config.max_workers.
+
+    What ragas.evaluate does, minus its per-row LangChain callback groups and tracer: that
+    tracer is a synchronous handler, so LangChain runs every one of its events (chain and model
+    start/end, several per judge request) in a thread-pool hop. Without it the judge path keeps
+    `max_workers` requests in flight on far less CPU (benchmarks/eval.py compares both).
+    Same metric objects, same inputs, same order; a failing call is NaN, as in ragas.
+    """
+    import asyncio
+
+    from ragas.dataset_schema import SingleTurnSample
+
+    for metric in metric_objs:
+        metric.init(run_config)
+    samples = [SingleTurnSample(**row) for row in rows]
+    failures: dict[str, int] = {}
+
+    async def run_all() -> list[Any]:
+        gate = asyncio.Semaphore(run_config.max_workers)
+
+        async def one(metric: Any, sample: Any, index: int) -> Any:
+            async with gate:
+                try:
+                    return await metric.single_turn_ascore(sample, callbacks=None, timeout=run_config.timeout)
+                except Exception as exc:  # noqa: BLE001 - recorded as a missing score, like ragas
+                    failures[metric.name] = failures.get(metric.name, 0) + 1
+                    if failures[metric.name] <= 3:
+                        log.warning("%s failed on sample %d: %s: %s", metric.name, index, type(exc).__name__,
+                                    str(exc)[:300])
+                    return math.nan
+
+        return await asyncio.gather(*(one(m, s, i) for i, s in enumerate(samples) for m in metric_objs))
+
+    flat = asyncio.run(run_all())  # from a plain (sync) task: a fresh loop, no nest_asyncio
+    if failures:
+        log.warning("metric calls that failed (scored None): %s", failures)
+    k = len(metric_objs)
+    return [flat[i * k:(i + 1) * k] for i in range(len(samples))]
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """Means over the samples that have a score, how many do, and how many do not."""
+    means: dict[str, float | None] = {}
+    counts: dict[str, int] = {}
+    for name in names:
+        values = [r[name] for r in rows if r.get(name) is not None]
+        counts[name] = len(values)
+        means[name] = clean(math.fsum(values) / len(values)) if values else None
+    return {"n": len(rows), "metrics": list(names), "means": means, "counts": counts,
+            "missing": {n: len(rows) - counts[n] for n in names}}
+
+
+def write_scores(output_uri: str, rows: Sequence[Mapping[str, Any]], names: Sequence[str], *,
+                 responses: Sequence[Mapping[str, Any]] | None = None,
+                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Store responses.jsonl (if given), scores.jsonl, then summary.json (last: its presence says done)."""
+    output_uri = output_uri.rstrip("/")
+    if responses is not None:
+        artifacts.write_jsonl(artifacts.join(output_uri, artifacts.RESPONSES_FILE), responses)
+    scores_uri = artifacts.join(output_uri, artifacts.SCORES_FILE)
+    summary_uri = artifacts.join(output_uri, artifacts.SUMMARY_FILE)
+    artifacts.write_jsonl(scores_uri, rows)
+    summary = {**(extra or {}), **summarize(rows, names)}
+    artifacts.write_json(summary_uri, summary)
+    return {"scores_uri": scores_uri, "summary_uri": summary_uri, "summary": summary}
+
+
+# ---------------------------------------------------------------- the evaluation run
+
+
+def resolve_judge(job: Mapping[str, Any], judge: JudgeConfig | None = None) -> JudgeConfig | None:
+    if job["metrics_profile"] != "eks":
+        return None
+    if judge is not None:
+        return judge
+    from include.evaluation.judge import JudgeConfig
+
+    return JudgeConfig.from_job(job["judge"])
+
+
+def run_job(raw_job: Mapping[str, Any], *, judge: JudgeConfig | None = None, generator: Any = None,
+            workdir: str | None = None) -> dict[str, Any]:
+    """Generate and score per the job; write the outputs; return what `evaluate_model` returns.
+
+    The pod runs this (entrypoint.py) with the judge's key from its environment; a worker runs it
+    through `evaluate_model`. `generator` replaces the job's (tests, benchmarks).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from include.evaluation.generate import generate_answers, make_generator
+
+    job = validate_job(raw_job)
+    judge_cfg = resolve_judge(job, judge)
+    names = metric_names(job["metrics_profile"])
+    samples = artifacts.load_eval_set(job["eval_uri"], job["limit"])
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="llmops-eval-", dir=workdir) as tmp:
+        gen = generator
+        if gen is None:
+            model_dir = artifacts.stage_dir(job["model_uri"], Path(tmp) / "model")
+            gen = make_generator(job["generator"], model_dir, max_new_tokens=job["max_new_tokens"],
+                                 vllm_options=job["vllm"])
+        started = time.monotonic()
+        try:
+            answers = generate_answers(gen, samples)
+        finally:
+            if generator is None:
+                gen.close()  # vLLM: give the GPU back before scoring
+        timings["generation_seconds"] = round(time.monotonic() - started, 3)
+        generated = [{"id": s.id, "user_input": s.user_input, "reference": s.reference,
+                      "reference_contexts": s.reference_contexts, "response": a}
+                     for s, a in zip(samples, answers, strict=True)]
+        started = time.monotonic()
+        rows = score(generated, job["metrics_profile"], judge=judge_cfg)
+        timings["scoring_seconds"] = round(time.monotonic() - started, 3)
+
+    extra = {
+        "model_uri": job["model_uri"],
+        "eval_uri": job["eval_uri"],
+        "eval_digest": artifacts.eval_digest(samples),
+        "limit": job["limit"],
+        "metrics_profile": job["metrics_profile"],
+        "generation": gen.describe(),
+        "judge": judge_cfg.public() if judge_cfg is not None else None,
+        **timings,
+    }
+    written = write_scores(job["output_uri"], rows, names,
+                           responses=[{"id": s.id, "response": a} for s, a in zip(samples, answers, strict=True)],
+                           extra=extra)
+    summary = written["summary"]
+    result = {
+        "scores_uri": written["scores_uri"],
+        "summary_uri": written["summary_uri"],
+        "responses_uri": artifacts.join(job["output_uri"], artifacts.RESPONSES_FILE),
+        "means": summary["means"],
+        "n": summary["n"],
+        "metrics": summary["metrics"],
+        "eval_digest": summary["eval_digest"],
+    }
+    artifacts.write_json(artifacts.join(job["output_uri"], artifacts.RESULT_FILE), result)
+    return result
+
+
+def build_job(model_uri: str, eval_uri: str, output_uri: str, settings: Settings | None = None, *,
+              limit: int | None = None, max_new_tokens: int | None = None, judge: JudgeConfig | None = None,
+              judge_conn_id: str | None = None, vllm: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The validated job for this profile: local = tiny + non-LLM metrics, eks = vLLM + the LLM judge.
+
+    On eks the judge's public part comes from `judge` or the Airflow connection `judge_conn_id`
+    (default `llm_judge`): call this inside a task, never at DAG parse time.
+    """
+    from include.settings import get_settings
+
+    settings = settings or get_settings()
+    local = settings.is_local
+    generator = "tiny" if local else "vllm"
+    job: dict[str, Any] = {
+        "model_uri": model_uri, "eval_uri": eval_uri, "output_uri": output_uri,
+        "generator": generator, "metrics_profile": settings.profile, "limit": limit,
+        "max_new_tokens": max_new_tokens or DEFAULT_MAX_NEW_TOKENS[generator],
+    }
+    if not local:
+        job["vllm"] = dict(vllm or {})
+        if judge is None:
+            from include.evaluation.judge import DEFAULT_CONN_ID, judge_from_connection
+
+            judge = judge_from_connection(judge_conn_id or DEFAULT_CONN_ID)
+        job["judge"] = judge.public()
+    return validate_job(job)
+
+
+def evaluate_model(model_uri: str, eval_uri: str, output_uri: str, settings: Settings | None = None,
+                   limit: int | None = None, *, judge: JudgeConfig | None = None,
+                   max_new_tokens: int | None = None) -> dict[str, Any]:
+    """Evaluate one model on one eval set, in this process; return the result dict.
+
+    model_uri: the exported model directory (`<train output>/model`), file:// or s3://.
+    eval_uri:  a curated dataset version dir (its eval.jsonl is read) or an eval .jsonl file.
+    output_uri: where responses.jsonl, scores.jsonl, summary.json and result.json go.
+    limit:     score only the first `limit` samples of the eval set (file order).
+
+    Returns {"scores_uri", "summary_uri", "responses_uri", "means": {metric: float|None}, "n",
+    "metrics": [names], "eval_digest"}. Used for the candidate and, when its per-sample scores on
+    this eval set (same eval_digest) are missing, for the champion. On eks the DAG runs the same
+    job in the evaluator pod instead (k8s_pod.py) and reads result.json back from output_uri.
+    """
+    job = build_job(model_uri, eval_uri, output_uri, settings, limit=limit, max_new_tokens=max_new_tokens,
+                    judge=judge)
+    return run_job(job, judge=judge)
+
+
+def read_result(output_uri: str) -> dict[str, Any]:
+    """The result an evaluator pod (or an earlier evaluate_model) left at output_uri."""
+    return artifacts.read_json(artifacts.join(output_uri, artifacts.RESULT_FILE))

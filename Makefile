@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	bash -c 'source scripts/env.sh && python benchmarks/dataprep.py'
+	bash -c 'source scripts/env.sh && python benchmarks/dataprep.py && python benchmarks/eval.py'
 
 clean:
 	rm -rf .airflow .data .mlflow

@@ -216,11 +216,12 @@ def _base_records() -> list[dict]:
     return records
 
 
-def make_samples(n: int, seed: int = 0) -> list[dict]:
+def make_samples(n: int, seed: int = 0, *, with_contexts: bool = False) -> list[dict]:
     """n scored-sample dicts: responses are the references with words dropped, swapped or replaced,
-    so scores spread over (0, 1] like a real model's would."""
+    so scores spread over (0, 1] like a real model's would. with_contexts: only records that have
+    contexts (faithfulness is None, not applicable, without them)."""
     rng = random.Random(seed)
-    base = _base_records()
+    base = [r for r in _base_records() if r["contexts"] or not with_contexts]
     filler = "the a cluster node pod model answer data value result system request".split()
     samples = []
     for i in range(n):
@@ -265,7 +266,7 @@ def bench_judge(stub: StubJudge, concurrency: int, seconds: float, latency_ms: f
     bound = concurrency / (latency_ms / 1000)
     # Faithfulness makes 2 requests per sample, ResponseRelevancy (strictness 1) 1.
     n = max(20, round(seconds * bound / 3))
-    samples = make_samples(n, seed=concurrency)
+    samples = make_samples(n, seed=concurrency, with_contexts=True)
     judge = JudgeConfig(provider="openai", model="stub-judge", base_url=stub.base_url, api_key="bench-key",
                         max_workers=concurrency, timeout_s=30)
     embeddings = LocalEmbeddings()

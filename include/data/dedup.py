@@ -22,8 +22,16 @@ _M2 = np.uint64(0xC2B2AE3D27D4EB4F)
 _FNV = np.uint64(0x100000001B3)
 
 
+# For ASCII text, the regex below in one C pass: letters lowered, every other non-alphanumeric
+# byte (underscore included) made a space; splitting and joining then collapses the runs.
+_ASCII_WORDS = bytes(c + 32 if 65 <= c <= 90 else c if chr(c).isalnum() and c < 128 else 32
+                     for c in range(256))
+
+
 def normalize_for_dedup(text: str) -> str:
     """Case, punctuation and spacing do not make two records different."""
+    if text.isascii():
+        return b" ".join(text.encode().translate(_ASCII_WORDS).split()).decode()
     return _NON_WORD.sub(" ", text.casefold()).strip()
 
 

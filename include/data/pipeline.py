@@ -8,10 +8,14 @@ the same version.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import multiprocessing
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
+from collections.abc import Generator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -21,10 +25,12 @@ from include.data.clean import clean_record
 from include.data.dedup import ExactDeduplicator, NearDuplicateIndex, content_hash, normalize_for_dedup
 from include.data.pii import redact
 from include.data.records import SCHEMA_VERSION, Record, Rejected, format_prompt, normalize
-from include.data.sources import list_files, read_lines
+from include.data.sources import list_files, parse_batch, read_batches
 from include.errors import InputError
 
 if TYPE_CHECKING:
+    from multiprocessing.pool import AsyncResult, Pool
+
     from airflow.sdk import ObjectStoragePath
 
 SPLITS = ("train", "validation", "test")
@@ -46,6 +52,7 @@ class PrepConfig:
     validation_fraction: float = 0.1
     split_salt: str = "split-v1"
     batch_size: int = 2048
+    workers: int = 1  # processes for the per-record steps; the output is the same for any number
 
     def __post_init__(self) -> None:
         if not 0 < self.min_tokens <= self.max_tokens:
@@ -55,6 +62,8 @@ class PrepConfig:
             raise ValueError("train and validation fractions must leave room for a test split")
         if not 0.5 <= self.dedup_threshold <= 0.95:  # above 0.95 LSH has too few bands to be useful
             raise ValueError(f"dedup_threshold must be within [0.5, 0.95], got {self.dedup_threshold}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
 
 
 def assign_split(normalized: str, config: PrepConfig) -> str:
@@ -84,8 +93,8 @@ class _HashingWriter:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
 
-    def write(self, obj: dict) -> None:
-        data = json.dumps(obj, ensure_ascii=False, default=str).encode() + b"\n"
+    def write(self, data: bytes) -> None:
+        """One serialized line, b"\\n" included (see `_line`)."""
         self._pending.append(data)
         self._pending_bytes += len(data)
         self.sha.update(data)
@@ -121,24 +130,36 @@ class Curator:
         self.exact = ExactDeduplicator()
         self.near = NearDuplicateIndex(config.dedup_threshold, config.num_perm) if config.near_dedup else None
 
+    @contextmanager
+    def _pool(self) -> Generator[Pool | None, None, None]:
+        """Worker processes for `_prepare` when `config.workers` > 1 (forked, so they start fast)."""
+        if self.config.workers <= 1:
+            yield None
+            return
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+        context = multiprocessing.get_context(method)
+        with context.Pool(self.config.workers, initializer=_init_worker, initargs=(self.config,)) as pool:
+            yield pool
+
     def run(self, source_uris: list[str], paths: list[ObjectStoragePath]) -> dict:
         self.staging.mkdir(parents=True, exist_ok=True)
         names = {**SPLIT_FILES, "eval": EVAL_FILE, "quarantine": QUARANTINE_FILE}
         self._out = {key: _HashingWriter(self.staging / name) for key, name in names.items()}
         sources = []
+        # A full collection walks every live container, the growing dedup sets included, for no
+        # gain: the stream makes no reference cycles. Young generations are still collected.
+        thresholds = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(thresholds[0], thresholds[1], 1 << 30)
         try:
-            for path in paths:
-                before = self.counts["read"]
-                batches = read_lines(path, self.config.batch_size)
-                while True:
-                    start = time.perf_counter()
-                    batch = next(batches, None)
-                    self.seconds["read"] += time.perf_counter() - start
-                    if batch is None:
-                        break
-                    self._process(str(path), batch)
-                sources.append({"uri": str(path), "records": self.counts["read"] - before})
+            with self._pool() as pool:
+                for path in paths:
+                    before = self.counts["read"]
+                    self._run_path(path, pool)
+                    sources.append({"uri": str(path), "records": self.counts["read"] - before})
         finally:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
             files = {names[key]: w.close() for key, w in self._out.items()}
         version = hashlib.sha256(
             json.dumps({"schema": SCHEMA_VERSION, "files": {n: f["sha256"] for n, f in files.items()}},
@@ -149,7 +170,8 @@ class Curator:
             "version": version,
             "source_uris": source_uris,
             "sources": sources,
-            "config": asdict(self.config),
+            # `workers` changes how fast, never what: left out, like the timings
+            "config": {k: v for k, v in asdict(self.config).items() if k != "workers"},
             "counts": dict(self.counts),
             "quarantine": dict(self.quarantined),
             "pii": dict(self.pii),
@@ -157,82 +179,175 @@ class Curator:
             "files": files,
         }
 
-    def _reject(self, source: str, line: int, raw: object, error: Rejected) -> None:
-        """Keep the original (text for JSONL, the row for Parquet) with where it came from."""
-        self.quarantined[error.reason] += 1
-        self.counts["quarantined"] += 1
-        self._out["quarantine"].write({"reason": error.reason, "detail": error.detail, "source": source,
-                                       "line": line,
-                                       "raw": raw if isinstance(raw, str) else json.dumps(raw, default=str)})
-
-    def _process(self, source: str, batch: list) -> None:
-        config = self.config
-        self.counts["read"] += len(batch)
-        records: list[tuple[Record, object]] = []
-        start = time.perf_counter()
-        for line, value, raw in batch:
-            if isinstance(value, Rejected):
-                self._reject(source, line, raw, value)
-                continue
-            try:
-                record = normalize(value)
-            except Rejected as e:
-                self._reject(source, line, raw or value, e)
-                continue
-            record.source, record.line = source, line
-            records.append((record, raw or value))
-        self.counts["normalized"] += len(records)
-        self.seconds["normalize"] += time.perf_counter() - start
-
-        start = time.perf_counter()
-        kept = []
-        for record, raw in records:
-            try:
-                kept.append(clean_record(record, config.min_tokens, config.max_tokens))
-            except Rejected as e:
-                self._reject(source, record.line, raw, e)
-        self.counts["cleaned"] += len(kept)
-        self.seconds["clean"] += time.perf_counter() - start
-
-        if config.redact_pii:
+    def _run_path(self, path: ObjectStoragePath, pool: Pool | None) -> None:
+        """Prepare batches (in the pool when there is one, at most two a worker in flight so memory
+        stays bounded) and commit them in input order: the output does not depend on `workers`."""
+        source, seconds = str(path), self.seconds
+        batches = read_batches(path, self.config.batch_size)
+        pending: deque[AsyncResult] = deque()
+        while True:
             start = time.perf_counter()
-            pii = self.pii
-            for r in kept:
-                r.question = redact(r.question, pii)
-                r.answer = redact(r.answer, pii)
-                r.contexts = [redact(c, pii) for c in r.contexts]
-                if r.system:
-                    r.system = redact(r.system, pii)
-            self.seconds["pii"] += time.perf_counter() - start
+            batch = next(batches, None)
+            seconds["read"] += time.perf_counter() - start
+            if batch is None:
+                break
+            if pool is None:
+                self._commit(_prepare(self.config, source, batch))
+                continue
+            pending.append(pool.apply_async(_prepare_in_worker, (source, batch)))
+            if len(pending) >= 2 * self.config.workers:
+                self._commit(pending.popleft().get())
+        while pending:
+            self._commit(pending.popleft().get())
+
+    def _commit(self, prepared: _Prepared) -> None:
+        """The part that depends on earlier records: dedup against the indexes, then write."""
+        self.counts.update(prepared.counts)
+        self.quarantined.update(prepared.quarantined)
+        self.pii.update(prepared.pii)
+        for stage, secs in prepared.seconds.items():
+            self.seconds[stage] += secs
+        out = self._out
+        quarantine = out["quarantine"]
+        for line in prepared.quarantine_lines:
+            quarantine.write(line)
 
         start = time.perf_counter()
-        unique: list[tuple[Record, str]] = []
-        for r in kept:
-            norm = normalize_for_dedup(f"{r.question}\n{r.answer}")
-            if self.exact.is_duplicate(norm):
+        seen = self.exact._seen
+        unique = []
+        for candidate in prepared.candidates:
+            key = candidate[0]
+            if key in seen:
                 self.counts["exact_duplicates"] += 1
             else:
-                unique.append((r, norm))
+                seen.add(key)
+                unique.append(candidate)
         self.seconds["exact_dedup"] += time.perf_counter() - start
 
         if self.near is not None:
             start = time.perf_counter()
-            flags = self.near.add_batch([norm for _, norm in unique])
+            flags = self.near.add_batch([c[1] for c in unique])
             self.counts["near_duplicates"] += sum(flags)
-            unique = [u for u, dup in zip(unique, flags, strict=True) if not dup]
+            unique = [c for c, dup in zip(unique, flags, strict=True) if not dup]
             self.seconds["near_dedup"] += time.perf_counter() - start
 
         start = time.perf_counter()
-        for r, norm in unique:
-            split = assign_split(norm, config)
-            rid = f"{content_hash(norm):016x}"
-            self._out[split].write({"id": rid, "input": format_prompt(r.question, r.contexts, r.system),
-                                    "output": r.answer})
-            if split == "test":
-                self._out["eval"].write({"id": rid, "user_input": r.question, "reference": r.answer,
-                                         "reference_contexts": r.contexts})
+        for _, _, split, line, eval_line in unique:
+            out[split].write(line)
+            if eval_line is not None:
+                out["eval"].write(eval_line)
         self.counts["written"] += len(unique)
         self.seconds["split_write"] += time.perf_counter() - start
+
+
+_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode  # what json.dumps(obj, ensure_ascii=False,
+# default=str) does, without building an encoder every call
+
+
+def _line(obj: dict) -> bytes:
+    return (_encode(obj) + "\n").encode()
+
+
+@dataclass
+class _Prepared:
+    """One batch after every step that looks at a record alone; small to send between processes.
+
+    `candidates` are (exact dedup key, normalized text if near dedup is on, split, output line,
+    eval line or None), in input order.
+    """
+
+    counts: Counter
+    quarantined: Counter
+    pii: Counter
+    seconds: dict[str, float]
+    quarantine_lines: list[bytes]
+    candidates: list[tuple[int, str | None, str, bytes, bytes | None]]
+
+
+def _prepare(config: PrepConfig, source: str, batch: list) -> _Prepared:
+    """Parse, normalize, clean, redact, and serialize one batch; no state shared across batches."""
+    counts: Counter = Counter()
+    quarantined: Counter = Counter()
+    pii: Counter = Counter()
+    seconds: dict[str, float] = {}
+    quarantine_lines: list[bytes] = []
+
+    def reject(line: int, raw: object, error: Rejected) -> None:
+        """Keep the original (text for JSONL, the row for Parquet) with where it came from."""
+        quarantined[error.reason] += 1
+        counts["quarantined"] += 1
+        quarantine_lines.append(_line({"reason": error.reason, "detail": error.detail, "source": source,
+                                       "line": line,
+                                       "raw": raw if isinstance(raw, str) else json.dumps(raw, default=str)}))
+
+    start = time.perf_counter()
+    batch = parse_batch(batch)
+    seconds["read"] = time.perf_counter() - start
+    counts["read"] += len(batch)
+    records: list[tuple[Record, object]] = []
+    start = time.perf_counter()
+    for line, value, raw in batch:
+        if isinstance(value, Rejected):
+            reject(line, raw, value)
+            continue
+        try:
+            record = normalize(value)
+        except Rejected as e:
+            reject(line, raw or value, e)
+            continue
+        record.source, record.line = source, line
+        records.append((record, raw or value))
+    counts["normalized"] += len(records)
+    seconds["normalize"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    kept = []
+    for record, raw in records:
+        try:
+            kept.append(clean_record(record, config.min_tokens, config.max_tokens))
+        except Rejected as e:
+            reject(record.line, raw, e)
+    counts["cleaned"] += len(kept)
+    seconds["clean"] = time.perf_counter() - start
+
+    if config.redact_pii:
+        start = time.perf_counter()
+        for r in kept:
+            r.question = redact(r.question, pii)
+            r.answer = redact(r.answer, pii)
+            r.contexts = [redact(c, pii) for c in r.contexts]
+            if r.system:
+                r.system = redact(r.system, pii)
+        seconds["pii"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    norms = [normalize_for_dedup(f"{r.question}\n{r.answer}") for r in kept]
+    keys = [content_hash(norm) for norm in norms]
+    seconds["exact_dedup"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    candidates = []
+    for r, norm, key in zip(kept, norms, keys, strict=True):
+        split = assign_split(norm, config)
+        rid = f"{key:016x}"
+        line = _line({"id": rid, "input": format_prompt(r.question, r.contexts, r.system), "output": r.answer})
+        eval_line = _line({"id": rid, "user_input": r.question, "reference": r.answer,
+                           "reference_contexts": r.contexts}) if split == "test" else None
+        candidates.append((key, norm if config.near_dedup else None, split, line, eval_line))
+    seconds["split_write"] = time.perf_counter() - start
+    return _Prepared(counts, quarantined, pii, seconds, quarantine_lines, candidates)
+
+
+_worker_config: PrepConfig | None = None
+
+
+def _init_worker(config: PrepConfig) -> None:
+    global _worker_config
+    _worker_config = config
+
+
+def _prepare_in_worker(source: str, batch: list) -> _Prepared:
+    return _prepare(_worker_config, source, batch)
 
 
 def curate(source_uris: list[str], staging: ObjectStoragePath, config: PrepConfig,

@@ -36,6 +36,13 @@ def list_files(path: ObjectStoragePath) -> list[ObjectStoragePath]:
 
 def read_lines(path: ObjectStoragePath, batch_size: int = 4096) -> Iterator[list[Item]]:
     """Batches of parsed lines; unreadable content comes out as Rejected items."""
+    for batch in read_batches(path, batch_size):
+        yield parse_batch(batch)
+
+
+def read_batches(path: ObjectStoragePath, batch_size: int = 4096) -> Iterator[list]:
+    """`read_lines` without the parsing, which `parse_batch` does, so that it can run elsewhere:
+    JSONL comes out as `RawLines`, everything else already parsed."""
     name = path.name.lower()
     if name.endswith(JSONL_SUFFIXES):
         yield from _read_jsonl(path, batch_size)
@@ -45,38 +52,63 @@ def read_lines(path: ObjectStoragePath, batch_size: int = 4096) -> Iterator[list
         yield [(0, Rejected("unreadable_file", f"unsupported file type: {path.name}"), "")]
 
 
-def _lines(f, block: int = BLOCK) -> Iterator[bytes]:
-    """Physical lines (without b"\\n") from big reads: each call on an ObjectStoragePath file goes
-    through Airflow's lineage wrapper, so iterating the file line by line costs more than parsing."""
+class RawLines(list):
+    """(line number, bytes without b"\\n", whether the line had one): JSONL not parsed yet."""
+
+
+def parse_batch(batch: list) -> list[Item]:
+    """Items of a batch from `read_batches`; a blank line was skipped already."""
+    if not isinstance(batch, RawLines):
+        return batch
+    loads = json.loads
+    items = []
+    for number, line, terminated in batch:
+        try:
+            text = line.decode("utf-8")
+            items.append((number, loads(text), text.rstrip("\r")))
+        except ValueError:  # also UnicodeDecodeError; parse again as read, for the same detail
+            items.append(_parse(number, line + b"\n" if terminated else line))
+    return items
+
+
+def _blocks(f) -> Iterator[tuple[list[bytes], bool]]:
+    """Physical lines without their b"\\n", a big read at a time, and whether they had one (the last
+    line of a file may not). Each call on an ObjectStoragePath file goes through Airflow's lineage
+    wrapper, so reading the file line by line costs more than parsing it."""
     tail = b""
-    while chunk := f.read(block):
+    while chunk := f.read(BLOCK):
         lines = (tail + chunk).split(b"\n")
         tail = lines.pop()
-        yield from lines
+        yield lines, True
     if tail:
-        yield tail
+        yield [tail], False
 
 
-def _read_jsonl(path: ObjectStoragePath, batch_size: int) -> Iterator[list]:
-    loads = json.loads
-    batch: list = []
+def _parse(number: int, line: bytes) -> Item:
+    """One physical line, "\\n" included, exactly as read: the slow path that explains a bad line."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return number, Rejected("invalid_encoding", str(e)), line.decode("utf-8", "backslashreplace").rstrip("\r\n")
+    try:
+        return number, json.loads(text), text.rstrip("\r\n")
+    except ValueError as e:
+        return number, Rejected("malformed_json", str(e)), text.rstrip("\r\n")
+
+
+def _read_jsonl(path: ObjectStoragePath, batch_size: int) -> Iterator[RawLines]:
+    batch = RawLines()
+    number = 0
     with path.open("rb") as f:
-        for number, line in enumerate(_lines(f), start=1):
-            if not line.strip():
-                continue
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                batch.append((number, Rejected("invalid_encoding", str(e)),
-                              line.decode("utf-8", "backslashreplace").rstrip("\r")))
-            else:
-                try:
-                    batch.append((number, loads(text), text.rstrip("\r")))
-                except ValueError as e:
-                    batch.append((number, Rejected("malformed_json", str(e)), text.rstrip("\r")))
-            if len(batch) >= batch_size:
-                yield batch
-                batch = []
+        for lines, terminated in _blocks(f):
+            for line in lines:
+                number += 1
+                if not line.strip():
+                    continue
+                batch.append((number, line, terminated))
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = RawLines()
     if batch:
         yield batch
 

@@ -21,9 +21,11 @@ caller: at temperature 0 further samples are copies of the first and only cost r
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -170,13 +172,44 @@ def build_langchain_chat(cfg: JudgeConfig) -> Any:
     raise JudgeConfigError(f"unknown judge provider {cfg.provider!r}")
 
 
-def build_judge_llm(cfg: JudgeConfig, run_config: Any = None) -> Any:
-    """The ragas LLM wrapper the judged metrics use."""
-    import warnings
-
+@lru_cache(maxsize=1)
+def _gated_wrapper_class() -> type:
     from ragas.llms.base import LangchainLLMWrapper
+
+    class GatedLangchainLLMWrapper(LangchainLLMWrapper):
+        """LangchainLLMWrapper with at most `max_in_flight` judge requests at once (per event loop).
+
+        ragas' RunConfig.max_workers bounds whole metric calls, and a metric call holds its slot
+        through prompt rendering, output parsing and, for ResponseRelevancy, an embedding pass:
+        the judge then sees fewer requests than slots. Gating the requests themselves makes
+        `max_in_flight` the judge's real concurrency while metric calls prepare and parse around
+        it. Retries (ragas' add_async_retry around this method) wait outside the gate.
+        """
+
+        def __init__(self, *args: Any, max_in_flight: int, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.max_in_flight = max_in_flight
+            self._gate: asyncio.Semaphore | None = None
+            self._gate_loop: asyncio.AbstractEventLoop | None = None
+
+        def _semaphore(self) -> asyncio.Semaphore:
+            loop = asyncio.get_running_loop()
+            if self._gate is None or self._gate_loop is not loop:
+                self._gate, self._gate_loop = asyncio.Semaphore(self.max_in_flight), loop
+            return self._gate
+
+        async def agenerate_text(self, *args: Any, **kwargs: Any) -> Any:
+            async with self._semaphore():
+                return await super().agenerate_text(*args, **kwargs)
+
+    return GatedLangchainLLMWrapper
+
+
+def build_judge_llm(cfg: JudgeConfig, run_config: Any = None) -> Any:
+    """The ragas LLM wrapper the judged metrics use: at most cfg.max_workers requests in flight."""
+    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return LangchainLLMWrapper(build_langchain_chat(cfg), run_config=run_config,
-                                   bypass_temperature=True, bypass_n=True)
+        return _gated_wrapper_class()(build_langchain_chat(cfg), run_config=run_config, bypass_temperature=True,
+                                      bypass_n=True, max_in_flight=cfg.max_workers)

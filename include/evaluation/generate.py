@@ -124,7 +124,7 @@ class VllmGenerator(Generator):
 
     name = "vllm"
 
-    def __init__(self, model_dir: str | Path, *, max_new_tokens: int = 256, max_model_len: int | None = None,
+    def __init__(self, model_dir: str | Path, *, max_new_tokens: int = 256, max_model_len: int = 4096,
                  gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1, dtype: str = "auto",
                  seed: int = 0):
         self.model_dir = str(model_dir)
@@ -134,9 +134,10 @@ class VllmGenerator(Generator):
             "tensor_parallel_size": tensor_parallel_size,
             "dtype": dtype,
             "seed": seed,
+            "max_model_len": max_model_len,
         }
-        if max_model_len is not None:
-            self.engine_args["max_model_len"] = max_model_len
+        if max_new_tokens >= max_model_len:
+            raise ValueError("max_new_tokens must leave room for the prompt within max_model_len")
         self.seed = seed
         self._llm: Any = None
 
@@ -158,8 +159,15 @@ class VllmGenerator(Generator):
 
         from include.training.tiny import prompt_text  # the training template, no model code involved
 
+        engine = self._engine()
+        # Over-long prompts keep their last tokens (the question and the nearest context), as the tiny
+        # model's window and NeMo's input truncation do, instead of failing the whole batch. Done
+        # here with the engine's own tokenizer, so it does not depend on a SamplingParams option.
+        keep = self.engine_args["max_model_len"] - self.max_new_tokens
+        tokenizer = engine.get_tokenizer()
+        inputs = [{"prompt_token_ids": tokenizer.encode(prompt_text(p))[-keep:]} for p in prompts]
         params = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=self.max_new_tokens, seed=self.seed)
-        outputs = self._engine().generate([prompt_text(p) for p in prompts], params, use_tqdm=False)
+        outputs = engine.generate(inputs, params, use_tqdm=False)
         return [o.outputs[0].text.strip() if o.outputs else "" for o in outputs]
 
     def close(self) -> None:

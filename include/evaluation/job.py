@@ -21,7 +21,8 @@ GENERATORS = ("tiny", "vllm")
 METRICS_PROFILES = ("local", "eks")
 JUDGE_PROVIDERS = ("openai", "bedrock")
 URI_SCHEMES = ("file", "s3")
-DEFAULT_MAX_NEW_TOKENS = {"tiny": 64, "vllm": 256}
+DEFAULT_MAX_NEW_TOKENS = {"tiny": 64, "vllm": 256}  # tiny: its exported generation_config's max_new_tokens
+DEFAULT_MAX_MODEL_LEN = 4096
 MAX_NEW_TOKENS_LIMIT = 4096
 
 KEYS = ("model_uri", "eval_uri", "output_uri", "generator", "metrics_profile", "limit", "max_new_tokens",
@@ -106,11 +107,13 @@ def _judge(raw: Any) -> dict[str, Any]:
 
 def _vllm(raw: Any) -> dict[str, Any]:
     opts = _section("vllm", raw, VLLM_KEYS)
-    out: dict[str, Any] = {}
-    if opts.get("max_model_len") is not None:
-        out["max_model_len"] = _int("vllm.max_model_len", opts["max_model_len"], 256, 1_048_576)
+    # Bounded by default: vLLM would otherwise take the model's full context (128k for Llama 3.1)
+    # and refuse to start when the KV cache of a 24 GB inference GPU cannot hold it.
+    out: dict[str, Any] = {"max_model_len": _int("vllm.max_model_len", opts.get("max_model_len", DEFAULT_MAX_MODEL_LEN),
+                                                 256, 1_048_576)}
     util = opts.get("gpu_memory_utilization", 0.85)
-    if isinstance(util, bool) or not isinstance(util, int | float) or not math.isfinite(util) or not 0.1 <= util <= 0.98:
+    if (isinstance(util, bool) or not isinstance(util, int | float) or not math.isfinite(util)
+            or not 0.1 <= util <= 0.98):
         raise _bad("vllm.gpu_memory_utilization", "expected a number within [0.1, 0.98]", util)
     out["gpu_memory_utilization"] = float(util)
     out["tensor_parallel_size"] = _int("vllm.tensor_parallel_size", opts.get("tensor_parallel_size", 1), 1, 8)
@@ -147,6 +150,9 @@ def validate_job(raw: Any) -> dict[str, Any]:
     job["vllm"] = _vllm(raw.get("vllm") or {}) if job["generator"] == "vllm" else None
     if raw.get("vllm") and job["generator"] != "vllm":
         raise JobError("job key 'vllm': only meaningful with generator 'vllm'")
+    if job["vllm"] and job["max_new_tokens"] >= job["vllm"]["max_model_len"]:
+        raise _bad("max_new_tokens", f"must leave room for the prompt within vllm.max_model_len "
+                   f"({job['vllm']['max_model_len']})", job["max_new_tokens"])
     judge = raw.get("judge")
     if job["metrics_profile"] == "eks":
         if judge is None:

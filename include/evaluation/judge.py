@@ -163,10 +163,14 @@ def build_langchain_chat(cfg: JudgeConfig) -> Any:
         try:  # the evaluator image pins langchain-aws: the Converse API works for every Bedrock model
             from langchain_aws import ChatBedrockConverse
         except ImportError:
+            import warnings
+
             from langchain_community.chat_models.bedrock import BedrockChat
 
-            return BedrockChat(model_id=cfg.model, client=client, region_name=cfg.region_name,
-                               model_kwargs={"temperature": 0.0, "max_tokens": cfg.max_tokens})
+            with warnings.catch_warnings():  # deprecated for langchain-aws, which the image has
+                warnings.simplefilter("ignore")
+                return BedrockChat(model_id=cfg.model, client=client, region_name=cfg.region_name,
+                                   model_kwargs={"temperature": 0.0, "max_tokens": cfg.max_tokens})
         return ChatBedrockConverse(model=cfg.model, client=client, region_name=cfg.region_name,
                                    temperature=0.0, max_tokens=cfg.max_tokens)
     raise JudgeConfigError(f"unknown judge provider {cfg.provider!r}")

@@ -6,6 +6,7 @@ Metrics by profile (names are ragas' metric names, the keys of scores.jsonl and 
            bleu_score                  sacrebleu BLEU of response against reference, in [0, 1]
            rouge_score                 ROUGE-L F-measure of response against reference
            semantic_similarity         cosine of all-MiniLM-L6-v2 embeddings of response and reference
+                                       (a cosine: [-1, 1], unrelated text lands near 0; not clamped)
            non_llm_context_precision_with_reference
            non_llm_context_recall
     eks    all of the above, plus LLM-judged

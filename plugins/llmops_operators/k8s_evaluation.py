@@ -22,7 +22,7 @@ class KubernetesEvaluationOperator(KubernetesPodOperator):
     def __init__(self, *, job: Mapping[str, Any] | Any, **kwargs) -> None:
         settings = get_settings()
         kwargs.setdefault("kubernetes_conn_id", settings.kubernetes_conn_id)
-        kwargs.setdefault("namespace", settings.serving_namespace)
+        kwargs.setdefault("namespace", settings.training_namespace)  # where Airflow's Role allows pods
         kwargs.setdefault("image", settings.evaluator_image)
         super().__init__(**kwargs)
         self.job = job

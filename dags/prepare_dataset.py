@@ -66,12 +66,15 @@ def prepare_dataset():
 
     @task(multiple_outputs=False, execution_timeout=timedelta(hours=2))
     def curate(sources: list[str], params: dict, run_id: str) -> dict:
+        import os
+
         from include.data.catalog import stage
         from include.data.pipeline import PrepConfig
         from include.settings import get_settings
 
         config = PrepConfig(redact_pii=params["redact_pii"], near_dedup=params["near_dedup"],
-                            dedup_threshold=params["dedup_threshold"], max_tokens=params["max_tokens"])
+                            dedup_threshold=params["dedup_threshold"], max_tokens=params["max_tokens"],
+                            workers=min(2, os.cpu_count() or 1))
         return stage(get_settings().data_root, sources, config, run_id)
 
     @task(multiple_outputs=False, outlets=[CURATED_DATASET])

@@ -15,14 +15,47 @@ _BLANK_LINES = re.compile(r"\s*\n\s*\n\s*")
 _LINE_EDGES = re.compile(r" ?\n ?")
 
 
+# The ASCII characters _CONTROL matches, for bytes.translate: deleting them is one C pass.
+_ASCII_CONTROL = bytes([*range(0x09), *range(0x0B, 0x20), 0x7F])
+_ASCII_ODD = _ASCII_CONTROL + b"\t"  # and "\r": everything but "\n" that needs work
+
+
 def clean_text(text: str) -> str:
-    if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
+    if text.isascii():
+        return _clean_ascii(text)
+    text = unicodedata.normalize("NFKC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
     if "  " in text or _ODD_SPACE.search(text):  # else every run is a single " " already
         text = _SPACES.sub(" ", text)
     if "\n" in text:
+        text = _BLANK_LINES.sub("\n\n", text)
+        text = _LINE_EDGES.sub("\n", text)
+    return text.strip()
+
+
+def _plain(text: str) -> bool:
+    """ASCII with no control character but "\\n", no tab, no double space: nothing for the first
+    steps of `clean_text` to do."""
+    if not text.isascii() or "  " in text:
+        return False
+    raw = text.encode()
+    return len(raw.translate(None, _ASCII_ODD)) == len(raw)
+
+
+def _clean_ascii(text: str) -> str:
+    """`clean_text` for most text: substring tests and bytes.translate (single C passes) stand in for
+    regex scans where they show that the regex would change nothing."""
+    if not _plain(text):
+        text = text.replace("\r\n", "\n").replace("\r", "\n").encode().translate(None, _ASCII_CONTROL).decode()
+        text = _SPACES.sub(" ", text)
+    return _clean_lines(text)
+
+
+def _clean_lines(text: str) -> str:
+    """The last steps of `clean_text`, for text where " " and "\\n" are the only whitespace, and no
+    space follows another: the blank-line and line-edge subs change nothing without one of these."""
+    if "\n" in text and ("\n\n" in text or " \n" in text or "\n " in text):
         text = _BLANK_LINES.sub("\n\n", text)
         text = _LINE_EDGES.sub("\n", text)
     return text.strip()

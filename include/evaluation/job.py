@@ -17,10 +17,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from include.uris import CONTROL_RE, uri_problem
+
 GENERATORS = ("tiny", "vllm")
 METRICS_PROFILES = ("local", "eks")
 JUDGE_PROVIDERS = ("openai", "bedrock")
-URI_SCHEMES = ("file", "s3")
 DEFAULT_MAX_NEW_TOKENS = {"tiny": 64, "vllm": 256}  # tiny: its exported generation_config's max_new_tokens
 DEFAULT_MAX_MODEL_LEN = 4096
 MAX_NEW_TOKENS_LIMIT = 4096
@@ -33,7 +34,6 @@ JUDGE_KEYS = ("provider", "model", "base_url", "region_name", "aws_conn_id", "ma
               "max_tokens")
 SECRET_KEYS = ("api_key", "password", "secret", "token", "aws_secret_access_key", "aws_session_token")
 
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
@@ -46,17 +46,9 @@ def _bad(key: str, problem: str, value: Any) -> JobError:
 
 
 def check_uri(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise _bad(key, "expected a URI string", value)
-    scheme, sep, rest = value.partition("://")
-    if not sep or scheme not in URI_SCHEMES or not rest.strip("/"):
-        raise _bad(key, f"expected a URI with scheme {' or '.join(URI_SCHEMES)}://", value)
-    if scheme == "file" and not rest.startswith("/"):
-        raise _bad(key, "a file:// URI needs an absolute path (file:///...)", value)
-    if _CONTROL_RE.search(value):
-        raise _bad(key, "control characters are not allowed", value)
-    if ".." in rest.split("/"):
-        raise _bad(key, "'..' path segments are not allowed", value)
+    problem = uri_problem(value)
+    if problem:
+        raise _bad(key, problem, value)
     return value.rstrip("/")
 
 
@@ -67,7 +59,7 @@ def _int(key: str, value: Any, low: int, high: int) -> int:
 
 
 def _text(key: str, value: Any, *, max_len: int = 512) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > max_len or _CONTROL_RE.search(value):
+    if not isinstance(value, str) or not value.strip() or len(value) > max_len or CONTROL_RE.search(value):
         raise _bad(key, f"expected a non-empty single-line string of at most {max_len} characters", value)
     return value
 

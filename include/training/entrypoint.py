@@ -26,16 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from include.uris import CONTROL_RE, uri_problem
+
 DEFAULT_XCOM_PATH = "/airflow/xcom/return.json"
 RESULT_FILE = "result.json"  # rank 0's result, also published next to the model
 DATASET_FILES = ("training.jsonl", "validation.jsonl", "test.jsonl")
 BACKENDS = ("tiny", "nemo")
 METHODS = ("lora", "full")
-URI_SCHEMES = ("file", "s3")
 
 # Plain names only: they end up in paths, Job names and NeMo run names.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class PlanError(ValueError):
@@ -108,21 +108,16 @@ def _check_name(key: str, value: Any) -> str:
 
 
 def _check_no_traversal(key: str, value: str, path: str) -> None:
-    if _CONTROL_RE.search(value):
+    if CONTROL_RE.search(value):
         raise _bad(key, "control characters are not allowed", value)
     if ".." in path.split("/"):
         raise _bad(key, "'..' path segments are not allowed", value)
 
 
 def _check_uri(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise _bad(key, "expected a URI string", value)
-    scheme, sep, rest = value.partition("://")
-    if not sep or scheme not in URI_SCHEMES or not rest.strip("/"):
-        raise _bad(key, f"expected a URI with scheme {' or '.join(URI_SCHEMES)}://", value)
-    if scheme == "file" and not rest.startswith("/"):
-        raise _bad(key, "a file:// URI needs an absolute path (file:///...)", value)
-    _check_no_traversal(key, value, rest)
+    problem = uri_problem(value)
+    if problem:
+        raise _bad(key, problem, value)
     return value.rstrip("/")
 
 

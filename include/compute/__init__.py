@@ -19,8 +19,8 @@ from types import ModuleType
 from typing import Any
 
 from include.settings import get_settings
+from include.training.entrypoint import RESULT_FILE  # rank 0 publishes it last
 
-RESULT_FILE = "result.json"  # include/training/entrypoint.py publishes it last
 RESULT_KEYS = ("backend", "checkpoint_uri", "model_uri", "metrics")
 
 

@@ -68,11 +68,14 @@ class AirflowStack:
             **base,
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+            # the project's plugins/ sits beside dags/: DAG files import its operators
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(Path(dags_folder).parent / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": str(parallelism),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db_path}",
+            # SQLite serializes writers; the CLI, scheduler and dag-processor wait their turn, not fail
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db_path}?timeout=60",
             # Task supervisors talk to this; the default is http://localhost:8080/execution/.
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
             "AIRFLOW__API__PORT": str(self.port),

@@ -11,7 +11,6 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +27,7 @@ def test_a_published_version_triggers_retraining_on_that_version(airflow_stack, 
 
     stack = airflow_stack(env={"LLMOPS_DATA_ROOT": data_root, "LLMOPS_PROFILE": "local",
                                "LLMOPS_CHECKPOINT_ROOT": str(tmp_path / "checkpoints"),
-                               "LLMOPS_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-                          config={"AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins")})
+                               "LLMOPS_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     stack.wait_for_dag("prepare_dataset")
     stack.wait_for_dag("finetune_lifecycle")
     stack.airflow("dags", "unpause", "finetune_lifecycle")

@@ -170,8 +170,8 @@ def finetune_lifecycle():
         return reject(decision)
 
     dataset = resolve_dataset()
+    validate_params() >> dataset
     planned = plan(dataset)
-    validate_params() >> planned
     checked = preflight(planned["plan"])
     rendezvous = setup_rendezvous(planned["plan"])
     train = training_job_operator(task_id="launch_training", plan=planned["plan"],

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime
 
@@ -47,7 +48,8 @@ def resolve_sources(data_root: str, partition: str | None, source_uris: list[str
 
 def staging_uri(data_root: str, run_id: str) -> str:
     """One staging directory per run, so a retry overwrites its own leftovers."""
-    return f"{curated_root(data_root)}/_staging/{re.sub(r'[^A-Za-z0-9._-]+', '_', run_id)}"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
+    return f"{curated_root(data_root)}/_staging/{safe}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
 
 
 def stage(data_root: str, sources: list[str], config: PrepConfig, run_id: str) -> dict:

@@ -61,6 +61,16 @@ class JudgeConfig:
 
 
 def _base_url(conn: Any, extra: Mapping[str, Any]) -> str:
+    """The judge's base URL; it travels in job specs and logs, so it may not carry credentials."""
+    url = _build_base_url(conn, extra)
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise JudgeConfigError(f"connection {conn.conn_id!r}: the base URL must not contain credentials; "
+                               "put the API key in the connection's password")
+    return url
+
+
+def _build_base_url(conn: Any, extra: Mapping[str, Any]) -> str:
     if extra.get("base_url"):
         return str(extra["base_url"]).rstrip("/")
     host = (conn.host or "").strip()

@@ -33,8 +33,7 @@ class KubernetesEvaluationOperator(KubernetesPodOperator):
         from include.evaluation.k8s_pod import kubernetes_pod_operator_kwargs, pod_name
 
         job = validate_job(self.job)
-        role = "champion" if "/champion-" in job["output_uri"] else "candidate"
-        name = pod_name(self.dag_id, run_id, role)
+        name = pod_name(self.dag_id, run_id, self.task_id.removeprefix("evaluate_"))
         for key, value in kubernetes_pod_operator_kwargs(job, get_settings(), name=name).items():
             setattr(self, key, value)
 

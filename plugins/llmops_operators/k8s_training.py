@@ -82,7 +82,17 @@ class KubernetesTrainingJobOperator(KubernetesJobOperator):
         except ValueError as exc:  # PlanError, PreflightError: a retry cannot fix the plan
             raise InputError(str(exc)) from None
 
+    def result_published(self) -> bool:
+        """The run already finished (its Job may be gone after its TTL): never train it twice."""
+        from include.compute import result_uri
+        from include.storage import storage_path
+
+        return storage_path(result_uri(self.plan)).exists()
+
     def execute(self, context):
+        if self.result_published():
+            self.log.info("Run %s already published its result; nothing to launch", self.plan["run_name"])
+            return None
         launch = self._render()
         for key, value in launch.operator_kwargs().items():
             setattr(self, key, value)
@@ -122,9 +132,14 @@ class KubernetesTrainingJobOperator(KubernetesJobOperator):
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            # Another try created it between our read and our create: that one is the run.
-            self.log.info("Job %s appeared concurrently; re-attaching", name)
-            return self.hook.get_job_status(job_name=name, namespace=namespace)
+            # Another try created it between our read and our create: that one is the run, unless it
+            # is already dead, in which case it is replaced like any failed Job.
+            current = self.hook.get_job_status(job_name=name, namespace=namespace)
+            if job_state(current) != "failed" and not current.metadata.deletion_timestamp:
+                self.log.info("Job %s appeared concurrently; re-attaching", name)
+                return current
+            self._delete_job(name, namespace)
+            self.job_client.create_namespaced_job(namespace=namespace, body=body)
         self.log.info("Created Job %s/%s", namespace, name)
         return job_request_obj
 

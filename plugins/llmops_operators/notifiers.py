@@ -1,7 +1,7 @@
 """Tell people when the gate rejects a candidate.
 
-Posts a JSON message to the webhook in the Airflow connection `llmops_alerts` (its host, e.g. a
-Slack or Teams incoming webhook; the URL is the secret, so it lives only in the connection). With
+Posts a JSON message to the webhook in the Airflow connection `llmops_alerts` (its host holds the
+full URL, e.g. a Slack or Teams incoming webhook; the URL is the secret, so it lives only there). With
 no such connection the message is logged, so a rejection is never silent.
 """
 
@@ -42,7 +42,10 @@ class GateRejectionNotifier(BaseNotifier):
             conn = BaseHook.get_connection(self.conn_id)
         except Exception:  # no connection configured: the log line above is the notification
             return
-        url = conn.host if "://" in (conn.host or "") else conn.get_uri()
+        url = (conn.host or "").strip()
+        if not url.startswith(("https://", "http://")):
+            log.warning("connection %s: host must be the webhook's full URL; not posting", self.conn_id)
+            return
         request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 - URL from a connection

@@ -53,14 +53,6 @@ class LocalTrainingJobOperator(BaseOperator):
             stop_recorded_ranks(self.plan["checkpoint_dir"])
 
 
-def __getattr__(name: str):
-    if name == "KubernetesTrainingJobOperator":
-        from .k8s_training import KubernetesTrainingJobOperator
-
-        return KubernetesTrainingJobOperator
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def training_job_operator(**kwargs) -> BaseOperator:
     """The training operator for this profile; same task id, params and plan either way."""
     if get_settings().profile == "eks":

@@ -124,6 +124,17 @@ def test_a_connection_without_model_is_refused():
     assert SECRET not in str(info.value)
 
 
+@pytest.mark.parametrize("where", ["host", "extra"])
+def test_credentials_in_the_judge_url_are_refused(where):
+    url = f"https://user:{SECRET}@judge.example/v1"
+    conn = SimpleNamespace(conn_id="llm_judge", conn_type="http", host=url if where == "host" else "https://j/v1",
+                           port=None, schema=None, password=None,
+                           extra_dejson={"model": "m", **({"base_url": url} if where == "extra" else {})})
+    with pytest.raises(JudgeConfigError, match="must not contain credentials") as info:
+        judge_from_connection_fields(conn)
+    assert SECRET not in str(info.value)
+
+
 def test_openai_judge_is_temperature_zero_and_gated():
     llm = build_judge_llm(JudgeConfig(provider="openai", model="m", base_url="http://127.0.0.1:9/v1",
                                       api_key=SECRET, max_workers=5))

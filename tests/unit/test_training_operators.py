@@ -155,6 +155,8 @@ def cluster(monkeypatch) -> FakeCluster:
         for method in methods:
             monkeypatch.setattr(api, method, lambda _self, *a, _m=method, **kw: getattr(fake, _m)(*a, **kw))
     monkeypatch.setattr(k8s_training, "DELETE_POLL_S", 0)
+    fake.result_published = False  # the run's result.json in object storage
+    monkeypatch.setattr(KubernetesTrainingJobOperator, "result_published", lambda _op: fake.result_published)
     return fake
 
 
@@ -277,6 +279,17 @@ def test_a_retry_after_the_job_succeeded_neither_creates_nor_waits(cluster):
     assert deferred is None
     assert [name for name, _ in cluster.calls] == ["read_namespaced_job_status"]
     assert ctx["ti"].xcom["job_name"] == launch.name
+
+
+def test_a_rerun_after_the_job_expired_does_not_train_again(cluster):
+    run_try(1)
+    cluster.jobs.clear()  # the finished Job is gone after its TTL
+    cluster.result_published = True
+    cluster.calls.clear()
+
+    deferred, _ = run_try(2)
+
+    assert deferred is None and cluster.calls == [], "a published result means the run is done"
 
 
 def test_a_job_created_concurrently_is_adopted_not_duplicated(cluster, monkeypatch):

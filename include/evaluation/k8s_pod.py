@@ -40,7 +40,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubernetes.client import (
-    V1Capabilities,
     V1Container,
     V1EmptyDirVolumeSource,
     V1EnvVar,
@@ -52,12 +51,12 @@ from kubernetes.client import (
     V1ResourceRequirements,
     V1SeccompProfile,
     V1SecretKeySelector,
-    V1SecurityContext,
     V1Toleration,
     V1Volume,
     V1VolumeMount,
 )
 
+from include.cluster.hardening import restricted_container
 from include.cluster.pools import GPU, Pool, get_pool
 from include.cluster.preflight import as_manifest, check_pod_placement
 from include.evaluation.job import JobError, job_argument
@@ -167,11 +166,7 @@ def render_pod(job: Mapping[str, Any] | str | Any, settings: Settings | None = N
             V1VolumeMount(name="shm", mount_path="/dev/shm"),
             V1VolumeMount(name="scratch", mount_path=SCRATCH),
         ],
-        security_context=V1SecurityContext(
-            allow_privilege_escalation=False,
-            capabilities=V1Capabilities(drop=["ALL"]),
-            run_as_non_root=True,
-        ),
+        security_context=restricted_container(),
     )
     pod = V1Pod(
         api_version="v1",

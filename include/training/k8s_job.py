@@ -30,7 +30,6 @@ from typing import Any
 
 from kubernetes.client import (
     V1Affinity,
-    V1Capabilities,
     V1Container,
     V1ContainerPort,
     V1EmptyDirVolumeSource,
@@ -53,7 +52,6 @@ from kubernetes.client import (
     V1PodTemplateSpec,
     V1ResourceRequirements,
     V1SeccompProfile,
-    V1SecurityContext,
     V1Service,
     V1ServicePort,
     V1ServiceSpec,
@@ -62,6 +60,7 @@ from kubernetes.client import (
     V1VolumeMount,
 )
 
+from include.cluster.hardening import restricted_container
 from include.cluster.pools import EFA, GPU, INSTANCE_TYPE_LABEL, PLAN_POOLS, InstanceType, Pool, pool_for_plan
 from include.cluster.preflight import as_manifest, check_pod_placement
 from include.settings import Settings, get_settings
@@ -335,11 +334,7 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
             V1VolumeMount(name="shm", mount_path="/dev/shm"),
             V1VolumeMount(name="checkpoints", mount_path=CHECKPOINT_MOUNT),
         ],
-        security_context=V1SecurityContext(
-            allow_privilege_escalation=False,
-            capabilities=V1Capabilities(drop=["ALL"]),
-            run_as_non_root=True,
-        ),
+        security_context=restricted_container(),
     )
     affinity = None
     if nodes > 1:  # all ranks in one zone: EFA does not cross AZs, and cross-AZ traffic is billed

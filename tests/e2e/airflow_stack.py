@@ -1,6 +1,6 @@
 """A real Airflow 3 deployment in a temp directory: scheduler, dag-processor and API server.
 
-    with AirflowStack(tmp_path / "airflow", dags_folder, env={"LLMOPS_DATA_ROOT": ...}) as stack:
+    with AirflowStack(tmp_path / "airflow", dags_folder, db_url, connect, env={...}) as stack:
         stack.wait_for_dag("prepare_dataset")
         stack.airflow("dags", "unpause", "prepare_dataset")
         ...
@@ -9,8 +9,9 @@ Airflow 3 splits what `airflow standalone` hides: the dag-processor parses files
 DB, the scheduler (here with the LocalExecutor) runs tasks in forked supervisor processes, and
 those report state, XComs and asset events to the API server's execution API, authenticated with
 JWTs that the scheduler signs and the API server checks -- so all three must share the JWT secret
-and know the execution API URL. The metadata DB is SQLite, which Airflow 3 accepts with the
-LocalExecutor (Airflow 2 required the SequentialExecutor).
+and know the execution API URL. The metadata DB is a Postgres database of its own (`db_url`;
+`connect()` opens a psycopg2 connection to it), as in the deployment: with SQLite, concurrent
+writers fail with "database is locked".
 
 Each component runs in its own process group with its output in `<home>/<component>.log`; `stop()`
 (also on leaving the `with`) terminates every group, children included. `logs()` returns those
@@ -24,7 +25,6 @@ import os
 import secrets
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -50,7 +50,8 @@ class StackError(RuntimeError):
 class AirflowStack:
     """Start, query and stop one Airflow deployment; a context manager."""
 
-    def __init__(self, home: Path, dags_folder: Path, env: dict[str, str] | None = None,
+    def __init__(self, home: Path, dags_folder: Path, db_url: str, connect: Callable[[], Any],
+                 env: dict[str, str] | None = None,
                  config: dict[str, str] | None = None, components: Iterable[str] = COMPONENTS,
                  api_apps: str = "execution", parallelism: int = 4):
         self.home = Path(home)
@@ -59,7 +60,7 @@ class AirflowStack:
         self.components = tuple(components)
         self.api_apps = api_apps
         self.procs: dict[str, subprocess.Popen] = {}
-        self.db_path = self.home / "airflow.db"
+        self.connect = connect
         self.api_url = f"http://127.0.0.1:{self.port}"
 
         base = {k: v for k, v in os.environ.items()
@@ -74,8 +75,7 @@ class AirflowStack:
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": str(parallelism),
-            # SQLite serializes writers; the CLI, scheduler and dag-processor wait their turn, not fail
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db_path}?timeout=60",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
             # Task supervisors talk to this; the default is http://localhost:8080/execution/.
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
             "AIRFLOW__API__PORT": str(self.port),
@@ -172,12 +172,15 @@ class AirflowStack:
                              f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
         return proc
 
-    def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
         """Read the metadata DB directly (fast; no Airflow import in the test process)."""
-        con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
-        con.row_factory = sqlite3.Row
+        import psycopg2.extras
+
+        con = self.connect()
         try:
-            return con.execute(sql, tuple(params)).fetchall()
+            with con.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                cur.execute(sql, tuple(params))
+                return [dict(r) for r in cur.fetchall()]
         finally:
             con.close()
 
@@ -185,10 +188,7 @@ class AirflowStack:
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()
-            try:
-                result = predicate()
-            except sqlite3.OperationalError:  # locked or not migrated yet: ask again
-                result = None
+            result = predicate()
             if result:
                 return result
             if time.monotonic() > deadline:
@@ -207,15 +207,15 @@ class AirflowStack:
         def parsed():
             errors = self.query("SELECT filename, stacktrace FROM import_error")
             if errors:
-                raise StackError("import errors: " + json.dumps([dict(e) for e in errors], indent=1))
-            return self.query("SELECT 1 FROM serialized_dag WHERE dag_id = ?", [dag_id])
+                raise StackError("import errors: " + json.dumps(errors, indent=1, default=str))
+            return self.query("SELECT 1 FROM serialized_dag WHERE dag_id = %s", [dag_id])
 
         self.wait_until(parsed, timeout, f"dag {dag_id} to be parsed")
 
     def dag_runs(self, dag_id: str) -> list[dict]:
         rows = self.query("SELECT run_id, state, run_type, logical_date, backfill_id, clear_number, end_date "
-                          "FROM dag_run WHERE dag_id = ? ORDER BY logical_date", [dag_id])
-        return [dict(r) for r in rows]
+                          "FROM dag_run WHERE dag_id = %s ORDER BY logical_date", [dag_id])
+        return rows
 
     def wait_for_runs(self, dag_id: str, count: int, timeout: float = 360,
                       where: Callable[[dict], bool] = lambda r: True) -> list[dict]:
@@ -229,15 +229,15 @@ class AirflowStack:
         return self.wait_until(done, timeout, f"{count} terminal runs of {dag_id}")
 
     def task_states(self, dag_id: str) -> list[dict]:
-        rows = self.query("SELECT run_id, task_id, state, try_number FROM task_instance WHERE dag_id = ? "
+        rows = self.query("SELECT run_id, task_id, state, try_number FROM task_instance WHERE dag_id = %s "
                           "ORDER BY run_id, task_id", [dag_id])
-        return [dict(r) for r in rows]
+        return rows
 
     def asset_events(self, name: str) -> list[dict]:
         rows = self.query("SELECT e.id, e.extra, e.source_dag_id, e.source_run_id, e.source_task_id, e.timestamp "
-                          "FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = ? ORDER BY e.id",
+                          "FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = %s ORDER BY e.id",
                           [name])
-        return [{**dict(r), "extra": json.loads(r["extra"] or "{}")} for r in rows]
+        return [{**r, "extra": r["extra"] or {}} for r in rows]
 
     def logs(self, task_log_tail: int = 200) -> str:
         """Every component's log and the tail of every task log, for a failure report."""

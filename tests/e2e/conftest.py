@@ -1,9 +1,10 @@
 """Fixtures for end-to-end tests: a real Airflow deployment (see airflow_stack.py).
 
-`airflow_stack(env=..., config=...)` starts one deployment in the test's temp directory and
-always stops it (every process group) at teardown. When the test fails, the components' logs and
-the task logs are attached to the failure report as an "airflow logs" section, so the report
-shows why without a rerun.
+`airflow_stack(env=..., config=...)` starts one deployment in the test's temp directory, with a
+database of its own on the session's Postgres server (postgres_server.py), and always stops it
+(every process group) at teardown. When the test fails, the components' logs and the task logs
+are attached to the failure report as an "airflow logs" section, so the report shows why without
+a rerun.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from airflow_stack import AirflowStack
+from postgres_server import PostgresServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = PROJECT_ROOT / "dags"
@@ -28,15 +30,23 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def airflow_stack(request, tmp_path):
+def airflow_stack(request, tmp_path, postgres):
     """A factory: `airflow_stack(env={...}, config={"AIRFLOW__...": ...})` -> a started AirflowStack."""
     stacks: list[AirflowStack] = []
     request.node.stash[_stacks_key] = stacks
 
     def start(env: dict[str, str] | None = None, config: dict[str, str] | None = None, **kwargs) -> AirflowStack:
-        stack = AirflowStack(tmp_path / f"airflow{len(stacks) or ''}", DAGS_FOLDER, env=env, config=config,
-                             **kwargs)
+        db = postgres.create_database()
+        stack = AirflowStack(tmp_path / f"airflow{len(stacks) or ''}", DAGS_FOLDER, postgres.url(db),
+                             lambda: postgres.connect(db), env=env, config=config, **kwargs)
         stacks.append(stack)
         return stack.__enter__()
 

@@ -41,7 +41,8 @@ def test_a_published_version_triggers_retraining_on_that_version(airflow_stack, 
 
     def resolved():
         rows = stack.query(
-            "SELECT r.run_type, x.value FROM dag_run r JOIN xcom x ON x.dag_id = r.dag_id AND x.run_id = r.run_id "
+            "SELECT r.run_type, x.value::text AS value FROM dag_run r "
+            "JOIN xcom x ON x.dag_id = r.dag_id AND x.run_id = r.run_id "
             "WHERE r.dag_id = 'finetune_lifecycle' AND x.task_id = 'resolve_dataset' AND x.key = 'return_value'")
         return rows[0] if rows else None
 

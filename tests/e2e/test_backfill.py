@@ -37,6 +37,10 @@ def write_raw_partitions(root: Path) -> None:
         (part / "part-000.jsonl").write_text("\n".join(lines) + "\n")
 
 
+def day(run: dict) -> str:
+    return run["logical_date"].date().isoformat()
+
+
 def published(root: Path) -> dict[str, dict]:
     """version -> manifest, for every directory under curated/ that has a manifest."""
     return {d.name: json.loads((d / "manifest.json").read_text())
@@ -62,7 +66,7 @@ def test_backfill_three_days_then_reprocess_is_idempotent(airflow_stack, tmp_pat
 
     assert [r["state"] for r in runs] == ["success"] * 3, stack.task_states(DAG_ID)
     assert {r["run_type"] for r in runs} == {"backfill"}
-    assert [r["logical_date"][:10] for r in runs] == list(DAYS)
+    assert [day(r) for r in runs] == list(DAYS)
 
     versions = published(data)
     assert len(versions) == 3
@@ -91,9 +95,9 @@ def test_backfill_three_days_then_reprocess_is_idempotent(airflow_stack, tmp_pat
     stack.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", DAYS[1], "--to-date", DAYS[1],
                   "--reprocess-behavior", "completed")
     rerun = stack.wait_for_runs(DAG_ID, 1, timeout=240,
-                                where=lambda r: r["logical_date"].startswith(DAYS[1]) and r["clear_number"] >= 1)
+                                where=lambda r: day(r) == DAYS[1] and r["clear_number"] >= 1)
     assert rerun[0]["state"] == "success", stack.task_states(DAG_ID)
-    assert rerun[0]["run_id"] == next(r["run_id"] for r in runs if r["logical_date"].startswith(DAYS[1]))
+    assert rerun[0]["run_id"] == next(r["run_id"] for r in runs if day(r) == DAYS[1])
 
     assert published(data) == versions  # no new version, no manifest rewritten
     assert {v: (data / "curated" / v / "manifest.json").stat().st_mtime_ns for v in versions} == before

@@ -1,0 +1,122 @@
+"""A throwaway PostgreSQL server on 127.0.0.1 for the Airflow metadata DB, as the deployment has.
+
+SQLite cannot carry a scheduler, a dag-processor, an API server and the CLI writing at once: a
+reader that must upgrade to a writer gets "database is locked" at once, whatever the busy timeout.
+So the deployments under test use Postgres, like docker-compose.yaml and the Helm chart.
+
+The server runs from the machine's PostgreSQL binaries (`initdb`, `postgres` on PATH or under
+/usr/lib/postgresql/<version>/bin). PostgreSQL refuses to run as root, so as root it runs as the
+`postgres` system user. `stop()` shuts it down and removes its data directory.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+SUPERUSER = "airflow"
+
+
+class PostgresUnavailable(RuntimeError):
+    pass
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)),
+                                       None)
+    if not found:
+        raise PostgresUnavailable(f"PostgreSQL's `{name}` was not found on PATH or under /usr/lib/postgresql: "
+                                  "install the server (Debian: apt-get install postgresql), as .ci/run does")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresServer:
+    """One server; `create_database()` hands each deployment its own empty database."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.data_dir = Path(tempfile.mkdtemp(prefix="llmops-pg-"))
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError as e:
+                raise PostgresUnavailable("as root, the server needs a `postgres` user to run as") from e
+            os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
+            self._as_user = [_binary("runuser"), "-u", "postgres", "--"]
+        self.proc: subprocess.Popen | None = None
+
+    def _run(self, argv: list[str]) -> None:
+        out = subprocess.run([*self._as_user, *argv], capture_output=True, text=True, timeout=120)
+        if out.returncode:
+            raise PostgresUnavailable(f"{argv[0]} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
+
+    def start(self, timeout: float = 60) -> PostgresServer:
+        pgdata = self.data_dir / "pgdata"
+        self._run([_binary("initdb"), "-D", str(pgdata), "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8",
+                   "--no-sync"])
+        self.log = self.data_dir / "postgres.log"
+        log = open(self.log, "ab")  # noqa: SIM115 -- the child holds its own descriptor
+        self.proc = subprocess.Popen(
+            [*self._as_user, _binary("postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(self.port),
+             "-k", str(self.data_dir), "-c", "fsync=off", "-c", "synchronous_commit=off",
+             "-c", "full_page_writes=off", "-c", "max_connections=300", "-c", "timezone=UTC"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.connect("postgres").close()
+                return self
+            except Exception as e:  # noqa: BLE001 -- not accepting connections yet
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise PostgresUnavailable(f"postgres did not start ({e}):\n{self.log.read_text()[-4000:]}") from e
+                time.sleep(0.2)
+
+    def connect(self, dbname: str):
+        import psycopg2
+
+        return psycopg2.connect(host="127.0.0.1", port=self.port, user=SUPERUSER, dbname=dbname, connect_timeout=5)
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
+
+    def create_database(self) -> str:
+        name = f"airflow_{uuid.uuid4().hex[:12]}"
+        con = self.connect("postgres")
+        con.autocommit = True
+        try:
+            with con.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}"')  # a generated identifier, never user input
+        finally:
+            con.close()
+        return name
+
+    def stop(self, grace: float = 20) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGINT)  # postgres' "fast" shutdown
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -20,10 +20,19 @@ _ASCII_CONTROL = bytes([*range(0x09), *range(0x0B, 0x20), 0x7F])
 _ASCII_ODD = _ASCII_CONTROL + b"\t"  # and "\r": everything but "\n" that needs work
 
 
+# The non-ASCII characters that a step below removes, replaces or takes for whitespace (\s), and
+# lone surrogates, which JSON can carry and UTF-8 cannot: text with none of them, once in NFKC,
+# cleans as ASCII text does.
+_SPECIAL = re.compile(r"[\s\x80-\x9f\u00a0\u2000-\u200f\u202a-\u202e\u2060-\u2064\u3000\ufeff\ud800-\udfff]")
+_ASCII = bytes(range(128))
+
+
 def clean_text(text: str) -> str:
     if text.isascii():
         return _clean_ascii(text)
     text = unicodedata.normalize("NFKC", text)
+    if not _SPECIAL.search(_non_ascii(text)):
+        return _clean_ascii(text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
     if "  " in text or _ODD_SPACE.search(text):  # else every run is a single " " already
@@ -34,18 +43,24 @@ def clean_text(text: str) -> str:
     return text.strip()
 
 
+def _non_ascii(text: str) -> str:
+    """The non-ASCII characters of `text`, few in most text: its UTF-8 without the ASCII bytes."""
+    return text.encode("utf-8", "surrogatepass").translate(None, _ASCII).decode("utf-8", "surrogatepass")
+
+
 def _plain(text: str) -> bool:
-    """ASCII with no control character but "\\n", no tab, no double space: nothing for the first
-    steps of `clean_text` to do."""
-    if not text.isascii() or "  " in text:
+    """No control character but "\\n", no tab, no double space: nothing for the first steps of
+    `clean_text` to do, if `text` is ASCII or passed the `_SPECIAL` check."""
+    if "  " in text:
         return False
     raw = text.encode()
     return len(raw.translate(None, _ASCII_ODD)) == len(raw)
 
 
 def _clean_ascii(text: str) -> str:
-    """`clean_text` for most text: substring tests and bytes.translate (single C passes) stand in for
-    regex scans where they show that the regex would change nothing."""
+    """`clean_text` for most text, ASCII or with no `_SPECIAL` character: substring tests and
+    bytes.translate (single C passes; on UTF-8 they leave the non-ASCII characters alone) stand in
+    for regex scans where they show that the regex would change nothing."""
     if not _plain(text):
         text = text.replace("\r\n", "\n").replace("\r", "\n").encode().translate(None, _ASCII_CONTROL).decode()
         text = _SPACES.sub(" ", text)
@@ -54,8 +69,9 @@ def _clean_ascii(text: str) -> str:
 
 def _clean_lines(text: str) -> str:
     """The last steps of `clean_text`, for text where " " and "\\n" are the only whitespace, and no
-    space follows another: the blank-line and line-edge subs change nothing without one of these."""
-    if "\n" in text and ("\n\n" in text or " \n" in text or "\n " in text):
+    space follows another: the blank-line and line-edge subs change nothing without one of these
+    (a blank line that is just "\\n\\n", as between paragraphs, is what the first one writes)."""
+    if "\n" in text and (" \n" in text or "\n " in text or "\n\n\n" in text):
         text = _BLANK_LINES.sub("\n\n", text)
         text = _LINE_EDGES.sub("\n", text)
     return text.strip()
@@ -67,10 +83,14 @@ def estimate_tokens(text: str) -> int:
 
 
 def clean_record(record: Record, min_tokens: int, max_tokens: int) -> Record:
-    record.question = clean_text(record.question)
-    record.answer = clean_text(record.answer)
-    record.system = clean_text(record.system) if record.system else ""
-    record.contexts = [c for c in (clean_text(c) for c in record.contexts) if c]
+    # One `_plain` check for the whole record, most often true: what it finds in none of the texts
+    # joined by "\n" is in none of them, so each needs only the last steps.
+    joined = "\n".join([record.question, record.answer, record.system, *record.contexts])
+    clean = _clean_lines if joined.isascii() and _plain(joined) else clean_text
+    record.question = clean(record.question)
+    record.answer = clean(record.answer)
+    record.system = clean(record.system) if record.system else ""
+    record.contexts = [c for c in map(clean, record.contexts) if c]
     if not record.question:
         raise Rejected("empty_question", "empty after cleaning")
     if not record.answer:

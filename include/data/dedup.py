@@ -25,24 +25,55 @@ _FNV = np.uint64(0x100000001B3)
 _BLOCK = 16
 
 
-# For ASCII text, the regex below in one C pass: letters lowered, every other non-alphanumeric
-# byte (underscore included) made a space; then the runs of spaces collapse.
-_ASCII_WORDS = bytes(c + 32 if 65 <= c <= 90 else c if chr(c).isalnum() and c < 128 else 32
-                     for c in range(256))
+# The regex below as a bytes.translate table for UTF-8, one C pass: ASCII letters lowered, every
+# other ASCII byte but a digit (underscore included) made a space, the bytes of non-ASCII
+# characters kept; then the runs of spaces collapse.
+_WORD_BYTES = bytes(c + 32 if 65 <= c <= 90 else c if c >= 128 or chr(c).isalnum() else 32 for c in range(256))
+_ASCII = bytes(range(128))
 
 
 def normalize_for_dedup(text: str) -> str:
     """Case, punctuation and spacing do not make two records different."""
+    return normalized_utf8(text).decode()
+
+
+def normalized_utf8(text: str) -> bytes:
+    """`normalize_for_dedup(text)` in UTF-8, what the hashes take, without the round trip via str.
+
+    Casefolded text goes through `_WORD_BYTES` when each of its non-ASCII characters (found by
+    deleting the ASCII bytes; few in most text) is a word character, which the regex keeps too.
+    """
     if text.isascii():
-        words = text.encode().translate(_ASCII_WORDS)
+        words = text.encode().translate(_WORD_BYTES)
+    else:
+        text = text.casefold()
+        words = text.encode("utf-8", "surrogatepass")  # JSON can carry a lone surrogate
+        others = words.translate(None, _ASCII).decode("utf-8", "surrogatepass")
+        if others and not others.isalnum():
+            return _NON_WORD.sub(" ", text).strip().encode()
+        words = words.translate(_WORD_BYTES)
+    return _single_spaced(words).strip()
+
+
+def _single_spaced(words: bytes) -> bytes:
+    """Every run of spaces in `words` made one. Punctuation before a space (". ", ", ") leaves runs of
+    two in most texts: one split and join mends all of them in a single scan, unless a piece shows
+    a longer run (it is empty, or it starts with a space), which the loop then collapses."""
+    pieces = words.split(b"  ")
+    if len(pieces) == 1:
+        return words
+    words = b" ".join(pieces)
+    if b"" in pieces or any(p[:1] == b" " for p in pieces):
         while b"  " in words:  # each pass at least halves every run of spaces
             words = words.replace(b"  ", b" ")
-        return words.strip().decode()
-    return _NON_WORD.sub(" ", text.casefold()).strip()
+    return words
 
 
-def content_hash(normalized: str) -> int:
-    return xxhash.xxh3_64_intdigest(normalized.encode())
+def content_hash(normalized: str | bytes) -> int:
+    """The exact-dedup key of a normalized text (str, or its UTF-8 bytes)."""
+    if isinstance(normalized, str):
+        normalized = normalized.encode()
+    return xxhash.xxh3_64_intdigest(normalized)
 
 
 class ExactDeduplicator:
@@ -79,13 +110,14 @@ class NearDuplicateIndex:
         self._band_tag = np.arange(self.bands, dtype=np.uint64) << np.uint64(56)
         self._seen: set[int] = set()
 
-    def signatures(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), num_perm) uint32 MinHash signatures of normalized texts."""
+    def signatures(self, texts: list[str] | list[bytes]) -> np.ndarray:
+        """(len(texts), num_perm) uint32 MinHash signatures of normalized texts (str or UTF-8)."""
+        texts = [t.encode() if isinstance(t, str) else t for t in texts]
         token_hashes: list[int] = []
         counts = np.empty(len(texts), dtype=np.int64)
         h = xxhash.xxh64_intdigest
         for i, text in enumerate(texts):
-            tokens = text.encode().split() or [b""]
+            tokens = text.split() or [b""]
             token_hashes.extend(map(h, tokens))
             counts[i] = len(tokens)
         t = np.fromiter(token_hashes, dtype=np.uint64, count=len(token_hashes))
@@ -100,7 +132,7 @@ class NearDuplicateIndex:
         offsets = np.concatenate(([0], np.cumsum(n_shingles)[:-1]))
         shingles = tri[idx]
         for i in np.flatnonzero(counts < 3):  # hash a short record whole, so "a b" != "a"
-            shingles[offsets[i]] = xxhash.xxh64_intdigest(texts[i].encode())
+            shingles[offsets[i]] = xxhash.xxh64_intdigest(texts[i])
         out = np.empty((len(texts), len(self._a)), dtype=np.uint32)
         buffer = np.empty(0, dtype=np.uint64)  # one block's (shingles x perms), reused: no temporaries
         for lo in range(0, len(texts), _BLOCK):
@@ -125,8 +157,8 @@ class NearDuplicateIndex:
                 keys = (keys * _FNV) ^ sig[:, :, j]
         return (keys >> np.uint64(8)) ^ self._band_tag
 
-    def keys(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), bands) band keys of normalized texts; depends on nothing indexed, so it can
+    def keys(self, texts: list[str] | list[bytes]) -> np.ndarray:
+        """(len(texts), bands) band keys of normalized texts (str or UTF-8); depends on nothing indexed, so it can
         be computed elsewhere (in a worker process) and passed to `add_keys`."""
         if not texts:
             return np.empty((0, self.bands), dtype=np.uint64)

@@ -48,39 +48,55 @@ _NUMBER_GATE = re.compile(r"\d(?:\.\d{1,3}\.\d{1,3}\.\d|(?:[ -]?\d){12}|\d{2}[ .
 _PATTERNS: dict[tuple[str, ...], re.Pattern] = {PII_KINDS: _PATTERN}
 
 
-# For ASCII text the gates above get cheaper necessary conditions still, found in the text's
-# shape: bytes.translate, `in` and a regex with a literal first byte run at C speed, where the
-# regex gates try a match at every digit. (Not for other text: there \d also matches non-ASCII
-# digits.) In the shape every digit is "0", " " and "-" are "s", "." stays, all else is "x".
+# For most text the gates above get cheaper necessary conditions still, found in the shape of its
+# UTF-8 bytes: bytes.translate, `in` and a regex with a literal first byte run at C speed, where the
+# regex gates try a match at every digit. Every character the digit-based kinds match is ASCII as
+# long as the text has no non-ASCII digit (\d matches those too), so that is all the shape needs;
+# other non-ASCII characters (an "é", a "ü") are like punctuation to every kind. In the shape
+# every digit is "0", " " and "-" are "s", "." stays, the other characters of a secret key (ASCII
+# letters, "/" and "+") are "k", all else is "x".
 _SHAPE = bytes(ord("0") if chr(c) in "0123456789" else ord("s") if chr(c) in " -" else c if c == ord(".")
-               else ord("x") for c in range(256))
+               else ord("k") if chr(c).isascii() and (chr(c).isalpha() or chr(c) in "/+") else ord("x")
+               for c in range(256))
 _SHAPE_IPV4 = re.compile(rb"\.0{1,3}\.")  # its second octet, between two dots
 _SHAPE_CARD = re.compile(rb"0[0s]{12}")
 _SHAPE_PHONE = re.compile(rb"000[s.]000")
-# The characters of a secret key become "k", all else " ": a key is a run of 40 "k".
-_KEY_CHARS = bytes(ord("k") if chr(c).isascii() and (chr(c).isalnum() or chr(c) in "/+") else ord(" ")
-                   for c in range(256))
-_KEY_RUN = b"k" * 40
+# The three in one scan, which rarely matches: each alternative starts at a "0", so the scan jumps
+# from digit to digit (an alternation without that common first byte is tried at every byte).
+_SHAPE_NUMBER = re.compile(rb"0(?:(?<=\.0)0{0,2}\.|[0s]{12}|00[s.]000)")
+_KEY_RUN = b"k" * 40  # in the shape with its digits made "k" too: 40 characters of a secret key
+_ASCII = bytes(range(128))
 
 
-def _ascii_kinds(text: str) -> tuple[str, ...]:
-    raw = text.encode()
+def _shape_kinds(text: str, raw: bytes) -> tuple[str, ...]:
+    """The kinds that can match in `text` (UTF-8 `raw`), which holds no non-ASCII digit."""
     shape = raw.translate(_SHAPE)
     digit = b"0" in shape
+    number = digit and _SHAPE_NUMBER.search(shape) is not None
     kinds = []
     if "A" in text and _ACCESS_KEY_GATE.search(text):
         kinds.append("aws_access_key")
-    if digit and _KEY_RUN in raw.translate(_KEY_CHARS):
+    if digit and _KEY_RUN in shape.replace(b"0", b"k"):
         kinds.append("aws_secret_key")
     if "@" in text:
         kinds.append("email")
-    if digit and _SHAPE_IPV4.search(shape) and _IPV4_GATE.search(text) or ":" in text and _IPV6_GATE.search(text):
+    if number and _SHAPE_IPV4.search(shape) and _IPV4_GATE.search(text) or ":" in text and _IPV6_GATE.search(text):
         kinds.append("ip")
-    if digit and _SHAPE_CARD.search(shape) and _CARD_GATE.search(text):
+    if number and _SHAPE_CARD.search(shape) and _CARD_GATE.search(text):
         kinds.append("card")
-    if digit and _SHAPE_PHONE.search(shape):
+    if number and _SHAPE_PHONE.search(shape):
         kinds.append("phone")
     return tuple(kinds)
+
+
+def _fast_kinds(text: str) -> tuple[str, ...] | None:
+    """`_shape_kinds` where it applies; None for text with a non-ASCII digit, which needs `_kinds`.
+    The non-ASCII characters, found by deleting every ASCII byte, are few in most text. (JSON can
+    carry a lone surrogate: "surrogatepass" keeps this check from failing on one.)"""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) != len(text) and _DIGIT.search(raw.translate(None, _ASCII).decode("utf-8", "surrogatepass")):
+        return None
+    return _shape_kinds(text, raw)
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -99,7 +115,9 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 def _pattern_for(text: str) -> re.Pattern | None:
     """The alternatives that can match somewhere in `text`, in their order; None if none can."""
-    kinds = _ascii_kinds(text) if text.isascii() else _kinds(text)
+    kinds = _fast_kinds(text)
+    if kinds is None:
+        kinds = _kinds(text)
     if not kinds:
         return None
     pattern = _PATTERNS.get(kinds)
@@ -111,10 +129,10 @@ def _pattern_for(text: str) -> re.Pattern | None:
 def may_contain_pii(texts: list[str]) -> bool:
     """False when no kind can match anywhere in `texts`: one check for a whole record. The gates
     only look for substrings, so what fails on the texts joined by "\\n" fails on each of them."""
-    joined = "\n".join(texts)
-    if joined.isascii():
-        return bool(_ascii_kinds(joined))
-    return any(_pattern_for(text) for text in texts)  # keep the ASCII texts on their fast path
+    kinds = _fast_kinds("\n".join(texts))
+    if kinds is not None:
+        return bool(kinds)
+    return any(_pattern_for(text) for text in texts)  # keep the other texts on their fast path
 
 
 _PLACEHOLDER = {kind: f"[{kind.upper()}]" for kind in PII_KINDS}

@@ -26,7 +26,7 @@ import numpy as np
 import xxhash
 
 from include.data.clean import clean_record
-from include.data.dedup import ExactDeduplicator, NearDuplicateIndex, content_hash, normalize_for_dedup
+from include.data.dedup import ExactDeduplicator, NearDuplicateIndex, content_hash, normalized_utf8
 from include.data.pii import may_contain_pii, redact
 from include.data.records import SCHEMA_VERSION, Record, Rejected, format_prompt, normalize
 from include.data.sources import list_files, parse_batch, read_batches
@@ -70,9 +70,12 @@ class PrepConfig:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
 
 
-def assign_split(normalized: str, config: PrepConfig) -> str:
-    """Stable in the content alone: a record lands in the same split on every rerun."""
-    u = xxhash.xxh64_intdigest((config.split_salt + normalized).encode()) / 2**64
+def assign_split(normalized: str | bytes, config: PrepConfig) -> str:
+    """Stable in the content alone: a record lands in the same split on every rerun. `normalized`
+    is a text from `normalize_for_dedup` or its UTF-8 bytes."""
+    if isinstance(normalized, str):
+        normalized = normalized.encode()
+    u = xxhash.xxh64_intdigest(config.split_salt.encode() + normalized) / 2**64
     if u < config.train_fraction:
         return "train"
     if u < config.train_fraction + config.validation_fraction:
@@ -254,15 +257,25 @@ def _line(obj: dict) -> bytes:
     return (_encode(obj) + "\n").encode()
 
 
+def _quote_clean(text: str) -> str:
+    """`_quote` for text from `clean_text` (and what is built of it): no control character but
+    "\\n" is left, so three replaces, each one C scan, escape all that `_quote` would; a third of
+    its time, which walks every character."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
 # The two lines every kept record makes, assembled by hand: byte for byte what `_line` writes for
-# their dicts (same string escaping, same separators), in half the time.
-def _train_line(rid: str, prompt: str, answer: str) -> bytes:
-    return f'{{"id": "{rid}", "input": {_quote(prompt)}, "output": {_quote(answer)}}}\n'.encode()
+# their dicts (same string escaping, same separators), in half the time. `clean` says the texts
+# came from `clean_text`, so that the quicker escaping applies.
+def _train_line(rid: str, prompt: str, answer: str, clean: bool = False) -> bytes:
+    quote = _quote_clean if clean else _quote
+    return f'{{"id": "{rid}", "input": {quote(prompt)}, "output": {quote(answer)}}}\n'.encode()
 
 
-def _eval_line(rid: str, question: str, answer: str, contexts: list[str]) -> bytes:
-    return (f'{{"id": "{rid}", "user_input": {_quote(question)}, "reference": {_quote(answer)}, '
-            f'"reference_contexts": [{", ".join(map(_quote, contexts))}]}}\n').encode()
+def _eval_line(rid: str, question: str, answer: str, contexts: list[str], clean: bool = False) -> bytes:
+    quote = _quote_clean if clean else _quote
+    return (f'{{"id": "{rid}", "user_input": {quote(question)}, "reference": {quote(answer)}, '
+            f'"reference_contexts": [{", ".join(map(quote, contexts))}]}}\n').encode()
 
 
 @dataclass
@@ -344,7 +357,7 @@ def _prepare(config: PrepConfig, source: str, batch: list) -> _Prepared:
         seconds["pii"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    norms = [normalize_for_dedup(f"{r.question}\n{r.answer}") for r in kept]
+    norms = [normalized_utf8(f"{r.question}\n{r.answer}") for r in kept]
     keys = [content_hash(norm) for norm in norms]
     seconds["exact_dedup"] = time.perf_counter() - start
 
@@ -354,8 +367,9 @@ def _prepare(config: PrepConfig, source: str, batch: list) -> _Prepared:
         split = assign_split(norm, config)
         rid = f"{key:016x}"
         splits.append(split)
-        lines.append(_train_line(rid, format_prompt(r.question, r.contexts, r.system), r.answer))
-        eval_lines.append(_eval_line(rid, r.question, r.answer, r.contexts) if split == "test" else None)
+        lines.append(_train_line(rid, format_prompt(r.question, r.contexts, r.system), r.answer, clean=True))
+        eval_lines.append(_eval_line(rid, r.question, r.answer, r.contexts, clean=True) if split == "test"
+                          else None)
     seconds["split_write"] = time.perf_counter() - start
     band_keys = None
     if config.near_dedup:  # the MinHash signatures, the costly part of near dedup, are per record too

@@ -13,7 +13,7 @@ import pytest
 from include.data import catalog, pii, sources, synthetic
 from include.data.clean import clean_text
 from include.data.dedup import normalize_for_dedup
-from include.data.pipeline import PrepConfig, _eval_line, _line, _train_line
+from include.data.pipeline import PrepConfig, _eval_line, _line, _quote, _quote_clean, _train_line
 from include.storage import storage_path
 
 ALPHABET = ([chr(i) for i in range(128)] + list("abcdefghij0123456789") * 3 + [" "] * 20 + ["\n"] * 4
@@ -28,6 +28,7 @@ def random_texts(n: int, seed: int, alphabet: list[str] = ALPHABET, length: int 
 def test_dedup_normalization_matches_the_regex():
     non_word = re.compile(r"[\W_]+")
     texts = random_texts(20_000, seed=1) + [f"a{chr(i)}b" for i in range(256)] + ["__A__b  c__", "", "  "]
+    texts += ["Zürich ß x", "STRASSE straße", "a\ud800b", "K\u212a é١ b", "\u00a0é\u2028x_ü"]  # casefold, surrogate
     for text in texts:
         assert normalize_for_dedup(text) == non_word.sub(" ", text.casefold()).strip(), repr(text)
 
@@ -42,8 +43,37 @@ def test_clean_text_ascii_path_matches_the_general_steps():
             text = _LINE_EDGES.sub("\n", _BLANK_LINES.sub("\n\n", text))
         return text.strip()
 
-    for text in random_texts(20_000, seed=2):
+    mostly_ascii = [chr(i) for i in range(128)] * 3 + list("abc  \n\n") * 20 + list("éüßİ١\u00a0\u2028\x85\u200b")
+    for text in random_texts(20_000, seed=2) + random_texts(20_000, seed=5, alphabet=mostly_ascii, length=80):
         assert clean_text(text) == general(text), repr(text)
+
+
+def test_cleaned_text_is_quoted_like_json_dumps_does():
+    """`_quote_clean` leaves control characters but "\\n" unescaped: `clean_text` removes them."""
+    texts = [clean_text(t) for t in random_texts(20_000, seed=6)] + ['quote " and backslash \\ \n']
+    for text in texts:
+        assert not any(c < " " and c != "\n" for c in text), repr(text)
+        assert _quote_clean(text) == _quote(text), repr(text)
+    for q, a, c in zip(texts, texts[1:], texts[2:], strict=False):
+        assert _train_line("00ff", q, a, clean=True) == _line({"id": "00ff", "input": q, "output": a})
+        assert _eval_line("00ff", q, a, [c, q], clean=True) == _line(
+            {"id": "00ff", "user_input": q, "reference": a, "reference_contexts": [c, q]})
+
+
+def test_quick_json_parse_matches_json_loads():
+    lines = ['{"a": [1, 2.5, null, true], "b": {"c": "\\u00e9"}}', " {}", "{} ", "{}\r", "\ufeff{}", "{}x",
+             "{} {}", "[NaN, -Infinity]", "1e400", "12345678901234567890", "", "  ", '"a"', "{", '{"a": "\\ud800"}',
+             "[" * 50 + "]" * 50, '{"a": 1,}', "tru", "0", "-", '{"a"\t:\n1}']
+    for line in lines:
+        try:
+            expected = ("ok", json.loads(line))
+        except ValueError as e:
+            expected = ("error", type(e))
+        try:
+            got = ("ok", sources._loads(line))
+        except ValueError as e:
+            got = ("error", type(e))
+        assert repr(got) == repr(expected), line
 
 
 PII_ALPHABET = list("0123456789") * 6 + list(" .-:@()+/_aAbKIzZ=\n") + ["AKIA", "ASIA", "\u0661", "é"]
@@ -65,6 +95,10 @@ def test_pii_gates_never_change_what_is_redacted():
               (rng.choices(range(300), k=4) for _ in range(2000))]
     texts += ["key AKIA" + "".join(rng.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", k=16)) + " and "
               + "".join(rng.choices("abcXYZ0129/+", k=rng.randint(38, 42))) for _ in range(2000)]
+    # mostly ASCII with a non-ASCII letter, the shape path's other case; a key whose only digit is
+    # an Arabic-Indic one right after it, which the lookahead's \\d takes
+    texts += [f"{text} Zürich" if i % 2 else f"é{text}" for i, text in enumerate(texts[-6000:])]
+    texts += ["key " + "".join(rng.choices("abcXYZ/+", k=40)) + "\u0661 end" for _ in range(200)]
     for text in texts:
         gated, plain = Counter(), Counter()
         assert pii.redact(text, gated) == ungated(text, plain), repr(text)
@@ -108,6 +142,26 @@ def test_block_reads_give_the_same_items_as_reading_line_by_line(tmp_path, monke
             for batch_size in (1, 3, 100):
                 got = list(sources.read_lines(storage_path(f"file://{path}"), batch_size))
                 assert as_comparable(got) == as_comparable(per_line(batch_size))
+
+
+def test_batches_of_random_lines_hold_every_non_blank_line_once(tmp_path, monkeypatch):
+    rng = random.Random(7)
+    pieces = [b'{"a": 1}', b"", b" ", b"\t\r", b"\r", b"x", b'{"b": "\xc3\xa9"}', b"\xff", b"  {}  ", b"\x0b\x0c"]
+    path = tmp_path / "r.jsonl"
+    for trial in range(40):
+        lines = rng.choices(pieces, k=rng.randint(0, 60))
+        content = b"\n".join(lines) + (b"\n" if trial % 2 else b"")
+        path.write_bytes(content)
+        expected = [(n, line) for n, line in enumerate(content.split(b"\n"), start=1) if line.strip()]
+        for block in (1, 3, 16, 1 << 20):
+            monkeypatch.setattr(sources, "BLOCK", block)
+            for batch_size in (1, 4, 1000):
+                batches = list(sources.read_batches(storage_path(f"file://{path}"), batch_size))
+                assert all(len(b.numbers) == batch_size for b in batches[:-1])
+                got = [(n, line) for b in batches for n, line in zip(b.numbers, b.data.split(b"\n"), strict=True)]
+                assert got == expected, (content, block, batch_size)
+                if batches:  # whether the last line had a b"\n"
+                    assert batches[-1].terminated == (expected[-1][0] <= content.count(b"\n"))
 
 
 def test_workers_do_not_change_the_output(tmp_path):

@@ -46,17 +46,15 @@ from kubernetes.client import (
     V1EnvVarSource,
     V1ObjectMeta,
     V1Pod,
-    V1PodSecurityContext,
     V1PodSpec,
     V1ResourceRequirements,
-    V1SeccompProfile,
     V1SecretKeySelector,
     V1Toleration,
     V1Volume,
     V1VolumeMount,
 )
 
-from include.cluster.hardening import restricted_container
+from include.cluster.hardening import restricted_container, restricted_pod
 from include.cluster.pools import GPU, Pool, get_pool
 from include.cluster.preflight import as_manifest, check_pod_placement
 from include.evaluation.job import JobError, job_argument
@@ -183,13 +181,7 @@ def render_pod(job: Mapping[str, Any] | str | Any, settings: Settings | None = N
             tolerations=[V1Toleration(**t) for t in pool.tolerations()],
             active_deadline_seconds=ACTIVE_DEADLINE_S,
             termination_grace_period_seconds=TERMINATION_GRACE_S,
-            security_context=V1PodSecurityContext(
-                run_as_non_root=True,
-                run_as_user=RUN_AS_USER,
-                run_as_group=RUN_AS_USER,
-                fs_group=RUN_AS_USER,
-                seccomp_profile=V1SeccompProfile(type="RuntimeDefault"),
-            ),
+            security_context=restricted_pod(RUN_AS_USER),
             containers=[container],
             volumes=[
                 V1Volume(name="shm", empty_dir=V1EmptyDirVolumeSource(medium="Memory", size_limit=SHM_SIZE)),

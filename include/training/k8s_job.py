@@ -47,11 +47,9 @@ from kubernetes.client import (
     V1PodFailurePolicyOnExitCodesRequirement,
     V1PodFailurePolicyOnPodConditionsPattern,
     V1PodFailurePolicyRule,
-    V1PodSecurityContext,
     V1PodSpec,
     V1PodTemplateSpec,
     V1ResourceRequirements,
-    V1SeccompProfile,
     V1Service,
     V1ServicePort,
     V1ServiceSpec,
@@ -60,7 +58,7 @@ from kubernetes.client import (
     V1VolumeMount,
 )
 
-from include.cluster.hardening import restricted_container
+from include.cluster.hardening import restricted_container, restricted_pod
 from include.cluster.pools import EFA, GPU, INSTANCE_TYPE_LABEL, PLAN_POOLS, InstanceType, Pool, pool_for_plan
 from include.cluster.preflight import as_manifest, check_pod_placement
 from include.settings import Settings, get_settings
@@ -354,14 +352,8 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
         tolerations=[V1Toleration(**t) for t in pool.tolerations()],
         affinity=affinity,
         termination_grace_period_seconds=TERMINATION_GRACE_S,
-        security_context=V1PodSecurityContext(
-            run_as_non_root=True,
-            run_as_user=RUN_AS_USER,
-            run_as_group=RUN_AS_USER,
-            fs_group=RUN_AS_USER,
-            fs_group_change_policy="OnRootMismatch",  # no recursive chown of a large FSx volume
-            seccomp_profile=V1SeccompProfile(type="RuntimeDefault"),
-        ),
+        # OnRootMismatch: no recursive chown of a large FSx volume on every start
+        security_context=restricted_pod(RUN_AS_USER, fs_group_change_policy="OnRootMismatch"),
         containers=[container],
         volumes=[
             V1Volume(name="shm", empty_dir=V1EmptyDirVolumeSource(medium="Memory", size_limit=shm)),

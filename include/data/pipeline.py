@@ -2,8 +2,9 @@
 
 Records flow through in batches, so memory holds one batch plus the dedup index, whatever the
 input size. Output goes to a staging directory; `include.storage.publish_dir` makes it visible.
-The dataset version is the hash of the bytes written, so the same inputs and settings always give
-the same version.
+The dataset version is the hash of the data files written (the splits and the evaluation set), so
+the same inputs and settings always give the same version. The quarantine is left out of it: it
+names the raw files by URI, and the same data read from elsewhere is the same dataset.
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ class Curator:
             gc.unfreeze()
             files = {names[key]: w.close() for key, w in self._out.items()}
         version = hashlib.sha256(
-            json.dumps({"schema": SCHEMA_VERSION, "files": {n: f["sha256"] for n, f in files.items()}},
+            json.dumps({"schema": SCHEMA_VERSION,
+                        "files": {n: f["sha256"] for n, f in files.items() if n != QUARANTINE_FILE}},
                        sort_keys=True).encode()
         ).hexdigest()[:16]
         return {

@@ -162,6 +162,19 @@ def test_rerun_is_idempotent_and_rewrites_nothing(root):
     assert not any((tmp / "curated" / "_staging").iterdir())
 
 
+def test_the_same_data_read_from_elsewhere_is_the_same_version(tmp_path):
+    rows = [qa(i) for i in range(40)] + [b"not json\n"]
+    versions = []
+    for place in ("team-a", "team-b"):
+        write_jsonl(tmp_path / place / "raw" / "dt=2026-11-01" / "a.jsonl", rows)
+        data_root = f"file://{tmp_path / place}"
+        manifest = run(data_root, [f"{data_root}/raw"])[0]
+        [bad] = read(manifest["uris"]["quarantine"])
+        assert bad["source"].startswith(data_root)  # the quarantine still names where it came from
+        versions.append(manifest["version"])
+    assert versions[0] == versions[1]
+
+
 def test_a_failure_mid_write_leaves_no_version_and_no_files(root, monkeypatch):
     tmp, data_root = root
     write_jsonl(tmp / "raw" / "dt=2026-11-01" / "a.jsonl", [qa(i) for i in range(50)])

@@ -16,12 +16,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from airflow_stack import free_port
 
 SUPERUSER = "airflow"
 
@@ -31,25 +32,19 @@ class PostgresUnavailable(RuntimeError):
 
 
 def _binary(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)),
-                                       None)
+    found = shutil.which(name) or max(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), default=None,
+                                       key=lambda p: int(Path(p).parts[-3]))  # the newest major version
     if not found:
         raise PostgresUnavailable(f"PostgreSQL's `{name}` was not found on PATH or under /usr/lib/postgresql: "
                                   "install the server (Debian: apt-get install postgresql), as .ci/run does")
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PostgresServer:
     """One server; `create_database()` hands each deployment its own empty database."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.data_dir = Path(tempfile.mkdtemp(prefix="llmops-pg-"))
         self._as_user: list[str] = []
         if os.geteuid() == 0:
@@ -58,7 +53,7 @@ class PostgresServer:
             except KeyError as e:
                 raise PostgresUnavailable("as root, the server needs a `postgres` user to run as") from e
             os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
-            self._as_user = [_binary("runuser"), "-u", "postgres", "--"]
+            self._as_user = ["runuser", "-u", "postgres", "--"]  # util-linux
         self.proc: subprocess.Popen | None = None
 
     def _run(self, argv: list[str]) -> None:
@@ -79,16 +74,17 @@ class PostgresServer:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
+        # Ready when this postmaster says so in its pid file: a connection alone could reach another
+        # server that took the port first.
+        pid_file = pgdata / "postmaster.pid"
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.connect("postgres").close()
-                return self
-            except Exception as e:  # noqa: BLE001 -- not accepting connections yet
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise PostgresUnavailable(f"postgres did not start ({e}):\n{self.log.read_text()[-4000:]}") from e
-                time.sleep(0.2)
+        while not (pid_file.exists() and "ready" in pid_file.read_text(errors="replace").split()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = self.log.read_text(errors="replace")[-4000:]  # before stop() removes it
+                self.stop()
+                raise PostgresUnavailable(f"postgres did not start on 127.0.0.1:{self.port}:\n{log}")
+            time.sleep(0.2)
+        return self
 
     def connect(self, dbname: str):
         import psycopg2

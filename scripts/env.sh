@@ -9,3 +9,5 @@ export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CON
 export LLMOPS_PROFILE="${LLMOPS_PROFILE:-local}"
 export RAGAS_DO_NOT_TRACK=true
 export PATH="$LLMOPS_ROOT/.venv/bin:$PATH"
+# This checkout first on the import path, ahead of any other checkout an editable install points at.
+export PYTHONPATH="$LLMOPS_ROOT${PYTHONPATH:+:$PYTHONPATH}"

@@ -20,14 +20,17 @@ from llmops_operators.notifiers import GateRejectionNotifier
 from llmops_operators.training import training_job_operator
 
 from include.assets import CURATED_DATASET
+from include.compute import container_jobs
 from include.settings import get_settings
-from include.training.nemo_backend import NEMO_MODELS
+from include.training.params import PARAM_DEFAULTS, param_schemas
 
-LOCAL = get_settings().is_local
+JOBS = container_jobs()  # the profile's container-job seam: its defaults, timeouts and trainer backend
+DEFAULT = PARAM_DEFAULTS[JOBS.trainer_backend]
+RULES = param_schemas()  # the same rules validate_params, the plan and the trainer check
 DEFAULTS = {
     "owner": "ml-platform",
     "retries": 2,
-    "retry_delay": timedelta(seconds=20 if LOCAL else 300),
+    "retry_delay": timedelta(seconds=JOBS.retry_delay_s),
 }
 
 
@@ -37,33 +40,36 @@ def section(name: str, **params: Param) -> dict[str, Param]:
     return params
 
 
+def ruled(name: str, default, **ui) -> Param:
+    """A Param whose schema is the field's rule (include/training/params.py)."""
+    return Param(default, **RULES[name], **ui)
+
+
 PARAMS = {
     **section(
         "Model and data",
-        base_model=Param("llama32_1b" if LOCAL else "llama31_8b", enum=sorted(NEMO_MODELS), title="Base model",
+        base_model=ruled("base_model", DEFAULT["base_model"], title="Base model",
                          description="NeMo recipe to fine-tune (the local profile trains a tiny byte-level model)."),
-        dataset_version=Param(None, type=["null", "string"], pattern=r"^[0-9a-f]{16}$", title="Dataset version",
+        dataset_version=ruled("dataset_version", None, title="Dataset version",
                               description="Curated version to train on. Empty: the triggering asset event's, "
                                           "else the latest published."),
-        method=Param("lora", enum=["lora", "full"], title="Method", description="LoRA adapters or full fine-tuning."),
-        lora_rank=Param(16, type="integer", minimum=1, maximum=512, title="LoRA rank"),
+        method=ruled("method", "lora", title="Method", description="LoRA adapters or full fine-tuning."),
+        lora_rank=ruled("lora_rank", 16, title="LoRA rank"),
     ),
     **section(
         "Training",
-        max_steps=Param(240 if LOCAL else 1000, type="integer", minimum=1, maximum=1_000_000, title="Max steps"),
-        learning_rate=Param(3e-3 if LOCAL else 1e-4, type="number", exclusiveMinimum=0, maximum=1,
-                            title="Learning rate"),
-        checkpoint_interval=Param(60 if LOCAL else 200, type="integer", minimum=1, maximum=1_000_000,
+        max_steps=ruled("max_steps", DEFAULT["max_steps"], title="Max steps"),
+        learning_rate=ruled("learning_rate", DEFAULT["learning_rate"], title="Learning rate"),
+        checkpoint_interval=ruled("checkpoint_interval", DEFAULT["checkpoint_interval"],
                                   title="Checkpoint every N steps"),
     ),
     **section(
         "Compute",
-        nodes=Param(2 if LOCAL else 1, type="integer", minimum=1, maximum=64, title="Nodes",
-                    description="Indexed Job completions (local: ranks)."),
-        gpus_per_node=Param(1 if LOCAL else 8, enum=[1, 2, 4, 8], title="GPUs per node"),
-        tensor_parallel=Param(1, enum=[1, 2, 4, 8], title="Tensor parallel"),
-        pipeline_parallel=Param(1, type="integer", minimum=1, maximum=16, title="Pipeline parallel"),
-        pool=Param("production", enum=["production", "experiment"], title="Pool",
+        nodes=ruled("nodes", DEFAULT["nodes"], title="Nodes", description="Indexed Job completions (local: ranks)."),
+        gpus_per_node=ruled("gpus_per_node", DEFAULT["gpus_per_node"], title="GPUs per node"),
+        tensor_parallel=ruled("tensor_parallel", 1, title="Tensor parallel"),
+        pipeline_parallel=ruled("pipeline_parallel", 1, title="Pipeline parallel"),
+        pool=ruled("pool", "production", title="Pool",
                    description="production: on-demand gpu-training-pool; experiment: spot gpu-experiment-pool."),
         dry_run=Param(False, type="boolean", title="Dry run",
                       description="Plan and preflight only; launch nothing."),
@@ -73,7 +79,7 @@ PARAMS = {
         gate_policy=Param({}, type="object", title="Gate policy overrides",
                           description="Merged over include/evaluation/policy.yaml, e.g. "
                                       '{"confidence": 0.9, "metrics": {"rouge_score": {"floor": 0.1}}}.'),
-        promote=Param(LOCAL, type="boolean", title="Promote to champion",
+        promote=Param(DEFAULT["promote"], type="boolean", title="Promote to champion",
                       description="Move the champion alias to the new version (until the canary stage decides)."),
     ),
 }
@@ -94,30 +100,27 @@ PARAMS = {
 def finetune_lifecycle():
     @task(retries=0, multiple_outputs=False)
     def validate_params(params: dict) -> dict:
-        from include.training.planning import validate_params
+        from include.lifecycle.training import validate_params
 
-        return validate_params(params, get_settings())
+        return validate_params(params)
 
     @task(multiple_outputs=False)
     def resolve_dataset(params: dict, triggering_asset_events=None) -> dict:
-        from include.data.catalog import resolve_version
+        from include.lifecycle.training import resolve_dataset
 
-        versions = [e.extra.get("version") for events in (triggering_asset_events or {}).values()
-                    for e in events if e.extra.get("version")]
-        manifest = resolve_version(get_settings().data_root, params["dataset_version"], versions)
-        return {"version": manifest["version"], "uri": manifest["uri"], "splits": manifest["splits"]}
+        return resolve_dataset(params, triggering_asset_events)
 
     @task(multiple_outputs=True)
     def plan(dataset: dict, params: dict, dag_run=None) -> dict:
-        from include.training.planning import build_plan
+        from include.lifecycle.training import plan
 
-        return build_plan(params, dataset, get_settings(), dag_run.dag_id, dag_run.run_id)
+        return plan(params, dataset, dag_run.dag_id, dag_run.run_id)
 
     @task(multiple_outputs=False)
     def preflight(plan: dict) -> dict:
-        from include.training.planning import preflight
+        from include.lifecycle.training import preflight
 
-        return preflight(plan, get_settings())
+        return preflight(plan)
 
     @task.short_circuit
     def launch_unless_dry_run(params: dict) -> bool:
@@ -125,31 +128,31 @@ def finetune_lifecycle():
 
     @task(multiple_outputs=False)
     def setup_rendezvous(plan: dict) -> dict:
-        from include.compute import setup_rendezvous
+        from include.lifecycle.training import setup_rendezvous
 
         return setup_rendezvous(plan)
 
     @task
     def teardown_rendezvous(plan: dict) -> None:
-        from include.compute import teardown_rendezvous
+        from include.lifecycle.training import teardown_rendezvous
 
         teardown_rendezvous(plan)
 
     @task(multiple_outputs=False)
     def collect_result(plan: dict) -> dict:
-        from include.compute import read_result
+        from include.lifecycle.training import collect_result
 
-        return read_result(plan)
+        return collect_result(plan)
 
     @task(multiple_outputs=True)
     def evaluation_jobs(plan: dict, result: dict, dataset: dict) -> dict:
-        from include.registry.stages import eval_jobs
+        from include.lifecycle.release import eval_jobs
 
         return eval_jobs(plan, result, dataset, get_settings())
 
     @task(multiple_outputs=False, trigger_rule="none_failed")
     def gate(plan: dict, dataset: dict, jobs: dict, params: dict) -> dict:
-        from include.registry.stages import gate
+        from include.lifecycle.release import gate
 
         return gate(plan, dataset, jobs, params["gate_policy"], get_settings())
 
@@ -159,13 +162,13 @@ def finetune_lifecycle():
 
     @task(multiple_outputs=False)
     def register(plan: dict, result: dict, dataset: dict, decision: dict, params: dict) -> dict:
-        from include.registry.stages import register
+        from include.lifecycle.release import register
 
         return register(plan, result, dataset, decision, params["promote"], get_settings())
 
-    @task(multiple_outputs=False, on_success_callback=[GateRejectionNotifier()])
+    @task(multiple_outputs=False, on_success_callback=[GateRejectionNotifier(decision_task_id="gate")])
     def reject(decision: dict) -> dict:
-        from include.registry.stages import reject
+        from include.lifecycle.release import reject
 
         return reject(decision)
 
@@ -175,15 +178,15 @@ def finetune_lifecycle():
     checked = preflight(planned["plan"])
     rendezvous = setup_rendezvous(planned["plan"])
     train = training_job_operator(task_id="launch_training", plan=planned["plan"],
-                                  execution_timeout=timedelta(hours=2 if LOCAL else 72))
+                                  execution_timeout=timedelta(hours=JOBS.training_timeout_h))
     checked >> launch_unless_dry_run() >> rendezvous >> train
     train >> teardown_rendezvous(planned["plan"]).as_teardown(setups=rendezvous)
     result = collect_result(planned["plan"])
     train >> result
 
     jobs = evaluation_jobs(planned["plan"], result, dataset)
-    candidate = evaluation_operator(task_id="evaluate_candidate", job=jobs["candidate"])
-    champion = evaluation_operator(task_id="evaluate_champion", job=jobs["champion"])
+    candidate = evaluation_operator(task_id="evaluate_candidate", job=jobs["candidate"], role="candidate")
+    champion = evaluation_operator(task_id="evaluate_champion", job=jobs["champion"], role="champion")
     decision = gate(planned["plan"], dataset, jobs)
     [candidate, champion] >> decision
     gate_decision(decision) >> [register(planned["plan"], result, dataset, decision), reject(decision)]

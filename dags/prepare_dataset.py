@@ -58,40 +58,23 @@ PARAMS = {
 def prepare_dataset():
     @task
     def resolve_sources(params: dict, logical_date=None) -> list[str]:
-        from include.data.catalog import resolve_sources
-        from include.settings import get_settings
+        from include.lifecycle.dataset import resolve_sources
 
-        return resolve_sources(get_settings().data_root, params["partition"], params["source_uris"],
-                               logical_date)
+        return resolve_sources(params, logical_date)
 
     @task(multiple_outputs=False, execution_timeout=timedelta(hours=2))
     def curate(sources: list[str], params: dict, run_id: str) -> dict:
-        import os
+        from include.lifecycle.dataset import curate
 
-        from include.data.catalog import stage
-        from include.data.pipeline import PrepConfig
-        from include.settings import get_settings
-
-        config = PrepConfig(redact_pii=params["redact_pii"], near_dedup=params["near_dedup"],
-                            dedup_threshold=params["dedup_threshold"], max_tokens=params["max_tokens"],
-                            workers=min(2, os.cpu_count() or 1))
-        return stage(get_settings().data_root, sources, config, run_id)
+        return curate(sources, params, run_id)
 
     @task(multiple_outputs=False, outlets=[CURATED_DATASET])
     def publish(manifest: dict, run_id: str, dag_run=None, outlet_events=None) -> dict:
-        from airflow.sdk.exceptions import AirflowSkipException
+        from include.lifecycle.dataset import publish
 
-        from include.data.catalog import asset_extra, publish, summary
-        from include.settings import get_settings
-
-        live, ours = publish(get_settings().data_root, manifest, run_id, f"{run_id}#{dag_run.clear_number}")
-        print(summary(live))
-        if not ours:
-            raise AirflowSkipException(
-                f"version {live['version']} was already published by run {live['run_id']}; no new asset event"
-            )
-        outlet_events[CURATED_DATASET].extra = asset_extra(live)
-        return asset_extra(live)
+        extra = publish(manifest, run_id, f"{run_id}#{dag_run.clear_number}")
+        outlet_events[CURATED_DATASET].extra = extra
+        return extra
 
     publish(curate(resolve_sources()))
 

@@ -24,9 +24,10 @@ from include.cluster.pools import (
     Taint,
     get_pool,
 )
+from include.errors import InputError
 
 
-class PreflightError(ValueError):
+class PreflightError(InputError):
     """A pod spec cannot be placed on its pool; `problems` lists every reason, each with a fix."""
 
     def __init__(self, pool: str, problems: Iterable[str]):

@@ -1,49 +1,63 @@
-"""The compute seam: what a training run needs around it, the same calls on both profiles.
+"""The container-job seam: run a trainer, an evaluator (next: a model server) on this profile.
 
-- `setup_rendezvous(plan)`: make rank 0 findable. EKS creates the headless Service the Job's pods
-  name as their subdomain; locally every rank is on 127.0.0.1 and the launcher picks the port.
-- `teardown_rendezvous(plan)`: remove it, and stop ranks a killed task left running, so neither
-  profile leaves orphans (GPU nodes that keep billing, processes that keep writing checkpoints).
-- `read_result(plan)`: rank 0's `result.json` from object storage. Results travel through storage,
-  not a pod sidecar, so Airflow reads them the same way on file:// and s3://.
+`container_jobs(settings)` is the ONE place that picks the implementation from `settings.profile`:
 
-The backend is chosen by `get_settings().profile`; the Kubernetes one (and the `kubernetes`
-client) is imported only on the eks profile.
+| method                 | LocalJobs (compute/local.py)            | KubernetesJobs (compute/kubernetes.py)        |
+|------------------------|-----------------------------------------|-----------------------------------------------|
+| place(params, probs)   | ranks on this machine, CPU "instance"   | pool + instance type sized for the model      |
+| preflight(plan)        | ranks vs CPUs                           | render the Job, check it against the pools    |
+| setup_rendezvous       | 127.0.0.1, the launcher picks the port  | the headless Service naming pod 0             |
+| teardown_rendezvous    | stop rank processes a killed task left  | delete an orphaned Job, the Service           |
+| evaluation_job(...)    | tiny generator, non-LLM metrics         | vLLM generator, the LLM judge                 |
+
+Each also names its trainer backend ("tiny" / "nemo") and the operator kind plugins/ maps to an
+Airflow operator. Results travel through storage on both (`read_result`), never a pod sidecar.
+The Kubernetes side (and the `kubernetes` client) is imported only on the eks profile.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
-from include.settings import get_settings
+from include.settings import Settings, get_settings
 from include.training.entrypoint import RESULT_FILE  # rank 0 publishes it last
 
 RESULT_KEYS = ("backend", "checkpoint_uri", "model_uri", "metrics")
 
 
+class ContainerJobs(Protocol):
+    kind: str  # "local" | "kubernetes": which operator plugins/ builds for a container task
+    trainer_backend: str  # "tiny" | "nemo"
+    retry_delay_s: int  # how long a failed task waits before its retry
+    training_timeout_h: int
+
+    def place(self, params: Mapping[str, Any], problems: list[str]) -> dict[str, Any]: ...
+
+    def preflight(self, plan: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def setup_rendezvous(self, plan: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def teardown_rendezvous(self, plan: Mapping[str, Any]) -> None: ...
+
+    def evaluation_job(self, model_uri: str, eval_uri: str, output_uri: str, **options: Any) -> dict[str, Any]: ...
+
+
+def container_jobs(settings: Settings | None = None) -> ContainerJobs:
+    """The container-job implementation for `settings.profile` (default: the environment's)."""
+    settings = settings or get_settings()
+    if settings.profile == "eks":
+        from include.compute.kubernetes import KubernetesJobs
+
+        return KubernetesJobs(settings)
+    from include.compute.local import LocalJobs
+
+    return LocalJobs(settings)
+
+
 class ResultMissing(FileNotFoundError):
     """The run's result.json is absent: the trainer did not finish publishing."""
-
-
-def _backend() -> ModuleType:
-    if get_settings().profile == "eks":
-        from include.compute import kubernetes as backend
-    else:
-        from include.compute import local as backend
-    return backend
-
-
-def setup_rendezvous(plan: Mapping[str, Any]) -> dict[str, Any]:
-    """Prepare what rank 0 needs to be reachable; idempotent, so a retried task is harmless."""
-    return _backend().setup_rendezvous(plan)
-
-
-def teardown_rendezvous(plan: Mapping[str, Any]) -> None:
-    """Undo setup_rendezvous and stop ranks still running; idempotent, absent is fine."""
-    _backend().teardown_rendezvous(plan)
 
 
 def result_uri(plan: Mapping[str, Any]) -> str:
@@ -52,7 +66,7 @@ def result_uri(plan: Mapping[str, Any]) -> str:
 
 def read_result(plan: Mapping[str, Any]) -> dict[str, Any]:
     """Rank 0's result for this plan; ResultMissing or ValueError name the URI when it is not usable."""
-    from include.storage import storage_path
+    from include.storage.objectstore import storage_path
 
     uri = result_uri(plan)
     path = storage_path(uri)

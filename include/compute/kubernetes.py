@@ -1,4 +1,5 @@
-"""EKS profile: the headless Service that gives pod 0 of the Indexed Job its DNS name.
+"""EKS profile of the container-job seam: pool placement, the rendered Job's preflight, the
+headless Service that gives pod 0 of the Indexed Job its DNS name, and the evaluator's job.
 
 Both calls go through the Airflow Kubernetes connection (`settings.kubernetes_conn_id`) and are
 idempotent: a retried setup finds the Service already there (409), a repeated teardown finds it
@@ -17,6 +18,46 @@ from kubernetes.client.exceptions import ApiException
 from include.settings import Settings, get_settings
 from include.training.k8s_job import job_name, render
 from include.training.rendezvous import master_address
+
+
+class KubernetesJobs:
+    kind = "kubernetes"
+    trainer_backend = "nemo"
+    retry_delay_s = 300
+    training_timeout_h = 72
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def place(self, params: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+        from include.training.planning import pool_placement
+
+        return pool_placement(params, self.settings, problems)
+
+    def preflight(self, plan: Mapping[str, Any]) -> dict[str, Any]:
+        """Render what would be launched (once) and check it against the cluster's pools."""
+        launch = render(plan, self.settings)  # InputError (PreflightError among them) names what to fix
+        return {"profile": "eks", "job": launch.name, "namespace": launch.namespace, "pool": launch.pool.name,
+                "instance_type": launch.instance.name}
+
+    def setup_rendezvous(self, plan: Mapping[str, Any]) -> dict[str, Any]:
+        return setup_rendezvous(plan, self.settings)
+
+    def teardown_rendezvous(self, plan: Mapping[str, Any]) -> None:
+        teardown_rendezvous(plan, self.settings)
+
+    def evaluation_job(self, model_uri: str, eval_uri: str, output_uri: str, *, judge=None,
+                       judge_conn_id: str | None = None, **options: Any) -> dict[str, Any]:
+        """vLLM generation and the LLM judge, whose public part comes from `judge` or the Airflow
+        connection `judge_conn_id` (default `llm_judge`): call inside a task, never at parse time."""
+        from include.evaluation.job import build_job
+
+        if judge is None:
+            from include.evaluation.judge import DEFAULT_CONN_ID, judge_from_connection
+
+            judge = judge_from_connection(judge_conn_id or DEFAULT_CONN_ID)
+        return build_job(model_uri, eval_uri, output_uri, generator="vllm", metrics_profile="eks",
+                         judge=judge.public(), **options)
 
 
 def _hook(settings: Settings):

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 
 from include.data.pipeline import EVAL_FILE, QUARANTINE_FILE, SPLIT_FILES, PrepConfig, curate
 from include.errors import InputError
-from include.storage import MANIFEST, is_published, publish_dir, read_json, storage_path
+from include.storage.objectstore import MANIFEST, is_published, publish_dir, read_json, storage_path
+from include.validation import is_dataset_version
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -133,6 +134,6 @@ def resolve_version(data_root: str, requested: str | None, event_versions: list[
             raise InputError(f"no published dataset under {curated_root(data_root)}: run prepare_dataset first")
         return latest
     directory = storage_path(f"{curated_root(data_root)}/{version}")
-    if not re.fullmatch(r"[0-9a-f]{16}", version) or not is_published(directory):
+    if not is_dataset_version(version) or not is_published(directory):
         raise InputError(f"dataset version {version!r} is not published under {curated_root(data_root)}")
     return read_json(directory / MANIFEST)

@@ -404,7 +404,7 @@ def curate(source_uris: list[str], staging: ObjectStoragePath, config: PrepConfi
 
     On any failure the staging directory is removed: nothing partial is left behind.
     """
-    from include.storage import remove_tree, storage_path
+    from include.storage.objectstore import remove_tree, storage_path
 
     paths = [f for uri in source_uris for f in list_files(storage_path(uri, conn_id))]
     if not paths:

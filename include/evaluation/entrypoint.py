@@ -1,4 +1,4 @@
-"""The evaluator entrypoint: `python -m include.evaluation.entrypoint --job '<json>'` (or --job-file).
+"""The evaluator entrypoint: `python -m include.evaluation.entrypoint --job '<json>'`.
 
 What the evaluator pod runs on the inference pool (images/evaluator/Dockerfile): stage the model
 from S3, answer the eval set with vLLM (temperature 0), score with RAGAS (non-LLM metrics, local
@@ -8,7 +8,7 @@ scores.jsonl, summary.json and result.json under the job's output URI, and the r
 do_xcom_push. The job is one argv item, validated before anything runs; a bad job exits with 2
 (no retry can fix it), any other failure with 1.
 
-No Airflow in the image: storage goes through fsspec with the pod's identity (artifacts.py).
+No Airflow in the image: storage goes through fsspec with the pod's identity (include/storage/files.py).
 """
 
 from __future__ import annotations
@@ -18,12 +18,9 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
-from typing import Any
 
-USER_ERROR_EXIT_CODE = 2
-XCOM_ENV = "LLMOPS_XCOM_PATH"
-DEFAULT_XCOM_PATH = "/airflow/xcom/return.json"
+from include.container import USER_ERROR_EXIT_CODE, write_result
+
 WORKDIR_ENV = "LLMOPS_EVAL_WORKDIR"  # scratch space for the staged model (an emptyDir on EKS)
 
 log = logging.getLogger("include.evaluation.entrypoint")
@@ -32,20 +29,8 @@ log = logging.getLogger("include.evaluation.entrypoint")
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m include.evaluation.entrypoint",
                                      description="Generate answers for an eval set and score them with RAGAS.")
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--job", help="the evaluation job as one JSON argument")
-    src.add_argument("--job-file", type=Path, help="a file holding the job JSON (e.g. a ConfigMap mount)")
+    parser.add_argument("--job", required=True, help="the evaluation job as one JSON argument")
     return parser.parse_args(argv)
-
-
-def write_result(result: dict[str, Any], environ: dict[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    path = Path(env.get(XCOM_ENV) or DEFAULT_XCOM_PATH)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, sort_keys=True))
-    os.replace(tmp, path)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,16 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parse_args(argv)
 
-    from include.evaluation.job import JobError, parse_job_argument
-
+    from include.errors import InputError
+    from include.evaluation.job import parse_job_argument
     try:
-        text = args.job if args.job is not None else args.job_file.read_text()
-        job = parse_job_argument(text)
-    except (JobError, OSError) as exc:
+        job = parse_job_argument(args.job)
+    except InputError as exc:
         print(f"evaluator: invalid job: {exc}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
 
-    from include.evaluation.scoring import run_job
+    from include.evaluation.run import run_job
 
     log.info("evaluating %s on %s (generator %s, metrics %s, limit %s) -> %s", job["model_uri"], job["eval_uri"],
              job["generator"], job["metrics_profile"], job["limit"], job["output_uri"])

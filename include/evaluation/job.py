@@ -1,6 +1,6 @@
 """The evaluation job: one JSON object that says what to evaluate, where, and how.
 
-The same spec drives both profiles. Locally `evaluate_model` builds it and runs it in-process; on
+The same spec drives both profiles. Locally the task builds it and runs it in-process (`run.run_job`); on
 EKS it is the single argv item of the evaluator pod (`--job '<json>'`), so nothing in it is ever
 parsed by a shell. It is validated on both sides: when the DAG builds it (a bad spec fails before a
 GPU node is provisioned) and again in the pod (the image may be newer than Airflow).
@@ -17,7 +17,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from include.uris import CONTROL_RE, uri_problem
+from include.errors import InputError
+from include.validation import CONTROL_RE, uri_problem
 
 GENERATORS = ("tiny", "vllm")
 METRICS_PROFILES = ("local", "eks")
@@ -37,7 +38,7 @@ SECRET_KEYS = ("api_key", "password", "secret", "token", "aws_secret_access_key"
 _DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
-class JobError(ValueError):
+class JobError(InputError):
     """The evaluation job has a missing, unknown or invalid key; the message names it."""
 
 
@@ -169,3 +170,20 @@ def parse_job_argument(text: str) -> dict[str, Any]:
     except ValueError as exc:
         raise JobError(f"--job is not valid JSON: {exc}") from None
     return validate_job(raw)
+
+
+def build_job(model_uri: str, eval_uri: str, output_uri: str, *, generator: str, metrics_profile: str,
+              limit: int | None = None, max_new_tokens: int | None = None,
+              judge: Mapping[str, Any] | None = None, vllm: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The validated job. Which generator and metrics a profile uses is the container-job seam's
+    choice (include/compute): tiny + non-LLM metrics locally, vLLM + the LLM judge on eks."""
+    job: dict[str, Any] = {
+        "model_uri": model_uri, "eval_uri": eval_uri, "output_uri": output_uri,
+        "generator": generator, "metrics_profile": metrics_profile, "limit": limit,
+        "max_new_tokens": max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(generator),
+    }
+    if generator == "vllm":
+        job["vllm"] = dict(vllm or {})
+    if judge is not None:
+        job["judge"] = dict(judge)
+    return validate_job(job)

@@ -26,7 +26,7 @@ restricted (non-root, no privilege escalation, all capabilities dropped, Runtime
 Results: the pod writes result.json (and scores.jsonl, summary.json) under the job's output URI
 and /airflow/xcom/return.json. The Role deliberately does not grant pods/exec, which the XCom
 sidecar needs, so `do_xcom_push` defaults to False and the DAG reads the result from storage
-(`scoring.read_result(output_uri)`), as it does for training.
+(`run.read_result(output_uri)`), as it does for training.
 
 The judge's API key reaches the pod only as LLMOPS_JUDGE_API_KEY from the Secret `llm-judge`
 (key `api-key`, optional: Bedrock needs none); it is never in the job, the args or the manifest.
@@ -34,7 +34,6 @@ The judge's API key reaches the pod only as LLMOPS_JUDGE_API_KEY from the Secret
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -46,15 +45,13 @@ from kubernetes.client import (
     V1EnvVarSource,
     V1ObjectMeta,
     V1Pod,
-    V1PodSpec,
     V1ResourceRequirements,
     V1SecretKeySelector,
-    V1Toleration,
     V1Volume,
     V1VolumeMount,
 )
 
-from include.cluster.hardening import restricted_container, restricted_pod
+from include.cluster import podspec
 from include.cluster.pools import GPU, Pool, get_pool
 from include.cluster.preflight import as_manifest, check_pod_placement
 from include.evaluation.job import JobError, job_argument
@@ -63,7 +60,7 @@ from include.settings import Settings, get_settings
 CONTAINER = "evaluator"
 COMMAND = ["python", "-m", "include.evaluation.entrypoint"]
 SERVICE_ACCOUNT = "nemo-trainer"  # k8s/training/serviceaccount.yaml: S3 via IRSA (see module docstring)
-RUN_AS_USER = 10001  # images/evaluator/Dockerfile's non-root user
+RUN_AS_USER = podspec.RUN_AS_USER  # images/evaluator/Dockerfile's non-root user
 JUDGE_SECRET = "llm-judge"
 JUDGE_SECRET_KEY = "api-key"
 SCRATCH = "/scratch"
@@ -80,14 +77,13 @@ STARTUP_TIMEOUT_S = 1800  # Karpenter launching a GPU node plus pulling the vLLM
 CPU_SHARE, MEMORY_SHARE = 0.75, 0.75
 
 _JINJA_MARKERS = ("{{", "{%", "{#")
+MAX_NAME_LENGTH = 53  # room for the operator's random suffix
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 def pod_name(dag_id: str, run_id: str, role: str = "candidate") -> str:
     """A short DNS-1123 name per (DAG run, role); KubernetesPodOperator adds a random suffix."""
-    digest = hashlib.sha256(f"{dag_id}\0{run_id}\0{role}".encode()).hexdigest()[:10]
-    slug = re.sub(r"[^a-z0-9]+", "-", role.lower()).strip("-")[:20].strip("-")
-    return f"{DEFAULT_NAME}-{slug}-{digest}" if slug else f"{DEFAULT_NAME}-{digest}"
+    return podspec.hashed_name(DEFAULT_NAME, role, dag_id, run_id, role, max_length=MAX_NAME_LENGTH, slug_length=20)
 
 
 def resources_for(pool: Pool) -> dict[str, dict[str, str]]:
@@ -103,36 +99,28 @@ def resources_for(pool: Pool) -> dict[str, dict[str, str]]:
     }
 
 
-def _argument(job: Mapping[str, Any] | str | Any) -> Any:
-    """The --job argv item: a job dict is validated and serialised here; a string (Jinja template
-    rendering to the JSON) or an XComArg is passed through and validated by the pod itself."""
+def _argument(job: Mapping[str, Any]) -> str:
+    """The --job argv item: the job validated and serialised as one JSON string."""
     if not isinstance(job, Mapping):
-        return job
+        raise JobError(f"the job must be an object (got {type(job).__name__})")
     text = job_argument(job)
     # `arguments` is a templated field: Jinja would render these inside the JSON.
     if any(marker in text for marker in _JINJA_MARKERS):
         raise JobError("the job contains a Jinja marker ('{{', '{%' or '{#'); KubernetesPodOperator would "
-                       "render it. Rename the path or pass the job through XCom")
+                       "render it. Rename the path")
     return text
 
 
-def render_pod(job: Mapping[str, Any] | str | Any, settings: Settings | None = None, *, name: str = DEFAULT_NAME,
+def render_pod(job: Mapping[str, Any], settings: Settings | None = None, *, name: str = DEFAULT_NAME,
                labels: Mapping[str, str] | None = None, annotations: Mapping[str, str] | None = None) -> V1Pod:
     """The evaluator pod for `job`; raise JobError or PreflightError if it cannot run."""
     settings = settings or get_settings()
-    if not _NAME_RE.fullmatch(name) or len(name) > 53:  # room for the operator's random suffix
-        raise ValueError(f"pod name {name!r}: expected a DNS-1123 label of at most 53 characters")
+    if not _NAME_RE.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
+        raise JobError(f"pod name {name!r}: expected a DNS-1123 label of at most {MAX_NAME_LENGTH} characters")
     pool = get_pool(settings.inference_pool)
     argument = _argument(job)
-    if not isinstance(argument, str):  # an XComArg: a placeholder the operator replaces at run time
-        argument = "{}"
-    pod_labels = {
-        "app.kubernetes.io/name": "llm-evaluator",
-        "app.kubernetes.io/part-of": "llmops-finetune",
-        "app.kubernetes.io/managed-by": "airflow",
-        "llmops.io/workload": pool.workload,
-        **(labels or {}),
-    }
+    pod_labels = {**podspec.labels("llm-evaluator", pool), **(labels or {})}
+    shm_volume, shm_mount = podspec.shm(SHM_SIZE)
     pod_annotations = {
         # A batch job: consolidation of an "underutilized" inference node must not kill it midway.
         "karpenter.sh/do-not-disrupt": "true",
@@ -160,73 +148,27 @@ def render_pod(job: Mapping[str, Any] | str | Any, settings: Settings | None = N
                 secret_key_ref=V1SecretKeySelector(name=JUDGE_SECRET, key=JUDGE_SECRET_KEY, optional=True))),
         ],
         resources=V1ResourceRequirements(**resources_for(pool)),
-        volume_mounts=[
-            V1VolumeMount(name="shm", mount_path="/dev/shm"),
-            V1VolumeMount(name="scratch", mount_path=SCRATCH),
-        ],
-        security_context=restricted_container(),
+        volume_mounts=[shm_mount, V1VolumeMount(name="scratch", mount_path=SCRATCH)],
+        security_context=podspec.restricted_container(),
     )
     pod = V1Pod(
         api_version="v1",
         kind="Pod",
         metadata=V1ObjectMeta(name=name, namespace=settings.training_namespace, labels=pod_labels,
                               annotations=pod_annotations),
-        spec=V1PodSpec(
-            restart_policy="Never",  # the Airflow task's retries re-run it, on a fresh pod
-            service_account_name=SERVICE_ACCOUNT,
-            automount_service_account_token=False,  # never calls the Kubernetes API
-            enable_service_links=False,
-            priority_class_name=pool.priority_class,
-            node_selector=dict(pool.node_selector),
-            tolerations=[V1Toleration(**t) for t in pool.tolerations()],
+        spec=podspec.pod_spec(
+            pool,
+            [container],
+            [shm_volume, V1Volume(name="scratch", empty_dir=V1EmptyDirVolumeSource(size_limit=SCRATCH_LIMIT))],
+            service_account=SERVICE_ACCOUNT,
             active_deadline_seconds=ACTIVE_DEADLINE_S,
             termination_grace_period_seconds=TERMINATION_GRACE_S,
-            security_context=restricted_pod(RUN_AS_USER),
-            containers=[container],
-            volumes=[
-                V1Volume(name="shm", empty_dir=V1EmptyDirVolumeSource(medium="Memory", size_limit=SHM_SIZE)),
-                V1Volume(name="scratch", empty_dir=V1EmptyDirVolumeSource(size_limit=SCRATCH_LIMIT)),
-            ],
         ),
     )
     check_pod_placement(pod, pool)
     return pod
 
 
-def kubernetes_pod_operator_kwargs(job: Mapping[str, Any] | str | Any, settings: Settings | None = None, *,
-                                   name: str = DEFAULT_NAME, xcom_push: bool = False, deferrable: bool = True,
-                                   labels: Mapping[str, str] | None = None,
-                                   annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Arguments for `KubernetesPodOperator(task_id=..., **kwargs)` that submit exactly `render_pod`'s pod.
-
-    job: the job dict (built at run time: `scoring.build_job`), or, in a DAG file where the job is
-    only known at run time, a Jinja string / XComArg that resolves to `job.job_argument(job)`.
-    The operator builds its pod from `full_pod_spec` with its own non-empty parameters on top;
-    name, namespace, image, command, args and the container name are given explicitly so its
-    defaults (container "base", a task-id name) never replace ours.
-    """
-    settings = settings or get_settings()
-    pod = render_pod(job, settings, name=name, labels=labels, annotations=annotations)
-    return {
-        "kubernetes_conn_id": settings.kubernetes_conn_id,
-        "namespace": pod.metadata.namespace,
-        "name": pod.metadata.name,
-        "random_name_suffix": True,  # each try its own pod; the operator re-attaches by labels
-        "image": settings.evaluator_image,
-        "cmds": list(COMMAND),
-        "arguments": ["--job", _argument(job)],
-        "full_pod_spec": pod,
-        "base_container_name": CONTAINER,
-        "do_xcom_push": xcom_push,  # needs pods/exec for the sidecar, which the Role does not grant
-        "get_logs": True,
-        "log_events_on_failure": True,
-        "startup_timeout_seconds": STARTUP_TIMEOUT_S,
-        "reattach_on_restart": True,
-        "on_finish_action": "delete_succeeded_pod",  # keep failed pods for their logs
-        "deferrable": deferrable,
-    }
-
-
-def manifest(job: Mapping[str, Any] | str | Any, settings: Settings | None = None, **kwargs: Any) -> dict:
+def manifest(job: Mapping[str, Any], settings: Settings | None = None, **kwargs: Any) -> dict:
     """The pod as the API's camelCase dict (for validation and review)."""
     return as_manifest(render_pod(job, settings, **kwargs))

@@ -1,4 +1,4 @@
-"""RAGAS scoring with PER-SAMPLE scores, the score writer, and `evaluate_model` (what the DAG calls).
+"""RAGAS scoring with PER-SAMPLE scores (the run that writes them is run.py).
 
 Metrics by profile (names are ragas' metric names, the keys of scores.jsonl and the gate policy):
 
@@ -44,12 +44,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from include.evaluation import artifacts
-from include.evaluation.job import DEFAULT_MAX_NEW_TOKENS, validate_job
-
 if TYPE_CHECKING:
     from include.evaluation.judge import JudgeConfig
-    from include.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -290,160 +286,3 @@ def _run_direct(metric_objs: list[Any], rows: list[dict], run_config: Any) -> li
         log.warning("metric calls that failed (scored None): %s", failures)
     k = len(metric_objs)
     return [flat[i * k:(i + 1) * k] for i in range(len(samples))]
-
-
-def summarize(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, Any]:
-    """Means over the samples that have a score, how many do, and how many do not."""
-    means: dict[str, float | None] = {}
-    counts: dict[str, int] = {}
-    for name in names:
-        values = [r[name] for r in rows if r.get(name) is not None]
-        counts[name] = len(values)
-        means[name] = clean(math.fsum(values) / len(values)) if values else None
-    return {"n": len(rows), "metrics": list(names), "means": means, "counts": counts,
-            "missing": {n: len(rows) - counts[n] for n in names}}
-
-
-def write_scores(output_uri: str, rows: Sequence[Mapping[str, Any]], names: Sequence[str], *,
-                 responses: Sequence[Mapping[str, Any]] | None = None,
-                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Store responses.jsonl (if given), scores.jsonl, then summary.json (last: its presence says done)."""
-    output_uri = output_uri.rstrip("/")
-    if responses is not None:
-        artifacts.write_jsonl(artifacts.join(output_uri, artifacts.RESPONSES_FILE), responses)
-    scores_uri = artifacts.join(output_uri, artifacts.SCORES_FILE)
-    summary_uri = artifacts.join(output_uri, artifacts.SUMMARY_FILE)
-    artifacts.write_jsonl(scores_uri, rows)
-    summary = {**(extra or {}), **summarize(rows, names)}
-    artifacts.write_json(summary_uri, summary)
-    return {"scores_uri": scores_uri, "summary_uri": summary_uri, "summary": summary}
-
-
-# ---------------------------------------------------------------- the evaluation run
-
-
-def resolve_judge(job: Mapping[str, Any], judge: JudgeConfig | None = None) -> JudgeConfig | None:
-    if job["metrics_profile"] != "eks":
-        return None
-    if judge is not None:
-        return judge
-    from include.evaluation.judge import JudgeConfig
-
-    return JudgeConfig.from_job(job["judge"])
-
-
-def run_job(raw_job: Mapping[str, Any], *, judge: JudgeConfig | None = None, generator: Any = None,
-            workdir: str | None = None) -> dict[str, Any]:
-    """Generate and score per the job; write the outputs; return what `evaluate_model` returns.
-
-    The pod runs this (entrypoint.py) with the judge's key from its environment; a worker runs it
-    through `evaluate_model`. `generator` replaces the job's (tests, benchmarks).
-    """
-    import tempfile
-    from pathlib import Path
-
-    from include.evaluation.generate import generate_answers, make_generator
-
-    job = validate_job(raw_job)
-    judge_cfg = resolve_judge(job, judge)
-    names = metric_names(job["metrics_profile"])
-    samples = artifacts.load_eval_set(job["eval_uri"], job["limit"])
-    timings: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="llmops-eval-", dir=workdir) as tmp:
-        gen = generator
-        if gen is None:
-            model_dir = artifacts.stage_dir(job["model_uri"], Path(tmp) / "model")
-            gen = make_generator(job["generator"], model_dir, max_new_tokens=job["max_new_tokens"],
-                                 vllm_options=job["vllm"])
-        started = time.monotonic()
-        try:
-            answers = generate_answers(gen, samples)
-        finally:
-            if generator is None:
-                gen.close()  # vLLM: give the GPU back before scoring
-        timings["generation_seconds"] = round(time.monotonic() - started, 3)
-        generated = [{"id": s.id, "user_input": s.user_input, "reference": s.reference,
-                      "reference_contexts": s.reference_contexts, "response": a}
-                     for s, a in zip(samples, answers, strict=True)]
-        started = time.monotonic()
-        rows = score(generated, job["metrics_profile"], judge=judge_cfg)
-        timings["scoring_seconds"] = round(time.monotonic() - started, 3)
-
-    extra = {
-        "model_uri": job["model_uri"],
-        "eval_uri": job["eval_uri"],
-        "eval_digest": artifacts.eval_digest(samples),
-        "limit": job["limit"],
-        "metrics_profile": job["metrics_profile"],
-        "generation": gen.describe(),
-        "judge": judge_cfg.public() if judge_cfg is not None else None,
-        **timings,
-    }
-    written = write_scores(job["output_uri"], rows, names,
-                           responses=[{"id": s.id, "response": a} for s, a in zip(samples, answers, strict=True)],
-                           extra=extra)
-    summary = written["summary"]
-    result = {
-        "scores_uri": written["scores_uri"],
-        "summary_uri": written["summary_uri"],
-        "responses_uri": artifacts.join(job["output_uri"], artifacts.RESPONSES_FILE),
-        "means": summary["means"],
-        "n": summary["n"],
-        "metrics": summary["metrics"],
-        "eval_digest": summary["eval_digest"],
-    }
-    artifacts.write_json(artifacts.join(job["output_uri"], artifacts.RESULT_FILE), result)
-    return result
-
-
-def build_job(model_uri: str, eval_uri: str, output_uri: str, settings: Settings | None = None, *,
-              limit: int | None = None, max_new_tokens: int | None = None, judge: JudgeConfig | None = None,
-              judge_conn_id: str | None = None, vllm: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The validated job for this profile: local = tiny + non-LLM metrics, eks = vLLM + the LLM judge.
-
-    On eks the judge's public part comes from `judge` or the Airflow connection `judge_conn_id`
-    (default `llm_judge`): call this inside a task, never at DAG parse time.
-    """
-    from include.settings import get_settings
-
-    settings = settings or get_settings()
-    local = settings.is_local
-    generator = "tiny" if local else "vllm"
-    job: dict[str, Any] = {
-        "model_uri": model_uri, "eval_uri": eval_uri, "output_uri": output_uri,
-        "generator": generator, "metrics_profile": settings.profile, "limit": limit,
-        "max_new_tokens": max_new_tokens or DEFAULT_MAX_NEW_TOKENS[generator],
-    }
-    if not local:
-        job["vllm"] = dict(vllm or {})
-        if judge is None:
-            from include.evaluation.judge import DEFAULT_CONN_ID, judge_from_connection
-
-            judge = judge_from_connection(judge_conn_id or DEFAULT_CONN_ID)
-        job["judge"] = judge.public()
-    return validate_job(job)
-
-
-def evaluate_model(model_uri: str, eval_uri: str, output_uri: str, settings: Settings | None = None,
-                   limit: int | None = None, *, judge: JudgeConfig | None = None,
-                   max_new_tokens: int | None = None) -> dict[str, Any]:
-    """Evaluate one model on one eval set, in this process; return the result dict.
-
-    model_uri: the exported model directory (`<train output>/model`), file:// or s3://.
-    eval_uri:  a curated dataset version dir (its eval.jsonl is read) or an eval .jsonl file.
-    output_uri: where responses.jsonl, scores.jsonl, summary.json and result.json go.
-    limit:     score only the first `limit` samples of the eval set (file order).
-
-    Returns {"scores_uri", "summary_uri", "responses_uri", "means": {metric: float|None}, "n",
-    "metrics": [names], "eval_digest"}. Used for the candidate and, when its per-sample scores on
-    this eval set (same eval_digest) are missing, for the champion. On eks the DAG runs the same
-    job in the evaluator pod instead (k8s_pod.py) and reads result.json back from output_uri.
-    """
-    job = build_job(model_uri, eval_uri, output_uri, settings, limit=limit, max_new_tokens=max_new_tokens,
-                    judge=judge)
-    return run_job(job, judge=judge)
-
-
-def read_result(output_uri: str) -> dict[str, Any]:
-    """The result an evaluator pod (or an earlier evaluate_model) left at output_uri."""
-    return artifacts.read_json(artifacts.join(output_uri, artifacts.RESULT_FILE))

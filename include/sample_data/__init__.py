@@ -9,7 +9,7 @@ SAMPLE_RAW = Path(__file__).resolve().parent / "raw"
 
 def stage_sample(data_root: str) -> str:
     """Copy the sample partitions under <data root>/raw, skipping files already there; returns that URI."""
-    from include.storage import storage_path
+    from include.storage.objectstore import storage_path
 
     raw = storage_path(f"{data_root}/raw")
     for src in sorted(p for p in SAMPLE_RAW.rglob("*") if p.is_file()):

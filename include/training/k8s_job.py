@@ -21,9 +21,7 @@ re-attaches to the one already running instead of launching a second training ru
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +30,6 @@ from kubernetes.client import (
     V1Affinity,
     V1Container,
     V1ContainerPort,
-    V1EmptyDirVolumeSource,
     V1EnvVar,
     V1EnvVarSource,
     V1Job,
@@ -47,33 +44,28 @@ from kubernetes.client import (
     V1PodFailurePolicyOnExitCodesRequirement,
     V1PodFailurePolicyOnPodConditionsPattern,
     V1PodFailurePolicyRule,
-    V1PodSpec,
     V1PodTemplateSpec,
     V1ResourceRequirements,
     V1Service,
     V1ServicePort,
     V1ServiceSpec,
-    V1Toleration,
     V1Volume,
     V1VolumeMount,
 )
 
-from include.cluster.hardening import restricted_container, restricted_pod
-from include.cluster.pools import EFA, GPU, INSTANCE_TYPE_LABEL, PLAN_POOLS, InstanceType, Pool, pool_for_plan
+from include.cluster import podspec
+from include.cluster.pools import EFA, GPU, PLAN_POOLS, InstanceType, Pool, pool_for_plan
 from include.cluster.preflight import as_manifest, check_pod_placement
+from include.container import USER_ERROR_EXIT_CODE
+from include.errors import InputError
 from include.settings import Settings, get_settings
-from include.training.entrypoint import PlanError as TrainerPlanError
-from include.training.entrypoint import trainer_plan as _trainer_plan
-from include.training.rendezvous import (
-    DEFAULT_WAIT_TIMEOUT_S,
-    USER_ERROR_EXIT_CODE,
-    WAIT_TIMEOUT_ENV,
-    master_address,
-)
+from include.training.params import PARAM_RULES
+from include.training.plan import trainer_plan as _trainer_plan
+from include.training.rendezvous import DEFAULT_WAIT_TIMEOUT_S, WAIT_TIMEOUT_ENV, master_address
 
-# KubernetesJobOperator always prepends "job-" to the name it is given; the rendered Job already
-# carries its final name, so MASTER_ADDR (which contains it) is right. See operator_kwargs().
-OPERATOR_JOB_PREFIX = "job-"
+# Jobs are named `job-<dag slug>-<hash>`: KubernetesJobOperator prefixes "job-" to the name it is
+# given, so the rendered Job already carries its final name (plugins/ strips it for the provider).
+JOB_PREFIX = "job"
 # Pod hostnames are `<job>-<index>` and must stay within 63 characters.
 MAX_NAME_LENGTH = 52
 HASH_LENGTH = 10
@@ -85,7 +77,7 @@ JOB_LABEL = "llmops.io/job"
 SERVICE_ACCOUNT = "nemo-trainer"  # k8s/training/serviceaccount.yaml
 CHECKPOINT_CLAIM = "llm-checkpoints"  # k8s/training/pvc.yaml
 CHECKPOINT_MOUNT = "/checkpoints"
-RUN_AS_USER = 1000  # the trainer image's non-root user
+RUN_AS_USER = podspec.RUN_AS_USER  # the trainer image's non-root user (images/nemo-trainer/Dockerfile)
 
 BACKOFF_LIMIT_PER_INDEX = 3
 TORCHRUN_MAX_RESTARTS = 3  # survivors re-rendezvous when one node is replaced
@@ -97,20 +89,14 @@ TTL_AFTER_FINISHED_S = 3 * 24 * 3600
 REQUIRED_KEYS = ("run_name", "dag_id", "run_id", "pool", "nodes", "gpus_per_node", "instance_type")
 
 
-class PlanError(ValueError):
-    """The plan cannot be rendered into a Job; the message names every bad key."""
-
-
 def job_name(dag_id: str, run_id: str) -> str:
     """Deterministic Job (and Service) name for a DAG run: `job-<dag slug>-<hash>`.
 
     A DNS-1035 label (valid for both the Job and the Service) of at most MAX_NAME_LENGTH chars;
     the hash of (dag_id, run_id) keeps runs apart when the slug is truncated or the same.
     """
-    digest = hashlib.sha256(f"{dag_id}\0{run_id}".encode()).hexdigest()[:HASH_LENGTH]
-    room = MAX_NAME_LENGTH - len(OPERATOR_JOB_PREFIX) - len(digest) - 1
-    slug = re.sub(r"[^a-z0-9]+", "-", dag_id.lower()).strip("-")[:room].strip("-")
-    return f"{OPERATOR_JOB_PREFIX}{slug}-{digest}" if slug else f"{OPERATOR_JOB_PREFIX}{digest}"
+    return podspec.hashed_name(JOB_PREFIX, dag_id, dag_id, run_id, max_length=MAX_NAME_LENGTH,
+                               hash_length=HASH_LENGTH)
 
 
 @dataclass(frozen=True)
@@ -134,46 +120,25 @@ class TrainingLaunch:
         """Service first: pod 0's DNS record needs it."""
         return [as_manifest(self.service), as_manifest(self.job)]
 
-    def operator_kwargs(self) -> dict[str, Any]:
-        """Arguments that make KubernetesJobOperator submit exactly this Job.
 
-        The operator rebuilds the Job from its own parameters over `full_job_spec`: it prefixes
-        "job-" to `name`, would add a random suffix, and its default parallelism=1 would win over
-        ours, so those are pinned here. Creating the Service, and re-attaching when the Job
-        already exists (a retry), is the caller's part.
-        """
-        nodes = self.job.spec.parallelism
-        return {
-            "name": self.name.removeprefix(OPERATOR_JOB_PREFIX),
-            "namespace": self.namespace,
-            "full_job_spec": self.job,
-            "random_name_suffix": False,
-            "parallelism": nodes,
-            "completions": nodes,
-            "completion_mode": "Indexed",
-            "base_container_name": CONTAINER,
-            "wait_until_job_complete": True,
-            "deferrable": True,
-        }
-
-
-def _int(plan: Mapping[str, Any], key: str, problems: list[str]) -> int:
-    value = plan.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        problems.append(f"{key}={value!r}: expected a positive integer")
+def _count(plan: Mapping[str, Any], key: str, problems: list[str]) -> int:
+    """nodes / gpus_per_node by the same rule as the trigger form and the trainer."""
+    try:
+        return PARAM_RULES[key].check(plan.get(key))
+    except InputError as exc:
+        problems.append(str(exc))
         return 0
-    return value
 
 
 def _validate(plan: Mapping[str, Any], settings: Settings) -> tuple[Pool, InstanceType, str]:
     problems = [f"{key}: required" for key in REQUIRED_KEYS if key not in plan]
     if problems:
-        raise PlanError("; ".join(problems))
+        raise InputError("; ".join(problems))
     if plan["pool"] not in PLAN_POOLS:
-        raise PlanError(f"pool={plan['pool']!r}: expected one of {', '.join(PLAN_POOLS)}")
+        raise InputError(f"pool={plan['pool']!r}: expected one of {', '.join(PLAN_POOLS)}")
     pool = pool_for_plan(plan["pool"], settings)
-    nodes = _int(plan, "nodes", problems)
-    gpus = _int(plan, "gpus_per_node", problems)
+    nodes = _count(plan, "nodes", problems)
+    gpus = _count(plan, "gpus_per_node", problems)
     instance_type = plan["instance_type"]
     instance = None
     if instance_type not in pool.instance_types:
@@ -194,7 +159,7 @@ def _validate(plan: Mapping[str, Any], settings: Settings) -> tuple[Pool, Instan
     if not isinstance(image, str) or not image or any(c.isspace() for c in image):
         problems.append(f"image={image!r}: expected a container image reference")
     if problems:
-        raise PlanError("; ".join(problems))
+        raise InputError("; ".join(problems))
     return pool, instance, image
 
 
@@ -206,8 +171,8 @@ def trainer_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
     """
     try:
         return _trainer_plan(plan)
-    except TrainerPlanError as exc:
-        raise PlanError(f"trainer plan: {exc}") from None
+    except InputError as exc:
+        raise InputError(f"trainer plan: {exc}") from None
 
 
 def torchrun_args(name: str, master: str, nodes: int, gpus_per_node: int, plan_json: str) -> list[str]:
@@ -282,7 +247,7 @@ def render_service(name: str, namespace: str, labels: Mapping[str, str]) -> V1Se
 
 
 def render(plan: Mapping[str, Any], settings: Settings | None = None) -> TrainingLaunch:
-    """The Service and Indexed Job for `plan`; raise PlanError or PreflightError if it cannot run."""
+    """The Service and Indexed Job for `plan`; raise InputError (PreflightError among them) if it cannot run."""
     settings = settings or get_settings()
     pool, instance, image = _validate(plan, settings)
     nodes, gpus = plan["nodes"], plan["gpus_per_node"]
@@ -293,18 +258,13 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
     try:
         plan_json = json.dumps(checked, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise PlanError(f"the plan is not JSON-serialisable: {exc}") from None
+        raise InputError(f"the plan is not JSON-serialisable: {exc}") from None
 
     efa = instance.efa_interfaces if nodes > 1 else 0  # one node: NVLink only, no fabric needed
     cpu, memory, shm = _sizes(instance, gpus)
     devices = {GPU: str(gpus), **({EFA: str(efa)} if efa else {})}
-    labels = {
-        "app.kubernetes.io/name": "nemo-trainer",
-        "app.kubernetes.io/part-of": "llmops-finetune",
-        "app.kubernetes.io/managed-by": "airflow",
-        JOB_LABEL: name,
-        "llmops.io/workload": pool.workload,
-    }
+    labels = podspec.labels("nemo-trainer", pool, **{JOB_LABEL: name})
+    shm_volume, shm_mount = podspec.shm(shm)
     annotations = {
         "llmops.io/dag-id": str(plan["dag_id"]),
         "llmops.io/run-id": str(plan["run_id"]),
@@ -328,11 +288,8 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
             requests={"cpu": cpu, "memory": memory, **devices},
             limits={"memory": memory, **devices},
         ),
-        volume_mounts=[
-            V1VolumeMount(name="shm", mount_path="/dev/shm"),
-            V1VolumeMount(name="checkpoints", mount_path=CHECKPOINT_MOUNT),
-        ],
-        security_context=restricted_container(),
+        volume_mounts=[shm_mount, V1VolumeMount(name="checkpoints", mount_path=CHECKPOINT_MOUNT)],
+        security_context=podspec.restricted_container(),
     )
     affinity = None
     if nodes > 1:  # all ranks in one zone: EFA does not cross AZs, and cross-AZ traffic is billed
@@ -341,25 +298,18 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
                 label_selector=V1LabelSelector(match_labels={JOB_LABEL: name}),
                 topology_key="topology.kubernetes.io/zone",
             )]))
-    pod_spec = V1PodSpec(
-        restart_policy="Never",
+    pod_spec = podspec.pod_spec(
+        pool,
+        [container],
+        [shm_volume, V1Volume(name="checkpoints",
+                              persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(claim_name=CHECKPOINT_CLAIM))],
+        service_account=SERVICE_ACCOUNT,
+        instance_type=instance.name,
+        # OnRootMismatch: no recursive chown of a large FSx volume on every start
+        fs_group_change_policy="OnRootMismatch",
         subdomain=name,
-        service_account_name=SERVICE_ACCOUNT,
-        automount_service_account_token=False,
-        enable_service_links=False,
-        priority_class_name=pool.priority_class,
-        node_selector={**pool.node_selector, INSTANCE_TYPE_LABEL: instance.name},
-        tolerations=[V1Toleration(**t) for t in pool.tolerations()],
         affinity=affinity,
         termination_grace_period_seconds=TERMINATION_GRACE_S,
-        # OnRootMismatch: no recursive chown of a large FSx volume on every start
-        security_context=restricted_pod(RUN_AS_USER, fs_group_change_policy="OnRootMismatch"),
-        containers=[container],
-        volumes=[
-            V1Volume(name="shm", empty_dir=V1EmptyDirVolumeSource(medium="Memory", size_limit=shm)),
-            V1Volume(name="checkpoints",
-                     persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(claim_name=CHECKPOINT_CLAIM)),
-        ],
     )
     job = V1Job(
         api_version="batch/v1",

@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from include.training.entrypoint import validate_plan
+from include.training.plan import validate_plan
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT_MODULE = "include.training.entrypoint"

@@ -1,7 +1,8 @@
 """From trigger params to a training plan: validate, size, place and price it before anything runs.
 
-The plan is one flat dict: the trainer's keys (include/training/entrypoint.py validates them the
-same way inside the container) plus the launch keys the Job renderer needs. Every refusal is an
+The plan is one flat dict: the trainer's keys (include/training/plan.py validates them the same
+way inside the container) plus the launch keys the Job renderer needs. Where a profile differs
+(placement, backend, preflight) the caller passes the container-job seam's implementation. Every refusal is an
 InputError that names the param and what would work, because the alternative is a GPU Job that
 dies an hour in, or a pod that stays Pending.
 """
@@ -10,16 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from include.errors import InputError
 from include.settings import Settings
+from include.training.params import check_params
+from include.training.plan import validate_plan
 
 # Sustained fraction of peak bf16 FLOPs a NeMo fine-tune reaches (model FLOPs utilisation).
 MFU = 0.35
 # Headroom per GPU for activations, CUDA context and fragmentation.
 GPU_MEMORY_USABLE = 0.8
-MAX_LOCAL_RANKS = 8
 PARAM_KEYS = ("base_model", "method", "lora_rank", "max_steps", "learning_rate", "nodes", "gpus_per_node",
               "tensor_parallel", "pipeline_parallel", "pool", "checkpoint_interval")
 
@@ -50,8 +53,13 @@ def _check(problems: list[str], ok: bool, message: str) -> None:
         problems.append(message)
 
 
-def validate_params(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Refuse combinations the schema cannot express; return the placement (pool, instance type)."""
+def validate_params(params: Mapping[str, Any], jobs: Any) -> dict[str, Any]:
+    """Every field against its rule, then combinations no schema can express; return the placement.
+
+    `jobs` is the profile's container-job implementation (include/compute): it places the run
+    (local ranks, or a pool and instance type) and adds its own refusals.
+    """
+    check_params(params)  # each field: InputError naming it and its range, before any arithmetic
     problems: list[str] = []
     nodes, gpus = params["nodes"], params["gpus_per_node"]
     tp, pp = params["tensor_parallel"], params["pipeline_parallel"]
@@ -63,21 +71,22 @@ def validate_params(params: dict[str, Any], settings: Settings) -> dict[str, Any
     _check(problems, params["checkpoint_interval"] <= params["max_steps"],
            f"checkpoint_interval={params['checkpoint_interval']} exceeds max_steps={params['max_steps']}: "
            "no checkpoint would ever be written")
-    if settings.is_local:
-        _check(problems, world <= MAX_LOCAL_RANKS,
-               f"nodes x gpus_per_node = {world} local ranks; the local profile runs at most {MAX_LOCAL_RANKS}")
-        _check(problems, tp * pp == 1, "the local profile trains data-parallel only: "
-               "set tensor_parallel = pipeline_parallel = 1")
-        if problems:
-            raise InputError("invalid training params:\n  - " + "\n  - ".join(problems))
-        return {"pool": params["pool"], "instance_type": "local", "gpu_model": "cpu", "price_per_hour": 0.0}
+    placement = jobs.place(params, problems)
+    if problems:
+        raise InputError("invalid training params:\n  - " + "\n  - ".join(problems))
+    return placement
 
+
+def pool_placement(params: Mapping[str, Any], settings: Settings, problems: list[str]) -> dict[str, Any]:
+    """The cheapest instance type of the param's pool that holds the model; refusals go to `problems`."""
     from include.cluster.pools import pool_for_plan
     from include.training.nemo_backend import NEMO_MODELS
 
+    nodes, gpus = params["nodes"], params["gpus_per_node"]
+    tp, pp = params["tensor_parallel"], params["pipeline_parallel"]
     model = NEMO_MODELS[params["base_model"]]
     pool = pool_for_plan(params["pool"], settings)
-    need = per_gpu_memory_gib(model.params_billion, params["method"], world, tp * pp)
+    need = per_gpu_memory_gib(model.params_billion, params["method"], nodes * gpus, tp * pp)
     fits = [i for i in pool.instances() if i.gpus >= gpus and (nodes == 1 or i.gpus == gpus)]
     _check(problems, bool(fits),
            f"gpus_per_node={gpus} matches no instance type of pool {pool.name} "
@@ -91,7 +100,7 @@ def validate_params(params: dict[str, Any], settings: Settings) -> dict[str, Any
             f"nodes={nodes}, gpus_per_node={gpus}, tensor_parallel={tp}, pipeline_parallel={pp}, but pool "
             f"{pool.name} offers {biggest} GiB GPUs; use method=lora, more nodes or more model parallelism")
     if problems:
-        raise InputError("invalid training params:\n  - " + "\n  - ".join(problems))
+        return {}
     spot = pool.capacity_types == ("spot",)
     best = min(roomy, key=lambda i: (i.gpus != gpus, i.spot_usd_per_hour if spot else i.on_demand_usd_per_hour))
     return {"pool": params["pool"], "instance_type": best.name, "gpu_model": best.gpu_model,
@@ -120,44 +129,21 @@ def estimate(params: dict[str, Any], placement: dict[str, Any], global_batch: in
     }
 
 
-def build_plan(params: dict[str, Any], dataset: dict[str, Any], settings: Settings, dag_id: str,
-               run_id: str) -> dict[str, Any]:
+def build_plan(params: Mapping[str, Any], dataset: Mapping[str, Any], settings: Settings, dag_id: str,
+               run_id: str, jobs: Any) -> dict[str, Any]:
     """{"plan": the flat plan every launcher takes, "estimate": GPU-hours and cost}."""
-    from include.training.entrypoint import PlanError, validate_plan
-
-    placement = validate_params(params, settings)
+    placement = validate_params(params, jobs)
     name = run_name(dag_id, run_id)
     trainer = {
         "run_name": name,
-        "backend": "tiny" if settings.is_local else "nemo",
+        "backend": jobs.trainer_backend,
         "dataset_uri": dataset["uri"],
         "output_uri": f"{settings.data_root}/models/{name}",
         "checkpoint_dir": os.path.join(settings.checkpoint_root, name),
         **{k: params[k] for k in PARAM_KEYS if k != "pool"},
     }
-    try:
-        trainer = validate_plan(trainer)
-    except PlanError as e:
-        raise InputError(f"invalid training plan: {e}") from e
+    trainer = validate_plan(trainer)
     plan = {**trainer, "dag_id": dag_id, "run_id": run_id, "pool": params["pool"],
             "instance_type": placement["instance_type"], "image": settings.trainer_image}
     return {"plan": plan, "estimate": estimate(params, placement, trainer["global_batch_size"],
                                                 trainer["seq_length"])}
-
-
-def preflight(plan: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Render what would be launched and check it against the cluster's pools, or the local machine."""
-    if settings.is_local:
-        cpus = os.cpu_count() or 1
-        ranks = plan["nodes"] * plan["gpus_per_node"]
-        return {"profile": "local", "ranks": ranks, "cpus": cpus,
-                "note": "ranks share CPUs" if ranks > cpus else "one CPU per rank"}
-    from include.cluster.preflight import PreflightError
-    from include.training.k8s_job import PlanError, render
-
-    try:
-        launch = render(plan, settings)
-    except (PlanError, PreflightError) as e:
-        raise InputError(str(e)) from e
-    return {"profile": "eks", "job": launch.name, "namespace": launch.namespace, "pool": launch.pool.name,
-            "instance_type": launch.instance.name}

@@ -23,8 +23,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from include.container import USER_ERROR_EXIT_CODE  # noqa: F401 - what the entrypoints exit with on bad input
+
 DEFAULT_WAIT_TIMEOUT_S = 1800.0  # pod 0 may wait for a fresh p5 node and a large image pull
-USER_ERROR_EXIT_CODE = 2  # what include.training.entrypoint returns for an invalid plan
 WAIT_TIMEOUT_ENV = "LLMOPS_RDZV_WAIT_TIMEOUT_S"
 
 

@@ -34,9 +34,42 @@ from kubernetes.client.exceptions import ApiException
 
 from include.compute.kubernetes import job_state
 from include.settings import get_settings
-from include.training.k8s_job import CONTAINER, JOB_LABEL, TrainingLaunch
+from include.training.k8s_job import CONTAINER, JOB_LABEL, JOB_PREFIX, TrainingLaunch
 
 DELETE_POLL_S = 2.0
+
+
+def constant_kwargs() -> dict[str, Any]:
+    """KubernetesJobOperator arguments every training launch shares."""
+    settings = get_settings()
+    return {
+        "kubernetes_conn_id": settings.kubernetes_conn_id,
+        "namespace": settings.training_namespace,
+        "base_container_name": CONTAINER,
+        "random_name_suffix": False,
+        "wait_until_job_complete": True,
+        "deferrable": True,
+        # Pods stay until the Job's TTL so a failed rank's log can still be read.
+        "on_finish_action": "keep_pod",
+    }
+
+
+def job_kwargs(launch: TrainingLaunch) -> dict[str, Any]:
+    """Arguments that make KubernetesJobOperator submit exactly the rendered Job.
+
+    The provider rebuilds the Job from its own parameters over `full_job_spec`: it prefixes "job-"
+    to `name` (the rendered name already carries it, since MASTER_ADDR contains it), would add a
+    random suffix, and its default parallelism=1 would win over ours, so those are pinned here.
+    """
+    nodes = launch.job.spec.parallelism
+    return {
+        "name": launch.name.removeprefix(f"{JOB_PREFIX}-"),
+        "namespace": launch.namespace,
+        "full_job_spec": launch.job,
+        "parallelism": nodes,
+        "completions": nodes,
+        "completion_mode": "Indexed",
+    }
 
 
 class KubernetesTrainingJobOperator(KubernetesJobOperator):
@@ -53,19 +86,9 @@ class KubernetesTrainingJobOperator(KubernetesJobOperator):
         job_deletion_timeout_s: float = 900,
         **kwargs,
     ) -> None:
-        settings = get_settings()
-        # Constants of every training launch; the plan-dependent rest is set in execute().
-        defaults = {
-            "kubernetes_conn_id": settings.kubernetes_conn_id,
-            "namespace": settings.training_namespace,
-            "base_container_name": CONTAINER,
-            "random_name_suffix": False,
-            "wait_until_job_complete": True,
-            "deferrable": True,
-            # Pods stay until the Job's TTL so a failed rank's log can still be read.
-            "on_finish_action": "keep_pod",
-        }
-        super().__init__(**{**defaults, **kwargs, "do_xcom_push": False})
+        # Constants of every training launch, set here so templates and retries see them; the plan
+        # arrives through XCom, so only the plan-dependent rest (job_kwargs) is set in execute().
+        super().__init__(**{**constant_kwargs(), **kwargs, "do_xcom_push": False})
         self.plan = plan
         self.pod_discovery_timeout_s = pod_discovery_timeout_s
         self.job_deletion_timeout_s = job_deletion_timeout_s
@@ -74,18 +97,15 @@ class KubernetesTrainingJobOperator(KubernetesJobOperator):
     # ---- plan -> operator ----
 
     def _render(self) -> TrainingLaunch:
-        from include.errors import InputError
+        from include.lifecycle.failfast import fail_fast
         from include.training.k8s_job import render
 
-        try:
-            return render(self.plan)
-        except ValueError as exc:  # PlanError, PreflightError: a retry cannot fix the plan
-            raise InputError(str(exc)) from None
+        return fail_fast(render)(self.plan)  # a bad plan: a retry cannot fix it
 
     def result_published(self) -> bool:
         """The run already finished (its Job may be gone after its TTL): never train it twice."""
         from include.compute import result_uri
-        from include.storage import storage_path
+        from include.storage.objectstore import storage_path
 
         return storage_path(result_uri(self.plan)).exists()
 
@@ -94,9 +114,8 @@ class KubernetesTrainingJobOperator(KubernetesJobOperator):
             self.log.info("Run %s already published its result; nothing to launch", self.plan["run_name"])
             return None
         launch = self._render()
-        for key, value in launch.operator_kwargs().items():
+        for key, value in job_kwargs(launch).items():
             setattr(self, key, value)
-        self.do_xcom_push = False
 
         existing = self._read_job(launch.name, launch.namespace)
         state = job_state(existing) if existing is not None else "absent"

@@ -19,13 +19,14 @@ log = logging.getLogger(__name__)
 class GateRejectionNotifier(BaseNotifier):
     template_fields = ("conn_id",)
 
-    def __init__(self, conn_id: str = "llmops_alerts", timeout_s: float = 10):
+    def __init__(self, decision_task_id: str, conn_id: str = "llmops_alerts", timeout_s: float = 10):
         super().__init__()
+        self.decision_task_id = decision_task_id  # the task whose XCom holds the gate's decision
         self.conn_id = conn_id
         self.timeout_s = timeout_s
 
     def message(self, context) -> dict:
-        decision = context["ti"].xcom_pull(task_ids="gate") or {}
+        decision = context["ti"].xcom_pull(task_ids=self.decision_task_id) or {}
         return {
             "text": f"{context['dag'].dag_id} {context['run_id']}: candidate rejected by the evaluation gate",
             "reasons": decision.get("reasons", []),

@@ -15,8 +15,6 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from include.settings import get_settings
-
 
 class LocalTrainingJobOperator(BaseOperator):
     """Run the trainer as nodes x gpus_per_node local ranks and return rank 0's result.
@@ -34,14 +32,11 @@ class LocalTrainingJobOperator(BaseOperator):
         self.timeout_s = timeout_s
 
     def execute(self, context) -> dict[str, Any]:
-        from include.errors import InputError
-        from include.training.entrypoint import PlanError, trainer_plan
+        from include.lifecycle.failfast import fail_fast
         from include.training.local_launcher import launch
+        from include.training.plan import trainer_plan
 
-        try:
-            checked = trainer_plan(self.plan)
-        except PlanError as exc:
-            raise InputError(str(exc)) from None
+        checked = fail_fast(trainer_plan)(self.plan)
         nprocs = checked["nodes"] * checked["gpus_per_node"]
         self.log.info("Launching %d local ranks of run %s", nprocs, checked["run_name"])
         return launch(checked, nprocs=nprocs, timeout=self.timeout_s)
@@ -54,8 +49,10 @@ class LocalTrainingJobOperator(BaseOperator):
 
 
 def training_job_operator(**kwargs) -> BaseOperator:
-    """The training operator for this profile; same task id, params and plan either way."""
-    if get_settings().profile == "eks":
+    """The training operator for this profile's container jobs; same task id, params and plan either way."""
+    from include.compute import container_jobs
+
+    if container_jobs().kind == "kubernetes":
         from .k8s_training import KubernetesTrainingJobOperator
 
         return KubernetesTrainingJobOperator(**kwargs)

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from benchmarks.eval import StubJudge
-from include.evaluation import artifacts
 from include.evaluation.judge import API_KEY_ENV, judge_from_connection
-from include.evaluation.scoring import JUDGE_METRICS, LOCAL_METRICS, run_job, score
+from include.evaluation.run import run_job
+from include.evaluation.scoring import JUDGE_METRICS, LOCAL_METRICS, score
+from include.storage import files
 from include.training import tiny
 
 SECRET = "sk-judge-secret-never-logged"
@@ -70,6 +71,6 @@ def test_run_job_with_the_judge_key_from_the_environment(stub, tmp_path, monkeyp
     result = run_job(job)
     assert result["n"] == 3 and result["metrics"] == [*LOCAL_METRICS, *JUDGE_METRICS]
     assert stub.requests() - before >= 3 * 2  # faithfulness: statements (+ verdicts when there are any)
-    summary = artifacts.read_json(result["summary_uri"])
+    summary = files.read_json(result["summary_uri"])
     assert summary["judge"]["model"] == "stub-judge" and SECRET not in json.dumps(summary)
     assert SECRET not in (tmp_path / "out" / "result.json").read_text()

@@ -1,4 +1,5 @@
-"""evaluate_model end to end on the local profile: a tiny model answers a small eval set, RAGAS scores
+"""The local evaluation task's job end to end (`container_jobs().evaluation_job` + `run_job`): a tiny
+model answers a small eval set, RAGAS scores
 every answer, and the outputs land in storage (file:// and, through moto, s3://).
 
 No training: the model is the tiny backend's architecture with fixed random weights, exported the
@@ -14,11 +15,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from include.evaluation import artifacts
+from include.compute import container_jobs
 from include.evaluation.entrypoint import main as entrypoint_main
-from include.evaluation.scoring import LOCAL_METRICS, build_job, evaluate_model, read_result
+from include.evaluation.run import read_result, run_job
+from include.evaluation.scoring import LOCAL_METRICS
 from include.settings import Settings
+from include.storage import files
 from include.training import tiny
+
+
+def evaluate_model(model_uri: str, eval_uri: str, output_uri: str, settings: Settings, limit: int | None = None):
+    """What the local evaluation task does: the profile's job, run in this process."""
+    return run_job(container_jobs(settings).evaluation_job(model_uri, eval_uri, output_uri, limit=limit))
+
 
 RESULT_KEYS = {"scores_uri", "summary_uri", "responses_uri", "means", "n", "metrics", "eval_digest"}
 
@@ -68,7 +77,7 @@ def test_evaluate_model_scores_every_sample(model_dir, dataset_dir, local_settin
     assert set(result) == RESULT_KEYS
     assert result["n"] == len(EVAL) and result["metrics"] == list(LOCAL_METRICS)
     assert result["scores_uri"] == f"{out}/scores.jsonl" and result["summary_uri"] == f"{out}/summary.json"
-    rows = artifacts.read_jsonl(result["scores_uri"])
+    rows = files.read_jsonl(result["scores_uri"])
     assert [r["id"] for r in rows] == [r["id"] for r in EVAL]  # one row per sample, in eval-set order
     for row in rows:
         assert set(row) == {"id", *LOCAL_METRICS}
@@ -78,13 +87,13 @@ def test_evaluate_model_scores_every_sample(model_dir, dataset_dir, local_settin
     no_ctx = next(r for r in rows if r["id"] == "k4")
     assert no_ctx["non_llm_context_recall"] is None and no_ctx["non_llm_string_similarity"] is not None
 
-    summary = artifacts.read_json(result["summary_uri"])
+    summary = files.read_json(result["summary_uri"])
     assert summary["n"] == len(EVAL) and summary["metrics"] == list(LOCAL_METRICS)
     assert summary["means"] == result["means"] and summary["eval_digest"] == result["eval_digest"]
     assert summary["counts"]["non_llm_context_recall"] == len(EVAL) - 1
     assert summary["generation"]["generator"] == "tiny" and summary["generation"]["max_new_tokens"] == 64
     assert summary["model_uri"] == model_dir.as_uri() and summary["judge"] is None
-    responses = artifacts.read_jsonl(result["responses_uri"])
+    responses = files.read_jsonl(result["responses_uri"])
     assert [r["id"] for r in responses] == [r["id"] for r in EVAL]
     assert read_result(out) == result  # result.json: what the DAG reads back on either profile
 
@@ -94,7 +103,7 @@ def test_limit_and_determinism(model_dir, dataset_dir, local_settings, tmp_path)
                            (tmp_path / "a").as_uri(), local_settings, limit=3)
     again = evaluate_model(model_dir.as_uri(), dataset_dir.as_uri(), (tmp_path / "b").as_uri(), local_settings,
                            limit=3)
-    assert first["n"] == 3 and [r["id"] for r in artifacts.read_jsonl(first["scores_uri"])] == ["k1", "k2", "k3"]
+    assert first["n"] == 3 and [r["id"] for r in files.read_jsonl(first["scores_uri"])] == ["k1", "k2", "k3"]
     assert (tmp_path / "a" / "scores.jsonl").read_bytes() == (tmp_path / "b" / "scores.jsonl").read_bytes()
     assert (tmp_path / "a" / "responses.jsonl").read_bytes() == (tmp_path / "b" / "responses.jsonl").read_bytes()
     assert first["means"] == again["means"] and first["eval_digest"] == again["eval_digest"]
@@ -102,7 +111,8 @@ def test_limit_and_determinism(model_dir, dataset_dir, local_settings, tmp_path)
 
 def test_the_pod_entrypoint_runs_the_same_job(model_dir, dataset_dir, local_settings, tmp_path, monkeypatch):
     """The evaluator image's program, with the tiny generator standing in for vLLM."""
-    job = build_job(model_dir.as_uri(), dataset_dir.as_uri(), (tmp_path / "pod").as_uri(), local_settings, limit=2)
+    job = container_jobs(local_settings).evaluation_job(model_dir.as_uri(), dataset_dir.as_uri(),
+                                                      (tmp_path / "pod").as_uri(), limit=2)
     xcom = tmp_path / "xcom" / "return.json"
     monkeypatch.setenv("LLMOPS_XCOM_PATH", str(xcom))
     monkeypatch.setenv("LLMOPS_EVAL_WORKDIR", str(tmp_path))

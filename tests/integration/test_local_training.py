@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from include.errors import InputError
 from include.training import local_launcher, tiny
-from include.training.entrypoint import PlanError, _parse_args, validate_plan
+from include.training.entrypoint import _parse_args
 from include.training.local_launcher import LaunchError, build_command, launch
+from include.training.plan import validate_plan
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -153,7 +155,7 @@ def test_launcher_passes_hostile_values_only_as_single_argv_items(tmp_path, monk
         ("run_name", "../../etc"),
         ("checkpoint_dir", "/tmp/../../etc"),
     ):
-        with pytest.raises(PlanError, match=repr(key)):
+        with pytest.raises(InputError, match=repr(key)):
             launch(make_plan(tmp_path / key / str(abs(hash(value))), **{key: value}), 2)
 
     # ...and values that may legally hold shell metacharacters travel inside the one JSON item.

@@ -17,7 +17,7 @@ import pytest
 from include.data import catalog
 from include.data.pipeline import PrepConfig
 from include.settings import get_settings
-from include.storage import MANIFEST, storage_path
+from include.storage.objectstore import MANIFEST, storage_path
 
 VERSION_FILES = {"training.jsonl", "validation.jsonl", "test.jsonl", "eval.jsonl", "quarantine.jsonl", MANIFEST}
 DAY = "2026-11-02"

@@ -19,9 +19,11 @@ import pytest
 
 from include import compute
 from include.compute import local as local_compute
+from include.settings import Settings
 from include.training import local_launcher
 from include.training.local_launcher import launch, ranks_dir, record_rank
 
+LOCAL_JOBS = local_compute.LocalJobs(Settings(profile="local"))
 REAL_POPEN = subprocess.Popen  # tests below replace subprocess.Popen for the launcher
 
 
@@ -58,7 +60,7 @@ def gone(proc: subprocess.Popen) -> bool:
 
 
 def test_setup_is_local_and_creates_nothing(tmp_path):
-    assert local_compute.setup_rendezvous(plan_for(tmp_path)) == {"kind": "local", "master_addr": "127.0.0.1"}
+    assert LOCAL_JOBS.setup_rendezvous(plan_for(tmp_path)) == {"kind": "local", "master_addr": "127.0.0.1"}
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -68,7 +70,7 @@ def test_teardown_stops_a_leftover_rank_and_removes_its_pid_file(tmp_path, sleep
     record_rank(plan["checkpoint_dir"], 1, orphan.pid)
     assert (ranks_dir(plan["checkpoint_dir"]) / "rank-1.pid").is_file()
 
-    local_compute.teardown_rendezvous(plan)
+    LOCAL_JOBS.teardown_rendezvous(plan)
 
     assert gone(orphan)
     assert list(ranks_dir(plan["checkpoint_dir"]).iterdir()) == []
@@ -91,7 +93,7 @@ def test_teardown_stops_ranks_orphaned_by_a_killed_launcher(tmp_path):
         rank = psutil.Process(rank_pid)
         assert rank.is_running() and rank.ppid() != launcher.pid  # an orphan now
 
-        local_compute.teardown_rendezvous(plan)
+        LOCAL_JOBS.teardown_rendezvous(plan)
 
         psutil.wait_procs([rank], timeout=10)
         assert not rank.is_running()
@@ -116,15 +118,15 @@ def test_teardown_ignores_stale_pid_files(tmp_path, sleeper):
     (directory / "rank-2.pid").write_text("{not json")
     bystander = sleeper()
 
-    local_compute.teardown_rendezvous(plan)
-    local_compute.teardown_rendezvous(plan)  # twice: idempotent
+    LOCAL_JOBS.teardown_rendezvous(plan)
+    LOCAL_JOBS.teardown_rendezvous(plan)  # twice: idempotent
 
     assert bystander.poll() is None, "a process never recorded must not be touched"
     assert list(directory.iterdir()) == []
 
 
 def test_teardown_without_any_launch_is_a_no_op(tmp_path):
-    local_compute.teardown_rendezvous(plan_for(tmp_path))
+    LOCAL_JOBS.teardown_rendezvous(plan_for(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -134,8 +136,8 @@ def test_the_seam_dispatches_to_local_by_default(tmp_path, sleeper, monkeypatch)
     plan = plan_for(tmp_path)
     orphan = sleeper()
     record_rank(plan["checkpoint_dir"], 0, orphan.pid)
-    assert compute.setup_rendezvous(plan)["kind"] == "local"
-    compute.teardown_rendezvous(plan)
+    assert compute.container_jobs().setup_rendezvous(plan)["kind"] == "local"
+    compute.container_jobs().teardown_rendezvous(plan)
     assert gone(orphan)
 
 
@@ -216,13 +218,15 @@ def test_local_operator_launches_nodes_times_gpus_ranks_of_the_trainer_plan(tmp_
 
 
 def test_local_operator_fails_a_bad_plan_without_retry(tmp_path):
+    from airflow.sdk.exceptions import AirflowFailException
     from llmops_operators.training import LocalTrainingJobOperator
 
     from include.errors import InputError
 
     op = LocalTrainingJobOperator(task_id="train", plan=plan_for(tmp_path, run_name="$(reboot)"))
-    with pytest.raises(InputError, match="run_name"):
+    with pytest.raises(InputError, match="run_name") as info:
         op.execute({})
+    assert isinstance(info.value, AirflowFailException), "bad input fails the task without a retry"
 
 
 def test_local_operator_on_kill_stops_its_ranks(tmp_path, sleeper):

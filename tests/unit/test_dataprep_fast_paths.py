@@ -14,7 +14,7 @@ from include.data import catalog, pii, sources, synthetic
 from include.data.clean import clean_text
 from include.data.dedup import normalize_for_dedup
 from include.data.pipeline import PrepConfig, _eval_line, _line, _quote_clean, _train_line
-from include.storage import storage_path
+from include.storage.objectstore import storage_path
 
 ALPHABET = ([chr(i) for i in range(128)] + list("abcdefghij0123456789") * 3 + [" "] * 20 + ["\n"] * 4
             + list("ßİıſKÅé١٢\u00a0\u200b\u2028\u3000\x85_"))

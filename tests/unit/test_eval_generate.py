@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from include.data.records import format_prompt
-from include.evaluation import artifacts
+from include.evaluation import evalset
 from include.evaluation.generate import (
     Generator,
     LocalTinyGenerator,
@@ -41,7 +41,7 @@ def test_batched_greedy_equals_one_prompt_at_a_time(model):
 def test_local_generator_is_deterministic_and_bounded(tmp_path, model):
     out = tiny.export_model(model, tmp_path / "model")
     gen = LocalTinyGenerator(out.as_uri(), max_new_tokens=8)
-    samples = [artifacts.EvalSample("a", "q1?", "r1", ["some context"]), artifacts.EvalSample("b", "q2?", "r2")]
+    samples = [evalset.EvalSample("a", "q1?", "r1", ["some context"]), evalset.EvalSample("b", "q2?", "r2")]
     first = generate_answers(gen, samples)
     assert first == generate_answers(gen, samples)
     assert len(first) == 2 and all(len(a.encode("utf-8", errors="replace")) <= 8 * 3 for a in first)
@@ -96,14 +96,14 @@ def test_eval_set_parsing(tmp_path):
     lines = [{"id": "a", "user_input": "q", "reference": "r", "reference_contexts": ["c", " "]},
              {"id": "b", "user_input": "q2", "reference": "r2"}]
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + "\n")
-    samples = artifacts.load_eval_set(tmp_path.as_uri())
+    samples = evalset.load_eval_set(tmp_path.as_uri())
     assert [s.id for s in samples] == ["a", "b"] and samples[0].reference_contexts == ["c"]
     assert samples[1].reference_contexts == []
-    assert [s.id for s in artifacts.load_eval_set((tmp_path / "eval.jsonl").as_uri(), limit=1)] == ["a"]
-    assert artifacts.eval_digest(samples) != artifacts.eval_digest(samples[:1])
+    assert [s.id for s in evalset.load_eval_set((tmp_path / "eval.jsonl").as_uri(), limit=1)] == ["a"]
+    assert evalset.eval_digest(samples) != evalset.eval_digest(samples[:1])
     (tmp_path / "eval.jsonl").write_text(json.dumps(lines[0]) + "\n" + json.dumps(lines[0]) + "\n")
-    with pytest.raises(artifacts.EvalSetError, match="duplicate id"):
-        artifacts.load_eval_set(tmp_path.as_uri())
+    with pytest.raises(evalset.EvalSetError, match="duplicate id"):
+        evalset.load_eval_set(tmp_path.as_uri())
     (tmp_path / "eval.jsonl").write_text('{"id": "a", "user_input": "q"}\n')
-    with pytest.raises(artifacts.EvalSetError, match="line 1: 'reference'"):
-        artifacts.load_eval_set(tmp_path.as_uri())
+    with pytest.raises(evalset.EvalSetError, match="line 1: 'reference'"):
+        evalset.load_eval_set(tmp_path.as_uri())

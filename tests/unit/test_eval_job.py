@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from include.evaluation.entrypoint import USER_ERROR_EXIT_CODE, main
+from include.container import USER_ERROR_EXIT_CODE
+from include.evaluation.entrypoint import main
 from include.evaluation.job import JobError, job_argument, parse_job_argument, validate_job
 from include.evaluation.judge import (
     API_KEY_ENV,
@@ -153,5 +154,4 @@ def test_pod_judge_reads_the_key_from_the_environment():
 def test_entrypoint_refuses_bad_jobs_with_the_user_error_code(capsys, tmp_path):
     assert main(["--job", "{oops"]) == USER_ERROR_EXIT_CODE
     assert main(["--job", json.dumps({**LOCAL, "surprise": 1})]) == USER_ERROR_EXIT_CODE
-    assert main(["--job-file", str(tmp_path / "missing.json")]) == USER_ERROR_EXIT_CODE
     assert "invalid job" in capsys.readouterr().err

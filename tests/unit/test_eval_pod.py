@@ -17,7 +17,6 @@ from include.evaluation.k8s_pod import (
     CONTAINER,
     JUDGE_SECRET,
     SERVICE_ACCOUNT,
-    kubernetes_pod_operator_kwargs,
     manifest,
     pod_name,
     render_pod,
@@ -46,10 +45,13 @@ def container(m: dict) -> dict:
 
 
 def operator_pod(job_arg, **kwargs) -> dict:
+    """What the provider's KubernetesPodOperator builds from the plugin's mapping of the rendered pod."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from llmops_operators.k8s_evaluation import constant_kwargs, pod_kwargs
 
+    pod = render_pod(job_arg, SETTINGS, **kwargs)
     evaluate_candidate = KubernetesPodOperator(task_id="evaluate_candidate",
-                                               **kubernetes_pod_operator_kwargs(job_arg, SETTINGS, **kwargs))
+                                               **{**constant_kwargs(), **pod_kwargs(pod)})
     return as_manifest(evaluate_candidate.build_pod_request_obj(None, dry_run=True))
 
 
@@ -137,14 +139,6 @@ def test_operator_submits_the_rendered_pod():
     for key in ("image", "command", "args", "env", "resources", "securityContext", "volumeMounts"):
         assert sub[key] == ren[key], key
     assert len(submitted["spec"]["containers"]) == 1  # no XCom sidecar: the Role grants no pods/exec
-
-
-def test_operator_accepts_a_job_known_only_at_run_time():
-    template = "{{ ti.xcom_pull(task_ids='eval_jobs')['candidate_arg'] }}"
-    kwargs = kubernetes_pod_operator_kwargs(template, SETTINGS)
-    assert kwargs["arguments"] == ["--job", template] and kwargs["cmds"] == COMMAND
-    assert kwargs["do_xcom_push"] is False and kwargs["base_container_name"] == CONTAINER
-    validate(operator_pod(template))
 
 
 def test_pod_names_are_stable_dns_labels():

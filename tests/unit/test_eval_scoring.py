@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from include.evaluation import artifacts
+from include.evaluation import evalset
+from include.evaluation.run import summarize, write_scores
 from include.evaluation.scoring import (
     CONTEXT_METRICS,
     JUDGE_METRICS,
@@ -18,9 +19,8 @@ from include.evaluation.scoring import (
     clean,
     metric_names,
     score,
-    summarize,
-    write_scores,
 )
+from include.storage import files
 
 REFERENCE = "Karpenter launches GPU nodes for pending pods and removes them when they are empty."
 CONTEXTS = ["Karpenter watches unschedulable pods and launches right-sized nodes; empty nodes are consolidated."]
@@ -146,12 +146,12 @@ def test_writer_stores_scores_then_summary(tmp_path):
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["means"] == {"bleu_score": 0.5} and summary["n"] == 2 and summary["eval_digest"] == "abc"
     assert out["scores_uri"].endswith("/scores.jsonl") and out["summary_uri"].endswith("/summary.json")
-    assert artifacts.read_jsonl(out["scores_uri"]) == rows
+    assert files.read_jsonl(out["scores_uri"]) == rows
     assert not list((tmp_path / "eval").glob(".*")), "temp files are renamed into place"
 
 
 def test_metric_names_are_the_gate_policy_metrics():
-    policy = yaml.safe_load(Path(artifacts.__file__).with_name("policy.yaml").read_text())
+    policy = yaml.safe_load(Path(evalset.__file__).with_name("policy.yaml").read_text())
     for profile in ("local", "eks"):
         assert set(metric_names(profile)) == set(policy["profiles"][profile]["metrics"]), profile
 

@@ -5,8 +5,8 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from include.cluster.pools import get_pool
 from include.cluster.preflight import as_manifest, check_pod_placement
+from include.compute import container_jobs
 from include.evaluation.judge import JudgeConfig
-from include.evaluation.scoring import build_job
 from include.settings import Settings, get_settings
 from tests.k8s_schemas import validate
 
@@ -26,8 +26,9 @@ def test_evaluator_pod_is_valid_and_lands_on_the_inference_pool(eks):
     from llmops_operators.k8s_evaluation import KubernetesEvaluationOperator
 
     judge = JudgeConfig(provider="openai", model="judge-70b", base_url="http://judge.llm-serving.svc:8000/v1")
-    job = build_job("s3://llmops-data/prod/models/ft-1/model", "s3://llmops-data/prod/curated/0123456789abcdef",
-                    "s3://llmops-data/prod/evaluations/ft-1/candidate", eks, judge=judge)
+    job = container_jobs(eks).evaluation_job("s3://llmops-data/prod/models/ft-1/model",
+                                             "s3://llmops-data/prod/curated/0123456789abcdef",
+                                             "s3://llmops-data/prod/evaluations/ft-1/candidate", judge=judge)
     op = KubernetesEvaluationOperator(task_id="evaluate_candidate", job=job)
     op.apply_job("scheduled__2026-11-29T02:00:00+00:00")
     pod = op.build_pod_request_obj(dry_run=True)  # what the provider submits, minus its live-cluster label

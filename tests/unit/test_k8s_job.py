@@ -12,18 +12,18 @@ import yaml
 
 from include.cluster.pools import EFA, GPU, NODEPOOL_LABEL, get_instance_types
 from include.cluster.preflight import PreflightError, as_manifest
+from include.container import USER_ERROR_EXIT_CODE
+from include.errors import InputError
 from include.settings import Settings
 from include.training.k8s_job import (
     CHECKPOINT_CLAIM,
     COMPLETION_INDEX_ANNOTATION,
     MAX_NAME_LENGTH,
     SERVICE_ACCOUNT,
-    PlanError,
     job_name,
     render,
     trainer_plan,
 )
-from include.training.rendezvous import USER_ERROR_EXIT_CODE
 from tests.k8s_schemas import REPO_ROOT, manifests_from_files, validate
 
 K8S = REPO_ROOT / "k8s"
@@ -139,9 +139,9 @@ def test_torchrun_is_an_argument_list_with_the_plan_as_one_item():
 
 
 def test_trainer_plan_is_checked_before_any_node_is_provisioned():
-    with pytest.raises(PlanError, match="trainer plan: plan key 'run_name'"):
+    with pytest.raises(InputError, match="trainer plan: plan key 'run_name'"):
         render(plan(run_name="x; reboot"))
-    with pytest.raises(PlanError, match="trainer plan: unknown plan key 'lr'"):
+    with pytest.raises(InputError, match="trainer plan: unknown plan key 'lr'"):
         render(plan(lr=0.1))
 
 
@@ -251,7 +251,7 @@ def test_pod_protections():
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
     assert "persistentVolumeClaim" in volumes[mounts["/checkpoints"]]
-    assert spec["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+    assert spec["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
                                        "fsGroupChangePolicy": "OnRootMismatch",
                                        "seccompProfile": {"type": "RuntimeDefault"}}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
@@ -269,7 +269,7 @@ def test_namespace_follows_settings():
 
 def test_plan_errors_are_listed_together():
     bad = plan(nodes=0, gpus_per_node=9, checkpoint_dir="/tmp/ckpt")
-    with pytest.raises(PlanError) as info:
+    with pytest.raises(InputError) as info:
         render(bad)
     message = str(info.value)
     assert "nodes=0" in message and "gpus_per_node=9" in message and "checkpoint_dir='/tmp/ckpt'" in message
@@ -285,12 +285,12 @@ def test_plan_errors_are_listed_together():
     ],
 )
 def test_plan_refusals(change, match):
-    with pytest.raises(PlanError, match=match):
+    with pytest.raises(InputError, match=match):
         render({**plan(), **change})
 
 
 def test_missing_keys_are_named():
-    with pytest.raises(PlanError, match="dag_id: required; run_id: required"):
+    with pytest.raises(InputError, match="dag_id: required; run_id: required"):
         render({"run_name": "r", "pool": "production", "nodes": 1, "gpus_per_node": 8,
                 "instance_type": "p5.48xlarge"})
 
@@ -307,7 +307,9 @@ def test_operator_submits_the_rendered_job():
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
     launch = render(plan(nodes=4))
-    operator = job_module.KubernetesJobOperator(task_id="train", **launch.operator_kwargs())
+    from llmops_operators.k8s_training import constant_kwargs, job_kwargs
+
+    operator = job_module.KubernetesJobOperator(task_id="train", **{**constant_kwargs(), **job_kwargs(launch)})
     with mock.patch.object(KubernetesHook, "is_in_cluster", new_callable=mock.PropertyMock, return_value=True):
         submitted = as_manifest(operator.build_job_request_obj(None))
     expected = as_manifest(launch.job)

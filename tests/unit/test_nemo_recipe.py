@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from include.training import nemo_backend
-from include.training.entrypoint import validate_plan
 from include.training.nemo_backend import NEMO_MODELS, recipe_settings
+from include.training.plan import validate_plan
 
 
 def _plan(**overrides):

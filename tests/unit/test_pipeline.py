@@ -11,7 +11,7 @@ from include.data import catalog
 from include.data.pipeline import SPLIT_FILES, PrepConfig, _HashingWriter, assign_split
 from include.data.records import QUARANTINE_REASONS
 from include.errors import InputError
-from include.storage import storage_path
+from include.storage.objectstore import storage_path
 
 
 def qa(i, **extra):

@@ -3,8 +3,10 @@
 import pytest
 
 from include.errors import InputError
+from include.lifecycle.training import plan as build_plan
+from include.lifecycle.training import preflight, validate_params
 from include.settings import Settings
-from include.training.planning import build_plan, estimate, per_gpu_memory_gib, preflight, run_name, validate_params
+from include.training.planning import estimate, per_gpu_memory_gib, run_name
 
 EKS = Settings(profile="eks", data_root="s3://bucket/llmops")
 LOCAL = Settings(profile="local", data_root="file:///tmp/llmops")
@@ -19,7 +21,7 @@ def params(**over):
 
 
 def test_a_lora_run_is_placed_priced_and_rendered():
-    out = build_plan(params(nodes=2), DATASET, EKS, "finetune_lifecycle", "scheduled__2026-11-29T02:00:00+00:00")
+    out = build_plan(params(nodes=2), DATASET, "finetune_lifecycle", "scheduled__2026-11-29T02:00:00+00:00", EKS)
     plan, est = out["plan"], out["estimate"]
     assert plan["backend"] == "nemo" and plan["pool"] == "production"
     assert plan["instance_type"] in {"p5.48xlarge", "p4d.24xlarge"}
@@ -73,7 +75,7 @@ def test_experiment_pool_uses_spot_prices():
 def test_local_plans_tiny_ranks():
     out = build_plan(params(nodes=2, gpus_per_node=1, max_steps=100, checkpoint_interval=20,
                             learning_rate=3e-3), DATASET | {"uri": "file:///tmp/llmops/curated/x"},
-                     LOCAL, "finetune_lifecycle", "manual__1")
+                     "finetune_lifecycle", "manual__1", LOCAL)
     assert out["plan"]["backend"] == "tiny" and out["plan"]["instance_type"] == "local"
     assert out["estimate"]["cost_usd"] == 0.0
     with pytest.raises(InputError, match="at most 8"):
@@ -81,6 +83,6 @@ def test_local_plans_tiny_ranks():
 
 
 def test_preflight_refuses_what_the_pool_cannot_hold():
-    plan = build_plan(params(nodes=12), DATASET, EKS, "d", "r")["plan"]  # 96 GPUs > the pool's 64
+    plan = build_plan(params(nodes=12), DATASET, "d", "r", EKS)["plan"]  # 96 GPUs > the pool's 64
     with pytest.raises(InputError, match="limit"):
         preflight(plan, EKS)

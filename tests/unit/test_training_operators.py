@@ -385,20 +385,20 @@ def test_teardown_stops_a_job_left_running_and_keeps_a_finished_one(cluster):
 def test_the_seam_dispatches_on_the_profile(cluster, monkeypatch):
     monkeypatch.setenv("LLMOPS_PROFILE", "eks")
     monkeypatch.setenv("LLMOPS_DATA_ROOT", "s3://llmops-data/prod")
-    assert compute.setup_rendezvous(training_plan())["kind"] == "kubernetes"
+    assert compute.container_jobs().setup_rendezvous(training_plan())["kind"] == "kubernetes"
     assert len(cluster.services) == 1
     assert isinstance(training_job_operator(task_id="train", plan={}), KubernetesTrainingJobOperator)
 
     monkeypatch.setenv("LLMOPS_PROFILE", "local")
     monkeypatch.delenv("LLMOPS_DATA_ROOT")
     get_settings.cache_clear()
-    assert compute.setup_rendezvous(training_plan()) == {"kind": "local", "master_addr": "127.0.0.1"}
+    assert compute.container_jobs().setup_rendezvous(training_plan()) == {"kind": "local", "master_addr": "127.0.0.1"}
     assert isinstance(training_job_operator(task_id="train", plan={}), LocalTrainingJobOperator)
 
 
 def test_the_local_profile_never_imports_the_kubernetes_client():
     probe = ("import sys; from llmops_operators import training_job_operator; import include.compute as c; "
-             "op = training_job_operator(task_id='train', plan={}); c.setup_rendezvous({}); "
+             "op = training_job_operator(task_id='train', plan={}); c.container_jobs().setup_rendezvous({}); "
              "print(type(op).__name__, 'kubernetes' in sys.modules)")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "LLMOPS_PROFILE": "local",

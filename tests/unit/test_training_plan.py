@@ -8,8 +8,13 @@ import types
 
 import pytest
 
+from include import container
+from include.errors import InputError
+from include.storage import files
 from include.training import entrypoint
-from include.training.entrypoint import PlanError, RankEnv, validate_plan
+from include.training import plan as plan_module
+from include.training.entrypoint import RankEnv
+from include.training.plan import validate_plan
 
 
 def _plan(**overrides):
@@ -31,7 +36,7 @@ def test_plan_defaults_are_filled_per_backend():
     assert tiny["global_batch_size"] == tiny["micro_batch_size"]  # one rank, no accumulation
     nemo = validate_plan(_plan(backend="nemo", base_model="llama31_8b"))
     assert nemo["gpus_per_node"] == 8 and nemo["method"] == "lora" and nemo["seq_length"] == 2048
-    assert set(tiny) == set(entrypoint.PLAN_KEYS)
+    assert set(tiny) == set(plan_module.PLAN_KEYS)
 
 
 def test_plan_global_batch_default_scales_with_data_parallel_ranks():
@@ -65,15 +70,15 @@ def test_plan_global_batch_default_scales_with_data_parallel_ranks():
     ],
 )
 def test_plan_errors_name_the_bad_key(overrides, key):
-    with pytest.raises(PlanError, match=repr(key)):
+    with pytest.raises(InputError, match=repr(key)):
         validate_plan(_plan(**overrides))
 
 
-@pytest.mark.parametrize("key", entrypoint.REQUIRED_KEYS)
+@pytest.mark.parametrize("key", plan_module.REQUIRED_KEYS)
 def test_plan_missing_required_key_is_named(key):
     plan = _plan()
     del plan[key]
-    with pytest.raises(PlanError, match=f"{key!r} is required"):
+    with pytest.raises(InputError, match=f"{key!r} is required"):
         validate_plan(plan)
 
 
@@ -92,12 +97,12 @@ def test_plan_missing_required_key_is_named(key):
     ],
 )
 def test_plan_refuses_hostile_values(key, value):
-    with pytest.raises(PlanError, match=repr(key)):
+    with pytest.raises(InputError, match=repr(key)):
         validate_plan(_plan(**{key: value}))
 
 
 def test_plan_that_is_not_an_object_is_refused():
-    with pytest.raises(PlanError, match="JSON object"):
+    with pytest.raises(InputError, match="JSON object"):
         validate_plan(["not", "a", "plan"])
 
 
@@ -121,7 +126,7 @@ def test_rank_env_reads_indexed_job_and_torchrun_variables():
 
 @pytest.mark.parametrize("environ", [{"RANK": "x"}, {"RANK": "2", "WORLD_SIZE": "2"}, {"MASTER_PORT": "-1"}])
 def test_rank_env_rejects_inconsistent_values(environ):
-    with pytest.raises(PlanError):
+    with pytest.raises(InputError):
         RankEnv.from_environ(environ)
 
 
@@ -147,13 +152,13 @@ def test_main_rejects_a_bad_plan_with_exit_code_2(capsys):
 def test_main_refuses_a_world_size_that_disagrees_with_the_plan(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(PlanError, match="WORLD_SIZE=2"):
+    with pytest.raises(InputError, match="WORLD_SIZE=2"):
         entrypoint.run(validate_plan(_plan()), RankEnv.from_environ())
 
 
 def test_write_result_is_atomic_and_uses_the_xcom_path(tmp_path):
     target = tmp_path / "airflow" / "xcom" / "return.json"
-    path = entrypoint.write_result({"a": 1}, {"LLMOPS_XCOM_PATH": str(target)})
+    path = container.write_result({"a": 1}, {"LLMOPS_XCOM_PATH": str(target)})
     assert path == target and json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in target.parent.iterdir()] == ["return.json"]
 
@@ -165,7 +170,7 @@ def test_publish_to_a_non_local_filesystem_goes_through_fsspec(tmp_path):
     (src / "sub").mkdir(parents=True)
     (src / "config.json").write_text("{}")
     (src / "sub" / "w.bin").write_bytes(b"\x00\x01")
-    entrypoint.publish_dir(src, "memory://bucket/run/model")
+    files.publish_dir(src, "memory://bucket/run/model")
     fs = fsspec.filesystem("memory")
     assert fs.cat("/bucket/run/model/sub/w.bin") == b"\x00\x01"
     assert fs.cat("/bucket/run/model/config.json") == b"{}"
@@ -178,7 +183,7 @@ def test_publish_dir_replaces_a_local_target(tmp_path):
     dest = tmp_path / "out" / "model"
     dest.mkdir(parents=True)
     (dest / "old.txt").write_text("old")
-    entrypoint.publish_dir(src, dest.as_uri())
+    files.publish_dir(src, dest.as_uri())
     assert sorted(p.name for p in dest.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in dest.parent.iterdir()) == ["model"]  # no staging left behind
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 
+from include.compute import container_jobs
+from include.lifecycle.failfast import fail_fast
 from include.settings import PROJECT_ROOT, Settings
 
 
@@ -38,35 +40,37 @@ def lineage(plan: dict, dataset: dict, settings: Settings) -> dict[str, str]:
                         backend=plan["backend"])
 
 
+@fail_fast
 def eval_jobs(plan: dict, result: dict, dataset: dict, settings: Settings) -> dict[str, dict | None]:
     """The candidate's evaluation job, and the champion's when its scores on this set are not on record."""
-    from include.evaluation.scoring import build_job
     from include.registry.mlflow_registry import champion_scores
 
-    jobs = {"candidate": build_job(result["model_uri"], dataset["uri"], evaluation_uri(settings, plan, "candidate"),
-                                   settings), "champion": None}
+    make = container_jobs(settings).evaluation_job
+    jobs = {"candidate": make(result["model_uri"], dataset["uri"], evaluation_uri(settings, plan, "candidate")),
+            "champion": None}
     champion, scores = champion_scores(settings.registered_model_name, dataset["version"])
     if champion is not None and scores is None:
-        jobs["champion"] = build_job(champion.source, dataset["uri"],
-                                     evaluation_uri(settings, plan, f"champion-v{champion.version}"), settings)
+        jobs["champion"] = make(champion.source, dataset["uri"],
+                                evaluation_uri(settings, plan, f"champion-v{champion.version}"))
     return jobs
 
 
 def _scores(output_uri: str) -> list[dict]:
-    from include.evaluation import artifacts
-    from include.evaluation.scoring import read_result
+    from include.evaluation.run import read_result
+    from include.storage import files
 
-    return artifacts.read_jsonl(read_result(output_uri)["scores_uri"])
+    return files.read_jsonl(read_result(output_uri)["scores_uri"])
 
 
+@fail_fast
 def gate(plan: dict, dataset: dict, jobs: dict, policy_overrides: dict | None, settings: Settings) -> dict:
     """Decide on per-sample evidence; the JSON and HTML reports go to storage and the MLflow run."""
     import json
 
-    from include.evaluation import artifacts
     from include.evaluation.gate import decide, load_policy
     from include.evaluation.report import render_html
     from include.registry import mlflow_registry as reg
+    from include.storage import files
 
     candidate = _scores(jobs["candidate"]["output_uri"])
     if jobs["champion"] is not None:
@@ -77,12 +81,12 @@ def gate(plan: dict, dataset: dict, jobs: dict, policy_overrides: dict | None, s
     report = render_html(decision, candidate, champion, context={"dataset": dataset["version"],
                                                                   "run": plan["run_id"]})
     out = evaluation_uri(settings, plan, "gate")
-    artifacts.write_json(f"{out}/decision.json", decision)
-    artifacts.write_bytes(f"{out}/report.html", report.encode())
+    files.write_json(f"{out}/decision.json", decision)
+    files.write_bytes(f"{out}/report.html", report.encode())
 
     run = reg.get_or_create_run(settings.mlflow_experiment, plan["dag_id"], plan["run_id"],
                                 lineage(plan, dataset, settings), run_name=plan["run_name"])
-    manifest = artifacts.read_bytes(f"{dataset['uri']}/manifest.json")
+    manifest = files.read_bytes(f"{dataset['uri']}/manifest.json")
     reg.log_artifacts(run, {"data/manifest.json": manifest, "eval/decision.json": json.dumps(decision, indent=2),
                             "eval/report.html": report,
                             "eval/candidate_scores.jsonl": "\n".join(json.dumps(r) for r in candidate)})
@@ -96,11 +100,11 @@ def gate(plan: dict, dataset: dict, jobs: dict, policy_overrides: dict | None, s
 
 def register(plan: dict, result: dict, dataset: dict, decision: dict, promote: bool, settings: Settings) -> dict:
     """Log the training to the run, register the weights where they lie, alias challenger (champion if asked)."""
-    from include.evaluation import artifacts
     from include.registry import mlflow_registry as reg
+    from include.storage import files
 
     run = decision["mlflow_run_id"]
-    metrics = artifacts.read_json(f"{plan['output_uri']}/metrics.json")
+    metrics = files.read_json(f"{plan['output_uri']}/metrics.json")
     series = [{"step": p["step"], "train_loss": p["loss"]} for p in metrics.get("history", [])]
     summary = {f"train.{k}": v for k, v in result["metrics"].items() if isinstance(v, int | float)}
     reg.log_training(run, plan, series, summary)

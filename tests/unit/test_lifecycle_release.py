@@ -2,8 +2,8 @@
 
 import pytest
 
+from include.lifecycle.release import eval_jobs
 from include.registry import mlflow_registry as reg
-from include.registry.stages import eval_jobs
 from include.settings import get_settings
 
 

@@ -1,17 +1,18 @@
-"""Object storage through Airflow's ObjectStoragePath: the same code on file:// and s3://.
+"""The storage adapter for Airflow tasks: ObjectStoragePath with the project's connection.
 
-Publishing is the one subtle part. A directory is visible to readers only once its
-`manifest.json` exists; it is always the last object written. On a local filesystem the staged
-directory (manifest included) is renamed into place in one atomic step; on S3, which has no
-rename, the data objects are copied first and the manifest last, so a reader that trusts only
-manifests never sees half a dataset.
+Publishing follows the package's one contract (include/storage/__init__.py): a directory is
+visible to readers only once its `manifest.json` exists. Locally the staged directory, manifest
+included, is renamed into place (`files.swap_into_place`); on S3 the data objects are copied first
+and the manifest last, so a reader that trusts only manifests never sees half a dataset.
 """
 
 from __future__ import annotations
 
 import json
-import os
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from include.storage.files import swap_into_place
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -29,7 +30,7 @@ def storage_path(uri: str, conn_id: str | None = None) -> ObjectStoragePath:
     return ObjectStoragePath(uri, conn_id=conn_id)
 
 
-def is_local(path: ObjectStoragePath) -> bool:
+def on_local_disk(path: ObjectStoragePath) -> bool:
     return path.protocol in ("file", "local")
 
 
@@ -53,17 +54,10 @@ def publish_dir(staging: ObjectStoragePath, final: ObjectStoragePath, manifest: 
         remove_tree(staging)
         return False
     remove_tree(final)  # an earlier publish that died before its manifest: invisible, start over
-    if is_local(staging) and is_local(final):
+    if on_local_disk(staging) and on_local_disk(final):
         (staging / MANIFEST).write_bytes(body)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(staging.path, final.path)
-        except OSError:
-            if not is_published(final):
-                raise
-            remove_tree(staging)  # a concurrent publisher of the same content won the rename
-            return False
-        return True
+        # False: a concurrent publisher of the same content won the rename
+        return swap_into_place(Path(staging.path), Path(final.path), replace=False)
     for item in sorted(staging.iterdir(), key=lambda p: p.name):
         item.copy(final / item.name)
     (final / MANIFEST).write_bytes(body)

@@ -1,0 +1,98 @@
+"""The validation rules every entry point shares: the DAG's Param schema, `validate_params`, the
+training plan, the Job renderer and the validators inside the trainer and evaluator images.
+
+One `Rule` per field: the same object checks a value (raising InputError that names the field
+and the accepted range) and describes itself as a JSON-schema fragment for an Airflow Param, so
+the form and the code cannot disagree. Plain Python: the images import it and have no Airflow.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from include.errors import InputError
+
+URI_SCHEMES = ("file", "s3")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+DATASET_VERSION_RE = re.compile(r"[0-9a-f]{16}")  # catalog versions: 16 hex digits of a content hash
+
+
+def uri_problem(value: Any) -> str | None:
+    """Why `value` is not an acceptable storage URI (file:// or s3://, absolute, no control
+    characters, no '..' segments), or None when it is."""
+    if not isinstance(value, str):
+        return "expected a URI string"
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in URI_SCHEMES or not rest.strip("/"):
+        return f"expected a URI with scheme {' or '.join(URI_SCHEMES)}://"
+    if scheme == "file" and not rest.startswith("/"):
+        return "a file:// URI needs an absolute path (file:///...)"
+    if CONTROL_RE.search(value):
+        return "control characters are not allowed"
+    if ".." in rest.split("/"):
+        return "'..' path segments are not allowed"
+    return None
+
+
+def is_dataset_version(value: Any) -> bool:
+    return isinstance(value, str) and DATASET_VERSION_RE.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One field's accepted values: an integer or number range, or an enumeration."""
+
+    field: str
+    kind: str  # "integer" | "number" | "enum"
+    low: float | None = None
+    high: float | None = None
+    choices: Sequence[Any] = ()
+    open_low: bool = False  # low itself is refused (learning_rate > 0)
+
+    def accepted(self) -> str:
+        if self.kind == "enum":
+            return "one of " + ", ".join(repr(c) if isinstance(c, str) else str(c) for c in self.choices)
+        what = "an integer" if self.kind == "integer" else "a number"
+        return f"{what} with {self.low} {'<' if self.open_low else '<='} value <= {self.high}"
+
+    def check(self, value: Any, label: str | None = None) -> Any:
+        """`value` if it is accepted, else InputError naming the field and what it accepts."""
+        ok = True
+        if isinstance(value, bool):  # an int subclass; `true` is never a count or a size
+            ok = False
+        elif self.kind == "enum":
+            ok = any(value == c and type(value) is type(c) for c in self.choices)
+        elif self.kind == "integer":
+            ok = isinstance(value, int) and self.low <= value <= self.high
+        else:
+            ok = (isinstance(value, int | float) and math.isfinite(value) and value <= self.high
+                  and (value > self.low if self.open_low else value >= self.low))
+        if not ok:
+            raise InputError(f"{label or self.field}={value!r}: expected {self.accepted()}")
+        return float(value) if self.kind == "number" else value
+
+    def schema(self) -> dict[str, Any]:
+        """The JSON-schema fragment an Airflow Param takes for this rule."""
+        if self.kind == "enum":
+            return {"enum": list(self.choices)}
+        out: dict[str, Any] = {"type": self.kind, "maximum": self.high}
+        out["exclusiveMinimum" if self.open_low else "minimum"] = self.low
+        return out
+
+
+def check_all(rules: Mapping[str, Rule], values: Mapping[str, Any], *, required: bool = True) -> dict[str, Any]:
+    """Every rule applied to `values` (a missing key is an error when `required`)."""
+    if not isinstance(values, Mapping):
+        raise InputError(f"expected an object of fields, got {type(values).__name__}")
+    out = {}
+    for key, rule in rules.items():
+        if key not in values:
+            if required:
+                raise InputError(f"{key}: required; expected {rule.accepted()}")
+            continue
+        out[key] = rule.check(values[key])
+    return out

@@ -88,14 +88,14 @@ def _set_bytes(items: set, sample: int = 2000) -> tuple[int, int]:
 def _warm_up(uri: str) -> None:
     """Pay Airflow's one-off cost of the first file operation (lineage collector setup, about a
     second) before any clock starts, so that it burdens neither the baseline nor the pipeline."""
-    from include.storage import storage_path
+    from include.storage.objectstore import storage_path
 
     with storage_path(uri).open("rb") as f:
         f.read(1)
 
 
 def _child_baseline(spec: dict) -> dict:
-    from include.storage import storage_path
+    from include.storage.objectstore import storage_path
 
     path = storage_path(spec["input"])
     _warm_up(spec["input"])
@@ -119,7 +119,7 @@ def _child_pipeline(spec: dict) -> dict:
     """`curate` without its wrapper, so the dedup indexes can be sized afterwards."""
     from include.data.pipeline import Curator, PrepConfig
     from include.data.sources import list_files
-    from include.storage import storage_path
+    from include.storage.objectstore import storage_path
 
     config = PrepConfig(near_dedup=spec["near_dedup"], workers=spec["workers"])
     paths = list_files(storage_path(spec["input"]))

@@ -2,7 +2,7 @@
 
     python benchmarks/dataprep.py [--records 1000000] [--workers N] [--workdir DIR] [--keep] [--no-fail]
 
-The input (about 1 KB a record) is generated once with `include.data.synthetic` and reused while
+The input (about 1 KB a record) is generated once with `benchmarks/synthetic.py` and reused while
 its size matches. Each measurement runs in a fresh child process, so its peak RSS
 (`ru_maxrss`) is its own:
 
@@ -155,7 +155,7 @@ def ensure_input(workdir: Path, records: int, seed: int = 0) -> Path:
             return path
     workdir.mkdir(parents=True, exist_ok=True)
     meta.unlink(missing_ok=True)
-    subprocess.run([sys.executable, "-m", "include.data.synthetic", "--records", str(records),
+    subprocess.run([sys.executable, "-m", "benchmarks.synthetic", "--records", str(records),
                     "--out", str(path), "--seed", str(seed)], cwd=ROOT, check=True)
     meta.write_text(json.dumps({"records": records, "seed": seed, "bytes": path.stat().st_size}))
     return path

@@ -315,11 +315,11 @@ def bench_judge(stub: StubJudge, concurrency: int, seconds: float, latency_ms: f
 def bench_generation(n: int, max_new_tokens: int = 64) -> dict:
     import torch
 
+    from include import tinylm
     from include.evaluation.generate import build_prompt, greedy_batch
-    from include.training import tiny
 
     torch.manual_seed(0)
-    model = tiny.TinyByteLM(tiny.TinyConfig(max_position_embeddings=128))
+    model = tinylm.TinyByteLM(tinylm.TinyConfig(max_position_embeddings=128))
     samples = make_samples(n)
     prompts = [build_prompt(s["user_input"], s["reference_contexts"]) for s in samples]
     wall0, cpu0 = _clock()

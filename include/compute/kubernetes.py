@@ -16,7 +16,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from include.settings import Settings, get_settings
-from include.training.k8s_job import job_name, render
+from include.training.k8s_job import job_name, render, rendezvous_service
 from include.training.rendezvous import master_address
 
 
@@ -83,10 +83,11 @@ def job_state(job: Any) -> str:
 
 def setup_rendezvous(plan: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or get_settings()
-    launch = render(plan, settings)
+    service = rendezvous_service(plan, settings)  # the Job is rendered by preflight and by the launch
+    name, namespace = service.metadata.name, service.metadata.namespace
     core = _hook(settings).core_v1_client
     try:
-        core.create_namespaced_service(namespace=launch.namespace, body=launch.service)
+        core.create_namespaced_service(namespace=namespace, body=service)
         created = True
     except ApiException as exc:
         if exc.status != 409:  # AlreadyExists: an earlier try made it; same name, same run
@@ -94,9 +95,9 @@ def setup_rendezvous(plan: Mapping[str, Any], settings: Settings | None = None) 
         created = False
     return {
         "kind": "kubernetes",
-        "master_addr": master_address(launch.name, launch.service.metadata.name, launch.namespace),
-        "service": launch.service.metadata.name,
-        "namespace": launch.namespace,
+        "master_addr": master_address(name, name, namespace),
+        "service": name,
+        "namespace": namespace,
         "created": created,
     }
 

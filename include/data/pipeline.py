@@ -28,9 +28,11 @@ import xxhash
 from include.data.clean import clean_record
 from include.data.dedup import ExactDeduplicator, NearDuplicateIndex, content_hash, normalized_utf8
 from include.data.pii import may_contain_pii, redact
-from include.data.records import SCHEMA_VERSION, Record, Rejected, format_prompt, normalize
+from include.data.records import SCHEMA_VERSION, Record, Rejected, normalize
 from include.data.sources import list_files, parse_batch, read_batches
+from include.data.writers import HashingWriter, eval_line, json_line, train_line
 from include.errors import InputError
+from include.prompts import format_prompt
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -83,48 +85,6 @@ def assign_split(normalized: str | bytes, config: PrepConfig) -> str:
     return "test"
 
 
-class _HashingWriter:
-    """A staged output file that hashes what it writes; the hashes make the version.
-
-    Lines are passed on in blocks of about 1 MiB: each call on an ObjectStoragePath file goes
-    through Airflow's lineage wrapper, which costs more than encoding the line.
-    """
-
-    BLOCK = 1 << 20
-
-    def __init__(self, path: ObjectStoragePath):
-        self.file = path.open("wb")
-        self.sha = hashlib.sha256()
-        self.records = 0
-        self.bytes = 0
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-
-    def write(self, data: bytes) -> None:
-        """One serialized line, b"\\n" included; counted and hashed a block at a time."""
-        self._pending.append(data)
-        self._pending_bytes += len(data)
-        if self._pending_bytes >= self.BLOCK:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            block = b"".join(self._pending)
-            self.file.write(block)
-            self.sha.update(block)
-            self.records += len(self._pending)
-            self.bytes += len(block)
-            self._pending.clear()
-            self._pending_bytes = 0
-
-    def close(self) -> dict:
-        try:
-            self._flush()
-        finally:
-            self.file.close()
-        return {"sha256": self.sha.hexdigest(), "records": self.records, "bytes": self.bytes}
-
-
 class Curator:
     """One pass over the sources; counts everything the manifest reports."""
 
@@ -153,7 +113,7 @@ class Curator:
     def run(self, source_uris: list[str], paths: list[ObjectStoragePath]) -> dict:
         self.staging.mkdir(parents=True, exist_ok=True)
         names = {**SPLIT_FILES, "eval": EVAL_FILE, "quarantine": QUARANTINE_FILE}
-        self._out = {key: _HashingWriter(self.staging / name) for key, name in names.items()}
+        self._out = {key: HashingWriter(self.staging / name) for key, name in names.items()}
         sources = []
         # A full collection walks every live container, the growing dedup sets included, for no
         # gain: the stream makes no reference cycles. Young generations are still collected.
@@ -250,33 +210,6 @@ class Curator:
         self.seconds["split_write"] += time.perf_counter() - start
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode  # what json.dumps(obj, ensure_ascii=False,
-# default=str) does, without building an encoder every call
-
-
-def _line(obj: dict) -> bytes:
-    return (_encode(obj) + "\n").encode()
-
-
-def _quote_clean(text: str) -> str:
-    """json.dumps(text, ensure_ascii=False) for text from `clean_text` (and what is built of it):
-    no control character but "\\n" is left, so three replaces, each one C scan, escape all that
-    json's escaping would, in a third of its time (it walks every character)."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-# The two lines every kept record makes, assembled by hand: byte for byte what `_line` writes for
-# their dicts (same string escaping, same separators), in half the time. They take cleaned texts
-# (and what is built of them): `_quote_clean` escapes only what `clean_text` leaves.
-def _train_line(rid: str, prompt: str, answer: str) -> bytes:
-    return f'{{"id": "{rid}", "input": {_quote_clean(prompt)}, "output": {_quote_clean(answer)}}}\n'.encode()
-
-
-def _eval_line(rid: str, question: str, answer: str, contexts: list[str]) -> bytes:
-    return (f'{{"id": "{rid}", "user_input": {_quote_clean(question)}, "reference": {_quote_clean(answer)}, '
-            f'"reference_contexts": [{", ".join(map(_quote_clean, contexts))}]}}\n').encode()
-
-
 @dataclass
 class _Prepared:
     """One batch after every step that looks at a record alone; small to send between processes.
@@ -309,7 +242,7 @@ def _prepare(config: PrepConfig, source: str, batch: list) -> _Prepared:
         """Keep the original (text for JSONL, the row for Parquet) with where it came from."""
         quarantined[error.reason] += 1
         counts["quarantined"] += 1
-        quarantine_lines.append(_line({"reason": error.reason, "detail": error.detail, "source": source,
+        quarantine_lines.append(json_line({"reason": error.reason, "detail": error.detail, "source": source,
                                        "line": line,
                                        "raw": raw if isinstance(raw, str) else json.dumps(raw, default=str)}))
 
@@ -366,8 +299,8 @@ def _prepare(config: PrepConfig, source: str, batch: list) -> _Prepared:
         split = assign_split(norm, config)
         rid = f"{key:016x}"
         splits.append(split)
-        lines.append(_train_line(rid, format_prompt(r.question, r.contexts, r.system), r.answer))
-        eval_lines.append(_eval_line(rid, r.question, r.answer, r.contexts) if split == "test"
+        lines.append(train_line(rid, format_prompt(r.question, r.contexts, r.system), r.answer))
+        eval_lines.append(eval_line(rid, r.question, r.answer, r.contexts) if split == "test"
                           else None)
     seconds["split_write"] = time.perf_counter() - start
     band_keys = None

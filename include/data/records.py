@@ -105,12 +105,3 @@ def normalize(raw: object) -> Record:
         return Record(question=_text(raw, "prompt"), answer=_text(raw, "completion"))
     keys = ", ".join(sorted(map(str, raw))[:8])
     raise Rejected("unknown_shape", f"keys: {keys}")
-
-
-def format_prompt(question: str, contexts: list[str], system: str = "") -> str:
-    """The one prompt layout used for training inputs and for evaluation questions."""
-    parts = [system] if system else []
-    if contexts:
-        parts.append("Context:\n" + "\n\n".join(contexts))
-    parts.append(f"Question: {question}\nAnswer:")
-    return "\n\n".join(parts)

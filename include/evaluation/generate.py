@@ -1,13 +1,13 @@
 """The candidate answers every eval question, RAG style, with the prompt layout it was trained on.
 
-prompt = `format_prompt(user_input, reference_contexts)` (include/data/records.py), the input half of
-the training template "{input} {output}" (`tiny.prompt_text`), so the model sees exactly what it
+prompt = `format_prompt(user_input, reference_contexts)` (include/prompts.py), the input half of
+the training template "{input} {output}" (`tinylm.prompt_text`), so the model sees exactly what it
 saw in training: the gold contexts stand in for a retriever (see scoring.py for what that means
 for the context metrics).
 
 Two generators behind one interface, both greedy and deterministic:
 - `LocalTinyGenerator` (local profile): the tiny byte-level model, batched greedy decoding on CPU,
-  bounded by `max_new_tokens`. Same tokens as `tiny.generate` one prompt at a time, but rows whose
+  bounded by `max_new_tokens`. Same tokens as `tinylm.generate` one prompt at a time, but rows whose
   context has the same length are decoded together, which makes 1,000 samples take seconds.
 - `VllmGenerator` (eks): vLLM offline `LLM(model=dir).generate` with SamplingParams temperature 0.
   vLLM is imported only when it generates: never in tests, never on an Airflow worker.
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from include.data.records import format_prompt
+from include.prompts import format_prompt
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,12 @@ class LocalTinyGenerator(Generator):
     name = "tiny"
 
     def __init__(self, model_dir: str | Path, *, max_new_tokens: int = 64, batch_size: int = DEFAULT_BATCH_SIZE):
-        from include.training import tiny
+        from include import tinylm
 
         if max_new_tokens < 1 or batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be positive")
         self.model_dir = str(model_dir)
-        self.model = tiny.load_model(model_dir)
+        self.model = tinylm.load_model(model_dir)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
 
@@ -75,7 +75,7 @@ class LocalTinyGenerator(Generator):
 
 def greedy_batch(model: Any, prompts: Sequence[str], max_new_tokens: int,
                  batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
-    """`tiny.generate(model, p, max_new_tokens)` for every prompt, decoding equal-length rows together.
+    """`tinylm.generate(model, p, max_new_tokens)` for every prompt, decoding equal-length rows together.
 
     The tiny model has no attention mask, so rows of different lengths cannot share a batch
     without changing the result. Rows whose (window-truncated) context has the same length can:
@@ -86,7 +86,7 @@ def greedy_batch(model: Any, prompts: Sequence[str], max_new_tokens: int,
     """
     import torch
 
-    from include.training.tiny import BOS_ID, EOS_ID, PAD_ID, decode_ids, encode_text, prompt_text
+    from include.tinylm import BOS_ID, EOS_ID, PAD_ID, decode_ids, encode_text, prompt_text
 
     window = model.config.max_position_embeddings
     seqs = [[BOS_ID, *encode_text(prompt_text(p))] for p in prompts]
@@ -157,7 +157,7 @@ class VllmGenerator(Generator):
     def generate(self, prompts: Sequence[str]) -> list[str]:
         from vllm import SamplingParams
 
-        from include.training.tiny import prompt_text  # the training template, no model code involved
+        from include.tinylm import prompt_text  # the training template (torch is imported, unused here)
 
         engine = self._engine()
         # Over-long prompts keep their last tokens (the question and the nearest context), as the tiny

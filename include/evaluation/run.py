@@ -64,10 +64,10 @@ def resolve_judge(job: Mapping[str, Any], judge: JudgeConfig | None = None) -> J
 
 def run_job(raw_job: Mapping[str, Any], *, judge: JudgeConfig | None = None, generator: Any = None,
             workdir: str | None = None) -> dict[str, Any]:
-    """Generate and score per the job; write the outputs; return what `evaluate_model` returns.
+    """Generate and score per the job; write the outputs; return the result (also result.json).
 
     The pod runs this (entrypoint.py) with the judge's key from its environment; a worker runs it
-    through `evaluate_model`. `generator` replaces the job's (tests, benchmarks).
+    in-process (the local evaluation operator). `generator` replaces the job's (tests, benchmarks).
     """
     import tempfile
     from pathlib import Path

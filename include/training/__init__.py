@@ -1,1 +1,2 @@
-"""Training stage: the trainer entrypoint, its local (tiny) and EKS (NeMo) backends, the local launcher."""
+"""Training stage: the rules and plan (params, plan, planning), the trainer entrypoint, its local (tiny)
+and EKS (NeMo) backends, the local launcher, the rendezvous and the Job renderer (k8s_job)."""

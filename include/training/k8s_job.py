@@ -230,6 +230,17 @@ def _sizes(instance: InstanceType, gpus: int) -> tuple[str, str, str]:
     return str(cpu), f"{memory}Gi", f"{shm}Gi"
 
 
+def rendezvous_service(plan: Mapping[str, Any], settings: Settings | None = None) -> V1Service:
+    """The run's headless Service alone (names and labels only): what setup needs, without
+    rendering the Job again. Same object as `render(plan).service`."""
+    settings = settings or get_settings()
+    if plan.get("pool") not in PLAN_POOLS:
+        raise InputError(f"pool={plan.get('pool')!r}: expected one of {', '.join(PLAN_POOLS)}")
+    name = job_name(str(plan["dag_id"]), str(plan["run_id"]))
+    labels = podspec.labels("nemo-trainer", pool_for_plan(plan["pool"], settings), **{JOB_LABEL: name})
+    return render_service(name, settings.training_namespace, labels)
+
+
 def render_service(name: str, namespace: str, labels: Mapping[str, str]) -> V1Service:
     """Headless Service whose only job is DNS records for the Job's pods."""
     return V1Service(

@@ -2,13 +2,9 @@
 
 It stands in for NeMo on the `local` profile and keeps every contract the EKS path has: the same
 rank environment (DDP over gloo instead of NCCL), atomic step checkpoints with resume on a shared
-directory, a per-step metrics series, and a Hugging Face-like export the evaluation stage loads
-with `load_model` / `generate`.
-
-Bytes are the vocabulary (0-255) plus a few special ids, so there is no tokenizer to ship or
-download; the prompt template matches NeMo's FineTuningDataModule: "{input} {output}", with the
-loss on the output part only. The plan's `method` and `lora_rank` are accepted and ignored here:
-there is no base model to adapt, so all weights train from scratch.
+directory, a per-step metrics series, and a Hugging Face-like export (include/tinylm.py, the model
+format the evaluation stage loads). Data and batching: tiny_data.py. Checkpoints: below.
+The plan's `method` and `lora_rank` are accepted and ignored: all weights train from scratch.
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ import shutil
 import time
 import uuid
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,180 +26,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-PAD_ID, BOS_ID, EOS_ID = 256, 257, 258
-VOCAB_SIZE = 259
-IGNORE_INDEX = -100
-PROMPT_TEMPLATE = "{input} {output}"
-ARCHITECTURE = "TinyByteLMForCausalLM"
+from include.tinylm import TinyByteLM, TinyConfig, export_model
+from include.training.tiny_data import IGNORE_INDEX, BatchPlan, collate, encode_example, read_records
+
 KEEP_CHECKPOINTS = 3
 VALIDATION_RECORDS = 128
-
-
-# ---------------------------------------------------------------- tokenizer and data
-
-
-def encode_text(text: str) -> list[int]:
-    return list(text.encode("utf-8"))
-
-
-def decode_ids(ids: list[int]) -> str:
-    return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
-
-
-def prompt_text(input_text: str) -> str:
-    """The part of the template before the answer: what the model is conditioned on."""
-    return PROMPT_TEMPLATE.split("{output}")[0].format(input=input_text)
-
-
-def encode_example(input_text: str, output_text: str, seq_length: int) -> tuple[list[int], list[int]]:
-    """Token ids and next-token labels for one record, loss only on the answer and EOS.
-
-    Over-long records keep the answer (up to half the window) and drop the oldest prompt bytes,
-    as NeMo truncates the `input` field first.
-    """
-    prompt = encode_text(prompt_text(input_text))
-    answer = [*encode_text(output_text), EOS_ID]
-    budget = seq_length + 1  # inputs and shifted labels both have seq_length positions
-    answer = answer[: max(budget // 2, budget - 1 - len(prompt))]
-    room = budget - 1 - len(answer)
-    prompt = prompt[len(prompt) - room :] if room > 0 else []
-    tokens = [BOS_ID, *prompt, *answer]
-    n_prompt = 1 + len(prompt)
-    inputs = tokens[:-1]
-    labels = [tok if pos + 1 >= n_prompt else IGNORE_INDEX for pos, tok in enumerate(tokens[1:])]
-    return inputs, labels
-
-
-def collate(examples: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest example: causal attention never lets real tokens see the pads."""
-    width = max(len(inp) for inp, _ in examples)
-    ids = torch.full((len(examples), width), PAD_ID, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    for row, (inp, lab) in enumerate(examples):
-        ids[row, : len(inp)] = torch.tensor(inp)
-        labels[row, : len(lab)] = torch.tensor(lab)
-    return ids, labels
-
-
-def read_records(path: Path) -> list[dict[str, str]]:
-    records = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            if not isinstance(rec.get("input"), str) or not isinstance(rec.get("output"), str):
-                raise ValueError(f"{path.name}:{lineno}: a record needs string 'input' and 'output'")
-            records.append(rec)
-    if not records:
-        raise ValueError(f"{path.name}: no records")
-    return records
-
-
-class BatchPlan:
-    """Which records each rank uses at each step: a pure function of (seed, step, rank).
-
-    Global sample k of the run is record perm_e[k mod N] with e = k // N (a fresh shuffle per
-    epoch). Because it depends on nothing but the step, a resumed run sees exactly the batches
-    an uninterrupted one would, with no data-loader state to checkpoint.
-    """
-
-    def __init__(self, n_records: int, global_batch: int, world_size: int, seed: int):
-        if global_batch % world_size:
-            raise ValueError("global batch must split evenly across ranks")
-        self.n, self.global_batch, self.world, self.seed = n_records, global_batch, world_size, seed
-        self._perms: dict[int, list[int]] = {}
-
-    def _perm(self, epoch: int) -> list[int]:
-        if epoch not in self._perms:
-            if len(self._perms) > 2:
-                self._perms.clear()
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms[epoch] = torch.randperm(self.n, generator=gen).tolist()
-        return self._perms[epoch]
-
-    def indices(self, step: int, rank: int) -> list[int]:
-        """Record indices for 1-based `step` on `rank`: its disjoint slice of the global batch."""
-        per_rank = self.global_batch // self.world
-        start = (step - 1) * self.global_batch + rank * per_rank
-        return [self._perm(k // self.n)[k % self.n] for k in range(start, start + per_rank)]
-
-
-# ---------------------------------------------------------------- model
-
-
-@dataclass(frozen=True)
-class TinyConfig:
-    vocab_size: int = VOCAB_SIZE
-    hidden_size: int = 128
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    intermediate_size: int = 512
-    max_position_embeddings: int = 128
-
-    def to_hf(self, **extra: Any) -> dict[str, Any]:
-        return {
-            "architectures": [ARCHITECTURE],
-            "model_type": "tiny-byte-lm",
-            **asdict(self),
-            "bos_token_id": BOS_ID,
-            "eos_token_id": EOS_ID,
-            "pad_token_id": PAD_ID,
-            "tie_word_embeddings": True,
-            "torch_dtype": "float32",
-            **extra,
-        }
-
-    @classmethod
-    def from_hf(cls, cfg: dict[str, Any]) -> TinyConfig:
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: TinyConfig):
-        super().__init__()
-        self.heads = cfg.num_attention_heads
-        self.ln1 = nn.LayerNorm(cfg.hidden_size)
-        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
-        self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.ln2 = nn.LayerNorm(cfg.hidden_size)
-        self.mlp = nn.Sequential(
-            nn.Linear(cfg.hidden_size, cfg.intermediate_size),
-            nn.GELU(),
-            nn.Linear(cfg.intermediate_size, cfg.hidden_size),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp(self.ln2(x))
-
-
-class TinyByteLM(nn.Module):
-    """Pre-norm GPT with learned positions; the output head is the (tied) byte embedding."""
-
-    def __init__(self, cfg: TinyConfig):
-        super().__init__()
-        self.config = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.pos = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
-        self.norm = nn.LayerNorm(cfg.hidden_size)
-        for name, p in self.named_parameters():
-            if p.dim() > 1:
-                nn.init.normal_(p, std=0.02)
-            elif name.endswith("bias"):
-                nn.init.zeros_(p)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(ids.shape[1], device=ids.device)
-        h = self.embed(ids) + self.pos(positions)
-        for block in self.blocks:
-            h = block(h)
-        return self.norm(h) @ self.embed.weight.T
 
 
 def token_loss_sum(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -558,88 +385,3 @@ def _train(plan: dict[str, Any], env: Any, *, dataset_dir: Path, export_dir: Pat
     if world > 1:
         dist.barrier()  # nobody tears the group down while rank 0 still evaluates
     return result
-
-
-# ---------------------------------------------------------------- export, load, generate
-
-
-def export_model(model: TinyByteLM, out_dir: Path, *, base_model: str = "tiny-byte-lm", run_name: str = "") -> Path:
-    """A Hugging Face-like directory: config, safetensors weights, tokenizer and generation defaults."""
-    from safetensors.torch import save_file
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = model.config
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    os.chmod(out_dir / "model.safetensors", 0o644)  # safetensors writes 0600; evaluators may run as another user
-    (out_dir / "config.json").write_text(
-        json.dumps(cfg.to_hf(base_model=base_model, run_name=run_name), indent=2, sort_keys=True)
-    )
-    (out_dir / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "ByteLevelTokenizer",
-                "encoding": "utf-8 bytes: token id = byte value (0-255)",
-                "vocab_size": VOCAB_SIZE,
-                "bos_token_id": BOS_ID,
-                "eos_token_id": EOS_ID,
-                "pad_token_id": PAD_ID,
-                "add_bos_token": True,
-                "prompt_template": PROMPT_TEMPLATE,
-                "model_max_length": cfg.max_position_embeddings,
-            },
-            indent=2,
-            sort_keys=True,
-        )
-    )
-    (out_dir / "generation_config.json").write_text(
-        json.dumps(
-            {
-                "bos_token_id": BOS_ID,
-                "eos_token_id": EOS_ID,
-                "pad_token_id": PAD_ID,
-                "do_sample": False,
-                "max_new_tokens": 64,
-            },
-            indent=2,
-            sort_keys=True,
-        )
-    )
-    return out_dir
-
-
-def load_model(model_dir: str | Path) -> TinyByteLM:
-    """Load an exported tiny model (a directory, or a file:// URI of one) ready for `generate`."""
-    from safetensors.torch import load_file
-
-    path = Path(str(model_dir).removeprefix("file://"))
-    cfg = json.loads((path / "config.json").read_text())
-    if ARCHITECTURE not in cfg.get("architectures", []):
-        raise ValueError(f"{path}: not a tiny byte-level model (architectures={cfg.get('architectures')})")
-    model = TinyByteLM(TinyConfig.from_hf(cfg))
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
-    model.eval()
-    return model
-
-
-@torch.no_grad()
-def generate(model: TinyByteLM, prompt: str, max_new_tokens: int = 64, *, template: bool = True) -> str:
-    """Greedy byte-level continuation of `prompt`, stopping at EOS.
-
-    With `template` (the default) the prompt is the `input` of "{input} {output}", as in training,
-    so `generate(model, question)` returns the model's answer.
-    """
-    model.eval()
-    window = model.config.max_position_embeddings
-    ids = [BOS_ID, *encode_text(prompt_text(prompt) if template else prompt)]
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        context = torch.tensor([ids[-window:]])
-        logits = model(context)[0, -1]
-        logits[PAD_ID] = logits[BOS_ID] = float("-inf")
-        nxt = int(logits.argmax())
-        if nxt == EOS_ID:
-            break
-        ids.append(nxt)
-        out.append(nxt)
-    return decode_ids(out)

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from benchmarks.eval import StubJudge
+from include import tinylm
 from include.evaluation.judge import API_KEY_ENV, judge_from_connection
 from include.evaluation.run import run_job
 from include.evaluation.scoring import JUDGE_METRICS, LOCAL_METRICS, score
 from include.storage import files
-from include.training import tiny
 
 SECRET = "sk-judge-secret-never-logged"
 CONTEXT = "Karpenter launches GPU nodes for pending pods. It removes empty nodes after consolidateAfter."
@@ -57,7 +57,7 @@ def test_judge_metrics_score_each_sample(judge_conn, caplog):
 def test_run_job_with_the_judge_key_from_the_environment(stub, tmp_path, monkeypatch):
     """The pod's path: the job carries the judge's public part, the key comes from the environment."""
     torch.manual_seed(3)
-    model = tiny.export_model(tiny.TinyByteLM(tiny.TinyConfig(max_position_embeddings=32)), tmp_path / "model")
+    model = tinylm.export_model(tinylm.TinyByteLM(tinylm.TinyConfig(max_position_embeddings=32)), tmp_path / "model")
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "eval.jsonl").write_text("".join(json.dumps(
         {"id": f"q{i}", "user_input": f"Question {i}?", "reference": CONTEXT, "reference_contexts": [CONTEXT]}) + "\n"

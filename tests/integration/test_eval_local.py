@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from include import tinylm
 from include.compute import container_jobs
 from include.evaluation.entrypoint import main as entrypoint_main
 from include.evaluation.run import read_result, run_job
 from include.evaluation.scoring import LOCAL_METRICS
 from include.settings import Settings
 from include.storage import files
-from include.training import tiny
 
 
 def evaluate_model(model_uri: str, eval_uri: str, output_uri: str, settings: Settings, limit: int | None = None):
@@ -53,8 +53,8 @@ EVAL = [
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(7)
-    model = tiny.TinyByteLM(tiny.TinyConfig(max_position_embeddings=64))
-    return tiny.export_model(model, tmp_path_factory.mktemp("run") / "model", run_name="eval-it")
+    model = tinylm.TinyByteLM(tinylm.TinyConfig(max_position_embeddings=64))
+    return tinylm.export_model(model, tmp_path_factory.mktemp("run") / "model", run_name="eval-it")
 
 
 @pytest.fixture(scope="module")

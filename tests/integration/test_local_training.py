@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from include import tinylm
 from include.errors import InputError
 from include.training import local_launcher, tiny
 from include.training.entrypoint import _parse_args
@@ -93,8 +94,8 @@ def test_two_local_ranks_train_and_export(tmp_path):
     exported = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert exported["final_loss"] == metrics["final_loss"] and len(exported["history"]) == 120
 
-    model = tiny.load_model(result["model_uri"])
-    assert tiny.generate(model, "Q: color of item 2?", max_new_tokens=16).startswith("A:")
+    model = tinylm.load_model(result["model_uri"])
+    assert tinylm.generate(model, "Q: color of item 2?", max_new_tokens=16).startswith("A:")
 
 
 def test_killed_rank_fails_the_launch_and_the_rerun_resumes_from_checkpoint(tmp_path):

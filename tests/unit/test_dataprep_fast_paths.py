@@ -10,10 +10,15 @@ from collections import Counter
 
 import pytest
 
-from include.data import catalog, pii, sources, synthetic
+from benchmarks import synthetic
+from include.data import catalog, pii, sources
 from include.data.clean import clean_text
 from include.data.dedup import normalize_for_dedup
-from include.data.pipeline import PrepConfig, _eval_line, _line, _quote_clean, _train_line
+from include.data.pipeline import PrepConfig
+from include.data.writers import _quote_clean
+from include.data.writers import eval_line as _eval_line
+from include.data.writers import json_line as _line
+from include.data.writers import train_line as _train_line
 from include.storage.objectstore import storage_path
 
 ALPHABET = ([chr(i) for i in range(128)] + list("abcdefghij0123456789") * 3 + [" "] * 20 + ["\n"] * 4

@@ -1,4 +1,4 @@
-"""Answer generation: the training prompt layout, and batched greedy decoding equal to tiny.generate."""
+"""Answer generation: the training prompt layout, and batched greedy decoding equal to tinylm.generate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from include.data.records import format_prompt
+from include import tinylm
 from include.evaluation import evalset
 from include.evaluation.generate import (
     Generator,
@@ -17,13 +17,13 @@ from include.evaluation.generate import (
     generate_answers,
     greedy_batch,
 )
-from include.training import tiny
+from include.prompts import format_prompt
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return tiny.TinyByteLM(tiny.TinyConfig(max_position_embeddings=32))
+    return tinylm.TinyByteLM(tinylm.TinyConfig(max_position_embeddings=32))
 
 
 def test_prompt_is_the_training_layout():
@@ -33,13 +33,13 @@ def test_prompt_is_the_training_layout():
 
 def test_batched_greedy_equals_one_prompt_at_a_time(model):
     prompts = ["hi?", "hello?", "x" * 40, "y" * 40, "Context:\nabc\n\nQuestion: q?\nAnswer:", "hi?", "ünïcode?"]
-    expected = [tiny.generate(model, p, max_new_tokens=12) for p in prompts]
+    expected = [tinylm.generate(model, p, max_new_tokens=12) for p in prompts]
     assert greedy_batch(model, prompts, 12, batch_size=3) == expected
     assert greedy_batch(model, prompts, 12, batch_size=64) == expected
 
 
 def test_local_generator_is_deterministic_and_bounded(tmp_path, model):
-    out = tiny.export_model(model, tmp_path / "model")
+    out = tinylm.export_model(model, tmp_path / "model")
     gen = LocalTinyGenerator(out.as_uri(), max_new_tokens=8)
     samples = [evalset.EvalSample("a", "q1?", "r1", ["some context"]), evalset.EvalSample("b", "q2?", "r2")]
     first = generate_answers(gen, samples)
@@ -85,7 +85,7 @@ def test_vllm_generator_is_greedy_and_truncates_long_prompts_from_the_left(tmp_p
     assert calls["params"] == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 16, "seed": 5}
     assert calls["engine"]["model"] == str(tmp_path) and calls["engine"]["max_model_len"] == 300
     short, long = calls["inputs"]
-    assert short["prompt_token_ids"] == [ord(c) for c in tiny.prompt_text("short?")]
+    assert short["prompt_token_ids"] == [ord(c) for c in tinylm.prompt_text("short?")]
     assert len(long["prompt_token_ids"]) == 300 - 16  # the last tokens: the end of the prompt survives
     assert long["prompt_token_ids"][-1] == ord(" ")
     gen.close()

@@ -331,3 +331,12 @@ def test_manifests_can_be_written_as_yaml(tmp_path: Path):
     out = tmp_path / "launch.yaml"
     out.write_text(yaml.safe_dump_all(render(plan()).manifests()))
     assert [d["kind"] for d in yaml.safe_load_all(out.read_text())] == ["Service", "Job"]
+
+
+def test_the_rendezvous_service_alone_is_the_rendered_one():
+    """setup_rendezvous creates the Service without rendering the Job again: the same object."""
+    from include.training.k8s_job import rendezvous_service
+
+    assert as_manifest(rendezvous_service(plan())) == as_manifest(render(plan()).service)
+    with pytest.raises(InputError, match="pool="):
+        rendezvous_service({**plan(), "pool": "inference"})

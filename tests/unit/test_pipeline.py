@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from include.data import catalog
-from include.data.pipeline import SPLIT_FILES, PrepConfig, _HashingWriter, assign_split
+from include.data.pipeline import SPLIT_FILES, PrepConfig, assign_split
 from include.data.records import QUARANTINE_REASONS
+from include.data.writers import HashingWriter as _HashingWriter
 from include.errors import InputError
 from include.storage.objectstore import storage_path
 

@@ -1,6 +1,7 @@
 import pytest
 
-from include.data.records import QUARANTINE_REASONS, Rejected, format_prompt, normalize
+from include.data.records import QUARANTINE_REASONS, Rejected, normalize
+from include.prompts import format_prompt
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from include.data import synthetic
+from benchmarks import synthetic
 from include.data.clean import clean_record
 from include.data.pii import redact
 from include.data.records import Record, Rejected, normalize

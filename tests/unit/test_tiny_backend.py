@@ -7,20 +7,22 @@ import json
 import pytest
 import torch
 
-from include.training import tiny
-from include.training.tiny import BOS_ID, EOS_ID, IGNORE_INDEX, PAD_ID
+from include import tinylm
+from include.tinylm import BOS_ID, EOS_ID, PAD_ID
+from include.training import tiny, tiny_data
+from include.training.tiny_data import IGNORE_INDEX
 
 
 def test_tiny_tokenizer_round_trips_utf8_bytes():
     text = "Grüße, 東京! 🚀"
-    ids = tiny.encode_text(text)
+    ids = tinylm.encode_text(text)
     assert all(0 <= i < 256 for i in ids) and len(ids) == len(text.encode())
-    assert tiny.decode_ids([BOS_ID, *ids, EOS_ID, PAD_ID]) == text
+    assert tinylm.decode_ids([BOS_ID, *ids, EOS_ID, PAD_ID]) == text
 
 
 def test_tiny_masking_puts_the_loss_on_the_answer_and_eos_only():
-    inputs, labels = tiny.encode_example("2+2?", "4", seq_length=64)
-    prompt = tiny.encode_text("2+2? ")  # template "{input} {output}"
+    inputs, labels = tiny_data.encode_example("2+2?", "4", seq_length=64)
+    prompt = tinylm.encode_text("2+2? ")  # template "{input} {output}"
     assert inputs == [BOS_ID, *prompt, ord("4")]
     # position i predicts token i+1: nothing is learned while reading the prompt
     assert labels == [IGNORE_INDEX] * len(prompt) + [ord("4"), EOS_ID]
@@ -28,23 +30,23 @@ def test_tiny_masking_puts_the_loss_on_the_answer_and_eos_only():
 
 
 def test_tiny_truncation_keeps_the_answer_and_the_window():
-    inputs, labels = tiny.encode_example("x" * 500, "answer", seq_length=32)
+    inputs, labels = tiny_data.encode_example("x" * 500, "answer", seq_length=32)
     assert len(inputs) == len(labels) == 32
-    assert [t for t in labels if t != IGNORE_INDEX] == [*tiny.encode_text("answer"), EOS_ID]
+    assert [t for t in labels if t != IGNORE_INDEX] == [*tinylm.encode_text("answer"), EOS_ID]
     assert inputs[0] == BOS_ID
-    long_answer = tiny.encode_example("q", "y" * 500, seq_length=32)
+    long_answer = tiny_data.encode_example("q", "y" * 500, seq_length=32)
     assert len(long_answer[0]) == 32 and sum(t != IGNORE_INDEX for t in long_answer[1]) >= 16
 
 
 def test_tiny_collate_pads_right_with_ignored_labels():
-    ids, labels = tiny.collate([([1, 2, 3], [IGNORE_INDEX, 3, 4]), ([5], [6])])
+    ids, labels = tiny_data.collate([([1, 2, 3], [IGNORE_INDEX, 3, 4]), ([5], [6])])
     assert ids.tolist() == [[1, 2, 3], [5, PAD_ID, PAD_ID]]
     assert labels.tolist() == [[IGNORE_INDEX, 3, 4], [6, IGNORE_INDEX, IGNORE_INDEX]]
 
 
 def test_tiny_batch_plan_is_deterministic_and_disjoint_across_ranks():
-    plan = tiny.BatchPlan(n_records=50, global_batch=8, world_size=2, seed=3)
-    again = tiny.BatchPlan(n_records=50, global_batch=8, world_size=2, seed=3)
+    plan = tiny_data.BatchPlan(n_records=50, global_batch=8, world_size=2, seed=3)
+    again = tiny_data.BatchPlan(n_records=50, global_batch=8, world_size=2, seed=3)
     for step in (1, 7, 13):  # 13 crosses an epoch boundary
         r0, r1 = plan.indices(step, 0), plan.indices(step, 1)
         assert len(r0) == len(r1) == 4 and not set(r0) & set(r1)
@@ -53,43 +55,43 @@ def test_tiny_batch_plan_is_deterministic_and_disjoint_across_ranks():
     seen = [i for step in range(1, 8) for rank in (0, 1) for i in plan.indices(step, rank)]
     assert sorted(seen[:50]) == list(range(50))
     with pytest.raises(ValueError):
-        tiny.BatchPlan(10, global_batch=3, world_size=2, seed=0)
+        tiny_data.BatchPlan(10, global_batch=3, world_size=2, seed=0)
 
 
 def test_tiny_model_is_causal():
     torch.manual_seed(0)
-    model = tiny.TinyByteLM(tiny.TinyConfig(max_position_embeddings=16)).eval()
+    model = tinylm.TinyByteLM(tinylm.TinyConfig(max_position_embeddings=16)).eval()
     ids = torch.randint(0, 256, (1, 10))
     changed = ids.clone()
     changed[0, 7] = (changed[0, 7] + 1) % 256
     a, b = model(ids), model(changed)
-    assert a.shape == (1, 10, tiny.VOCAB_SIZE)
+    assert a.shape == (1, 10, tinylm.VOCAB_SIZE)
     assert torch.allclose(a[0, :7], b[0, :7]) and not torch.allclose(a[0, 7:], b[0, 7:])
 
 
 def test_tiny_export_load_and_generate(tmp_path):
     torch.manual_seed(0)
-    model = tiny.TinyByteLM(tiny.TinyConfig(max_position_embeddings=32))
-    out = tiny.export_model(model, tmp_path / "model", base_model="tiny-byte-lm", run_name="r1")
+    model = tinylm.TinyByteLM(tinylm.TinyConfig(max_position_embeddings=32))
+    out = tinylm.export_model(model, tmp_path / "model", base_model="tiny-byte-lm", run_name="r1")
     config = json.loads((out / "config.json").read_text())
-    assert config["architectures"] == [tiny.ARCHITECTURE]
-    assert config["vocab_size"] == tiny.VOCAB_SIZE and config["num_hidden_layers"] == 2
+    assert config["architectures"] == [tinylm.ARCHITECTURE]
+    assert config["vocab_size"] == tinylm.VOCAB_SIZE and config["num_hidden_layers"] == 2
     tok = json.loads((out / "tokenizer_config.json").read_text())
     assert tok["eos_token_id"] == EOS_ID and tok["prompt_template"] == "{input} {output}"
     gen = json.loads((out / "generation_config.json").read_text())
     assert gen["do_sample"] is False
-    loaded = tiny.load_model(out.as_uri())
+    loaded = tinylm.load_model(out.as_uri())
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key])
-    answer = tiny.generate(loaded, "hello?", max_new_tokens=40)
-    assert isinstance(answer, str) and answer == tiny.generate(loaded, "hello?", max_new_tokens=40)
+    answer = tinylm.generate(loaded, "hello?", max_new_tokens=40)
+    assert isinstance(answer, str) and answer == tinylm.generate(loaded, "hello?", max_new_tokens=40)
     assert len(answer.encode("utf-8", errors="replace")) <= 40 * 3
 
 
 def test_tiny_load_refuses_a_foreign_model(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     with pytest.raises(ValueError, match="not a tiny"):
-        tiny.load_model(tmp_path)
+        tinylm.load_model(tmp_path)
 
 
 def test_tiny_lr_schedule_warms_up_then_decays():

@@ -12,7 +12,7 @@ cluster) while each record costs only a dozen random draws and a bytes join. All
 plain words without quotes or backslashes, which is why lines can be built as bytes without
 `json.dumps`.
 
-    python -m include.data.synthetic --records 1000000 --out .data/bench/raw.jsonl --seed 0
+    python -m benchmarks.synthetic --records 1000000 --out .data/bench/raw.jsonl --seed 0
 """
 
 from __future__ import annotations
@@ -327,7 +327,7 @@ def write(path: str, n: int, seed: int = 0, chunk: int = 10_000) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m include.data.synthetic", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, required=True, help="number of JSONL lines to write")
     parser.add_argument("--out", required=True, help="output path (local path, file:// or an fsspec URI)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")

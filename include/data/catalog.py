@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from include.data.pipeline import EVAL_FILE, QUARANTINE_FILE, SPLIT_FILES, PrepConfig, curate
 from include.errors import InputError
-from include.storage.objectstore import MANIFEST, is_published, publish_dir, read_json, storage_path
+from include.storage.objectstore import MANIFEST, is_published, publish_staged, read_json, storage_path
 from include.validation import is_dataset_version
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -78,7 +78,7 @@ def publish(data_root: str, manifest: dict, run_id: str, attempt_key: str | None
         "uris": {**{split: f"{version_uri}/{name}" for split, name in SPLIT_FILES.items()},
                  "eval": f"{version_uri}/{EVAL_FILE}", "quarantine": f"{version_uri}/{QUARANTINE_FILE}"},
     }
-    created = publish_dir(storage_path(staging_uri(data_root, run_id)), final, manifest)
+    created = publish_staged(storage_path(staging_uri(data_root, run_id)), final, manifest)
     live = read_json(final / MANIFEST)
     return live, created or live.get("publisher") == (attempt_key or run_id)
 

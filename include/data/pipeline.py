@@ -1,7 +1,7 @@
 """The curation stream: read -> normalize -> clean -> redact -> dedup -> split -> write.
 
 Records flow through in batches, so memory holds one batch plus the dedup index, whatever the
-input size. Output goes to a staging directory; `include.storage.publish_dir` makes it visible.
+input size. Output goes to a staging directory; `include.storage.objectstore.publish_staged` makes it visible.
 The dataset version is the hash of the data files written (the splits and the evaluation set), so
 the same inputs and settings always give the same version. The quarantine is left out of it: it
 names the raw files by URI, and the same data read from elsewhere is the same dataset.

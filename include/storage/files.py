@@ -178,8 +178,5 @@ def publish_file(local_file: Path, uri: str) -> None:
 def write_result(result: Mapping[str, Any], path: str | Path) -> Path:
     """A container's result file (what the pod's XCom or the local launcher reads), written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, sort_keys=True))
-    os.replace(tmp, path)
+    write_bytes(path.resolve().as_uri(), json.dumps(result, sort_keys=True).encode())
     return path

@@ -47,7 +47,7 @@ def is_published(directory: ObjectStoragePath) -> bool:
     return (directory / MANIFEST).exists()
 
 
-def publish_dir(staging: ObjectStoragePath, final: ObjectStoragePath, manifest: dict) -> bool:
+def publish_staged(staging: ObjectStoragePath, final: ObjectStoragePath, manifest: dict) -> bool:
     """Make `staging` visible as `final`; False (and nothing rewritten) if `final` already is."""
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
     if is_published(final):

@@ -60,7 +60,7 @@ from include.container import USER_ERROR_EXIT_CODE
 from include.errors import InputError
 from include.settings import Settings, get_settings
 from include.training.params import PARAM_RULES
-from include.training.plan import trainer_plan as _trainer_plan
+from include.training.plan import trainer_plan
 from include.training.rendezvous import DEFAULT_WAIT_TIMEOUT_S, WAIT_TIMEOUT_ENV, master_address
 
 # Jobs are named `job-<dag slug>-<hash>`: KubernetesJobOperator prefixes "job-" to the name it is
@@ -163,18 +163,6 @@ def _validate(plan: Mapping[str, Any], settings: Settings) -> tuple[Pool, Instan
     return pool, instance, image
 
 
-def trainer_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of the plan the trainer reads, checked and completed by the trainer's own validator.
-
-    Checking here fails a bad plan before any GPU node is provisioned, and the Job then records
-    every default it runs with. The pod validates again (the image may be newer than Airflow).
-    """
-    try:
-        return _trainer_plan(plan)
-    except InputError as exc:
-        raise InputError(f"trainer plan: {exc}") from None
-
-
 def torchrun_args(name: str, master: str, nodes: int, gpus_per_node: int, plan_json: str) -> list[str]:
     """torchrun's argument list; the plan is one item, after the module, never re-parsed."""
     return [
@@ -265,7 +253,12 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
     namespace = settings.training_namespace
     name = job_name(str(plan["dag_id"]), str(plan["run_id"]))
     master = master_address(name, name, namespace)
-    checked = trainer_plan(plan)
+    # The trainer's own validator, here too: a bad plan fails before any GPU node is provisioned, and
+    # the Job records every default it runs with. The pod validates again (the image may be newer).
+    try:
+        checked = trainer_plan(plan)
+    except InputError as exc:
+        raise InputError(f"trainer plan: {exc}") from None
     try:
         plan_json = json.dumps(checked, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:

@@ -22,8 +22,8 @@ from include.training.k8s_job import (
     SERVICE_ACCOUNT,
     job_name,
     render,
-    trainer_plan,
 )
+from include.training.plan import trainer_plan
 from tests.k8s_schemas import REPO_ROOT, manifests_from_files, validate
 
 K8S = REPO_ROOT / "k8s"

@@ -12,7 +12,6 @@ Kept import-light (no torch, no NeMo, no Airflow at module level): the DAG side 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from include.training.restarts import PEER_LOST_EXIT_CODE, RESTART_KEYS, USER_ERROR_EXIT_CODE, is_peer_loss
 from include.uris import CONTROL_RE, uri_problem
 
 DEFAULT_XCOM_PATH = "/airflow/xcom/return.json"
@@ -132,7 +132,7 @@ def _check_int(key: str, value: Any) -> int:
 
 
 # Keys a launcher needs that the trainer does not read (the Job renderer's placement inputs).
-LAUNCH_KEYS = ("dag_id", "run_id", "pool", "instance_type", "image")
+LAUNCH_KEYS = ("dag_id", "run_id", "pool", "instance_type", "image", *RESTART_KEYS)
 
 
 def trainer_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
@@ -265,25 +265,18 @@ class RankEnv:
         return out
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def wait_for_master_hook(env: RankEnv) -> None:
-    """Workers on other pods block here until rank 0's DNS name resolves.
+    """Ranks off node 0 block here until rank 0's store accepts a TCP connection.
 
-    The headless-Service record `<job>-0.<svc>` exists only once pod 0 does; without the wait a
-    worker that starts first fails its first connect. Delegates to `include.training.rendezvous`.
+    A DNS answer (or a fixed IP) says nothing about the store being up. The bound is
+    LLMOPS_RDZV_WAIT_TIMEOUT_S (the plan's rendezvous_timeout_s); see include.training.rendezvous.
     """
-    if env.node_rank == 0 or _is_ip(env.master_addr):
+    if env.node_rank == 0:
         return
-    from include.training.rendezvous import wait_for_master
+    from include.training.rendezvous import DEFAULT_WAIT_TIMEOUT_S, WAIT_TIMEOUT_ENV, wait_for_store
 
-    wait_for_master(env.master_addr, env.master_port)
+    timeout = float(os.environ.get(WAIT_TIMEOUT_ENV) or DEFAULT_WAIT_TIMEOUT_S)
+    wait_for_store(env.master_addr, env.master_port, timeout_s=timeout)
 
 
 # ---- object storage: file:// and s3:// through fsspec (no Airflow in the trainer image) ----
@@ -419,7 +412,7 @@ def _parse_args(argv: list[str] | None) -> dict[str, Any]:
         raise PlanError(f"the plan is not valid JSON: {exc}") from None
 
 
-USER_ERROR_EXIT_CODE = 2  # a bad plan: the Job's podFailurePolicy fails fast instead of retrying
+# USER_ERROR_EXIT_CODE (a bad plan: fail at once) and PEER_LOST_EXIT_CODE: include/training/restarts.py
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,6 +423,15 @@ def main(argv: list[str] | None = None) -> int:
     except PlanError as exc:
         print(f"llmops trainer: {exc}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
+    except Exception as exc:
+        if not is_peer_loss(exc):
+            raise
+        import traceback
+
+        traceback.print_exc()
+        print(f"llmops trainer: lost a peer or rank 0's store ({type(exc).__name__}); exit "
+              f"{PEER_LOST_EXIT_CODE} so the whole group restarts", file=sys.stderr)
+        return PEER_LOST_EXIT_CODE
     if result is not None:
         write_result(result)
         print(json.dumps(result, sort_keys=True))

@@ -124,6 +124,7 @@ def build_plan(params: dict[str, Any], dataset: dict[str, Any], settings: Settin
                run_id: str) -> dict[str, Any]:
     """{"plan": the flat plan every launcher takes, "estimate": GPU-hours and cost}."""
     from include.training.entrypoint import PlanError, validate_plan
+    from include.training.restarts import restart_plan_fields
 
     placement = validate_params(params, settings)
     name = run_name(dag_id, run_id)
@@ -139,8 +140,10 @@ def build_plan(params: dict[str, Any], dataset: dict[str, Any], settings: Settin
         trainer = validate_plan(trainer)
     except PlanError as e:
         raise InputError(f"invalid training plan: {e}") from e
+    # Restart budget, backoff, wall-clock bound and rendezvous wait: in the plan, so MLflow logs them.
     plan = {**trainer, "dag_id": dag_id, "run_id": run_id, "pool": params["pool"],
-            "instance_type": placement["instance_type"], "image": settings.trainer_image}
+            "instance_type": placement["instance_type"], "image": settings.trainer_image,
+            **restart_plan_fields(trainer["backend"])}
     return {"plan": plan, "estimate": estimate(params, placement, trainer["global_batch_size"],
                                                 trainer["seq_length"])}
 

@@ -21,8 +21,9 @@ from include.settings import get_settings
 class LocalTrainingJobOperator(BaseOperator):
     """Run the trainer as nodes x gpus_per_node local ranks and return rank 0's result.
 
-    A retry starts the ranks again; they resume from the last checkpoint in checkpoint_dir, and
-    ranks a killed earlier try left running are stopped first (see local_launcher).
+    Any failed rank restarts all ranks within the plan's restart policy (max_restarts,
+    restart_backoff_s, max_wall_s); they resume from the last complete checkpoint in checkpoint_dir.
+    A task retry does the same, and ranks a killed earlier try left running are stopped first.
     """
 
     template_fields: Sequence[str] = ("plan",)
@@ -37,14 +38,16 @@ class LocalTrainingJobOperator(BaseOperator):
         from include.errors import InputError
         from include.training.entrypoint import PlanError, trainer_plan
         from include.training.local_launcher import launch
+        from include.training.restarts import RestartPolicyError, restart_policy
 
         try:
             checked = trainer_plan(self.plan)
-        except PlanError as exc:
+            policy = restart_policy(self.plan)
+        except (PlanError, RestartPolicyError) as exc:
             raise InputError(str(exc)) from None
         nprocs = checked["nodes"] * checked["gpus_per_node"]
-        self.log.info("Launching %d local ranks of run %s", nprocs, checked["run_name"])
-        return launch(checked, nprocs=nprocs, timeout=self.timeout_s)
+        self.log.info("Launching %d local ranks of run %s (restart policy %s)", nprocs, checked["run_name"], policy)
+        return launch(checked, nprocs=nprocs, timeout=self.timeout_s, policy=policy)
 
     def on_kill(self) -> None:
         from include.training.local_launcher import stop_recorded_ranks

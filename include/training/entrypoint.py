@@ -364,11 +364,11 @@ def run(plan: dict[str, Any], env: RankEnv) -> dict[str, Any] | None:
     expected = plan["nodes"] * plan["gpus_per_node"]
     if env.world_size != expected:
         raise PlanError(f"WORLD_SIZE={env.world_size} but the plan asks for nodes x gpus_per_node = {expected}")
-    wait_for_master_hook(env)
     if plan["backend"] == "tiny":
         from include.training import tiny as backend
     else:
         from include.training import nemo_backend as backend
+    wait_for_master_hook(env)  # after the heavy imports: rank 0 pays them too before its store is up
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"llmops-train-{env.rank}-") as tmp:

@@ -127,3 +127,14 @@ def test_worker_exit_code_survives_torchrun():
     assert rendezvous.run_torchrun(args) == USER_ERROR_EXIT_CODE  # argparse's exit code 2
     ok = [*args[:-2], "--module", "platform"]
     assert rendezvous.run_torchrun(ok) == 0
+
+
+def test_an_agent_that_cannot_reach_the_store_exits_peer_lost():
+    """torchrun on a worker node whose store (node 0) is gone: the group restarts, not this index."""
+    pytest.importorskip("torch.distributed.run")
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+            "--rdzv-conf=is_host=false,read_timeout=3,join_timeout=3", "--max-restarts=0", "--module", "platform"]
+    assert rendezvous.run_torchrun(args) == PEER_LOST_EXIT_CODE

@@ -50,7 +50,7 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _write_durable(path: Path, data: bytes) -> None:
+def write_durable(path: Path, data: bytes) -> None:
     with path.open("wb") as fh:
         fh.write(data)
         fh.flush()
@@ -80,7 +80,7 @@ def write_checkpoint(root: Path, step: int, save: Callable[[Path], None], meta: 
     if not files:
         raise ValueError(f"checkpoint step {step}: save() wrote no files")
     manifest = {"step": step, "files": files, "meta": dict(meta)}
-    _write_durable(tmp / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1).encode())
+    write_durable(tmp / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1).encode())
     _fsync_path(tmp)
     if final.exists():  # the same step again (a restart re-ran it): replace it
         trash = root / f".trash-step-{step}-{os.getpid()}"
@@ -91,7 +91,7 @@ def write_checkpoint(root: Path, step: int, save: Callable[[Path], None], meta: 
         tmp.rename(final)
     _fsync_path(root)
     marker = root / f".latest.tmp-{os.getpid()}"
-    _write_durable(marker, f"{final.name}\n".encode())
+    write_durable(marker, f"{final.name}\n".encode())
     os.replace(marker, root / LATEST)
     _fsync_path(root)
     return final

@@ -216,7 +216,7 @@ def token_loss_sum(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) ->
 
 
 # The format and its checks live in include/training/checkpoints.py; these keep tiny's call sites.
-_write_durable = checkpoints._write_durable
+_write_durable = checkpoints.write_durable
 
 
 def write_checkpoint(root: Path, step: int, state: dict[str, Any], meta: dict[str, Any]) -> Path:

@@ -6,7 +6,8 @@ before rank 0 exists (MASTER_ADDR), but the record appears only once pod 0 is cr
 whose node came up first must retry the lookup instead of failing its first connect.
 
 The pod's command is `python -m include.training.rendezvous <torchrun arguments>`:
-1. wait until MASTER_ADDR resolves (every rank, rank 0 included: it proves the Service exists);
+1. node 0 waits until MASTER_ADDR (its own name) resolves: it proves the Service exists; every
+   other node waits until the store on node 0 accepts a connection (see Readiness below);
 2. tell torchrun's c10d rendezvous which pod hosts its store (`is_host`, from the completion
    index) instead of letting torch guess it by comparing DNS answers with local addresses;
 3. run torchrun in-process and exit with the failing worker's own exit code. torchrun itself
@@ -40,11 +41,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from include.training.restarts import PEER_LOST_EXIT_CODE, RESTART_DEFAULTS, USER_ERROR_EXIT_CODE
+# The exit codes are re-exported: the Job renderer imports them from here.
+from include.training.restarts import PEER_LOST_EXIT_CODE, RESTART_DEFAULTS, USER_ERROR_EXIT_CODE  # noqa: F401
 
 DEFAULT_WAIT_TIMEOUT_S = RESTART_DEFAULTS["nemo"]["rendezvous_timeout_s"]  # a fresh p5 and an image pull
 WAIT_TIMEOUT_ENV = "LLMOPS_RDZV_WAIT_TIMEOUT_S"
-__all__ = ["PEER_LOST_EXIT_CODE", "USER_ERROR_EXIT_CODE"]  # the Job renderer imports them from here
 
 
 class StoreUnavailable(TimeoutError):

@@ -142,6 +142,20 @@ def test_a_rank_that_exited_0_is_restarted_with_the_one_that_failed_in_export(tm
     assert {"run/model/model.safetensors", "run/result.json"} <= {o["Key"] for o in listed.get("Contents", [])}
 
 
+def test_workers_wait_for_a_late_rank0_within_the_rendezvous_timeout(tmp_path):
+    """Rank 0 held for 5 s (a slow image pull): the workers wait for its store, nothing restarts."""
+    plan = small_plan(tmp_path, max_steps=10)
+    rec = Recorder(Path(plan["checkpoint_dir"]))
+
+    def hold_rank0(pids):
+        os.kill(pids[0], signal.SIGSTOP)
+        threading.Timer(5.0, os.kill, (pids[0], signal.SIGCONT)).start()
+
+    rec.hooks = [hold_rank0]
+    result = launch(plan, 2, policy=FAST, on_started=rec.on_started, on_restart=rec.on_restart)
+    assert len(rec.started) == 1 and not rec.failed and result["metrics"]["steps"] == 10
+
+
 def test_rank0_starting_after_the_workers_timeout_restarts_the_group(tmp_path):
     """Rank 0 is held (SIGSTOP) past the workers' store timeout; they exit 75, and all ranks restart."""
     plan = small_plan(tmp_path, max_steps=20)

@@ -12,7 +12,6 @@ The plan's rules are in plan.py and params.py; storage is include/storage/files.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ from include.container import USER_ERROR_EXIT_CODE, write_result
 from include.errors import InputError
 from include.storage.files import publish_dir, publish_file, stage_dir
 from include.training.plan import validate_plan
+from include.training.restarts import PEER_LOST_EXIT_CODE, is_peer_loss
 
 RESULT_FILE = "result.json"  # rank 0's result, also published next to the model
 DATASET_FILES = ("training.jsonl", "validation.jsonl", "test.jsonl")
@@ -77,25 +77,18 @@ class RankEnv:
         return out
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def wait_for_master_hook(env: RankEnv) -> None:
-    """Workers on other pods block here until rank 0's DNS name resolves.
+    """Ranks off node 0 block here until rank 0's store accepts a TCP connection.
 
-    The headless-Service record `<job>-0.<svc>` exists only once pod 0 does; without the wait a
-    worker that starts first fails its first connect. Delegates to `include.training.rendezvous`.
+    A DNS answer (or a fixed IP) says nothing about the store being up. The bound is
+    LLMOPS_RDZV_WAIT_TIMEOUT_S (the plan's rendezvous_timeout_s); see include.training.rendezvous.
     """
-    if env.node_rank == 0 or _is_ip(env.master_addr):
+    if env.node_rank == 0:
         return
-    from include.training.rendezvous import wait_for_master
+    from include.training.rendezvous import DEFAULT_WAIT_TIMEOUT_S, WAIT_TIMEOUT_ENV, wait_for_store
 
-    wait_for_master(env.master_addr, env.master_port)
+    timeout = float(os.environ.get(WAIT_TIMEOUT_ENV) or DEFAULT_WAIT_TIMEOUT_S)
+    wait_for_store(env.master_addr, env.master_port, timeout_s=timeout)
 
 
 def stage_dataset(uri: str, workdir: Path) -> Path:
@@ -114,11 +107,11 @@ def run(plan: dict[str, Any], env: RankEnv) -> dict[str, Any] | None:
     expected = plan["nodes"] * plan["gpus_per_node"]
     if env.world_size != expected:
         raise InputError(f"WORLD_SIZE={env.world_size} but the plan asks for nodes x gpus_per_node = {expected}")
-    wait_for_master_hook(env)
     if plan["backend"] == "tiny":
         from include.training import tiny as backend
     else:
         from include.training import nemo_backend as backend
+    wait_for_master_hook(env)  # after the heavy imports: rank 0 pays them too before its store is up
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"llmops-train-{env.rank}-") as tmp:
@@ -167,6 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"llmops trainer: {exc}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
+    except Exception as exc:
+        if not is_peer_loss(exc):
+            raise
+        import traceback
+
+        traceback.print_exc()
+        print(f"llmops trainer: lost a peer or rank 0's store ({type(exc).__name__}); exit "
+              f"{PEER_LOST_EXIT_CODE} so the whole group restarts", file=sys.stderr)
+        return PEER_LOST_EXIT_CODE
     if result is not None:
         write_result(result)
         print(json.dumps(result, sort_keys=True))

@@ -5,6 +5,12 @@ NODE_RANK = JOB_COMPLETION_INDEX, MASTER_ADDR, MASTER_PORT), so the local profil
 same entrypoint, rendezvous and failure handling as EKS. The plan travels as one argv item of
 JSON: no shell, so no value in it can become a command.
 
+All or nothing: when any rank fails or is lost, the launcher stops every other rank and starts
+the whole group again, up to the plan's restart budget, with backoff, within one wall-clock bound
+(include/training/restarts.py). The ranks resume from the newest complete checkpoint, so a
+restart costs at most one checkpoint interval, and no rank ever waits on a peer that has already
+exited. A bad plan (USER_ERROR_EXIT_CODE on any rank) is never restarted.
+
 Each live rank is recorded in `<checkpoint_dir>/.ranks/rank-<i>.pid` (pid and start time) until the
 launcher has seen it exit. If the Airflow task is killed outright, the files outlive it and
 `stop_recorded_ranks` (the next launch, or the run's teardown) stops the orphans.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -29,6 +36,8 @@ from typing import Any
 import psutil
 
 from include.training.plan import validate_plan
+from include.training.rendezvous import WAIT_TIMEOUT_ENV
+from include.training.restarts import PEER_LOST_EXIT_CODE, USER_ERROR_EXIT_CODE, RestartPolicy, restart_policy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT_MODULE = "include.training.entrypoint"
@@ -37,6 +46,8 @@ TERMINATE_GRACE_S = 5.0
 RANKS_DIR = ".ranks"
 # A recorded start time this close to the live process's is the same process, not a reused pid.
 START_TIME_TOLERANCE_S = 0.5
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,15 +67,35 @@ class RankFailure:
         else:
             how = f"exit code {code}"
         why = " after the launcher stopped it" if self.terminated_by_launcher else ""
+        if code == PEER_LOST_EXIT_CODE:
+            why += " (lost a peer or rank 0's store)"
         return f"rank {self.rank} failed with {how}{why}"
+
+    def cause_order(self) -> tuple[bool, bool, bool, int]:
+        """Sort key, likeliest root cause first: not stopped by us, not a mere peer loss, a signal."""
+        code = self.returncode if self.returncode is not None else 0
+        return (self.terminated_by_launcher, code == PEER_LOST_EXIT_CODE, code >= 0, self.rank)
 
 
 class LaunchError(RuntimeError):
-    """A rank failed (or the run timed out); `failures` lists the ranks, first cause first."""
+    """The run failed for good; `failures` lists the last attempt's ranks, first cause first."""
 
-    def __init__(self, message: str, failures: list[RankFailure]):
+    def __init__(self, message: str, failures: list[RankFailure], attempts: int = 1):
         super().__init__(message)
         self.failures = failures
+        self.attempts = attempts
+
+
+class _AttemptFailed(Exception):
+    def __init__(self, failures: list[RankFailure], timed_out: bool = False):
+        super().__init__("attempt failed")
+        self.failures = sorted(failures, key=RankFailure.cause_order)
+        self.timed_out = timed_out
+
+    def summary(self) -> str:
+        summary = "; ".join(f.describe() for f in self.failures) or "no rank failed"
+        tails = "\n".join(f"--- rank {f.rank} stderr (tail) ---\n{f.stderr_tail.rstrip()}" for f in self.failures)
+        return f"{summary}\n{tails}"
 
 
 def build_command(plan: Mapping[str, Any], python: str = sys.executable) -> list[str]:
@@ -117,6 +148,8 @@ def _stop(procs: list[subprocess.Popen]) -> set[int]:
     stopped = {rank for rank, p in enumerate(procs) if p.poll() is None}
     for rank in stopped:
         procs[rank].terminate()
+        with contextlib.suppress(OSError):  # a stopped (SIGSTOP) rank acts on SIGTERM only once continued
+            os.kill(procs[rank].pid, signal.SIGCONT)
     deadline = time.monotonic() + TERMINATE_GRACE_S
     for rank in stopped:
         try:
@@ -195,36 +228,96 @@ def launch(
     python: str = sys.executable,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
+    policy: RestartPolicy | None = None,
     on_started: Callable[[dict[int, int]], None] | None = None,
+    on_restart: Callable[[int, list[RankFailure]], None] | None = None,
+    log_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Run `nprocs` ranks of the trainer and return rank 0's result (the XCom it wrote).
+    """Run `nprocs` ranks of the trainer, restarting all of them on any failure; rank 0's result.
 
-    If any rank fails, the others are stopped (a collective would hang on them otherwise) and
-    LaunchError names each failed rank with its exit code and stderr tail. `on_started`
-    receives {rank: pid} once all ranks are up (tests use it to inject faults). Ranks an earlier,
-    killed launch of the same checkpoint_dir left running are stopped first: two trainers must
-    never write one checkpoint directory.
+    `policy` defaults to the restart defaults of the plan's backend; `timeout` (if given) tightens
+    its wall-clock bound. LaunchError says whether the budget or the bound ran out, or a rank
+    reported a bad plan, and names each failed rank of the last attempt with its exit code and
+    stderr tail. `on_started` receives {rank: pid} once each attempt's ranks are up, `on_restart`
+    (attempt, failures) once a failed attempt's ranks are all gone (tests inject faults with
+    them); `log_dir` keeps each attempt's rank logs. Ranks an earlier, killed launch of the same
+    checkpoint_dir left running are stopped first: two trainers must never write one directory.
     """
     plan = validate_plan(plan)
     expected = plan["nodes"] * plan["gpus_per_node"]
     if nprocs != expected:
         raise ValueError(f"nprocs={nprocs} but the plan asks for nodes x gpus_per_node = {expected}")
+    policy = restart_policy(plan) if policy is None else policy
+    bound = policy.max_wall_s if timeout is None else min(timeout, policy.max_wall_s)
     base = dict(os.environ if env is None else env)
+    base[WAIT_TIMEOUT_ENV] = str(policy.rendezvous_timeout_s)
     argv = build_command(plan, python)
     checkpoint_dir = plan["checkpoint_dir"]
     stop_recorded_ranks(checkpoint_dir)
+    deadline = time.monotonic() + bound
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            result = _attempt(argv, nprocs, base, checkpoint_dir, deadline, attempt, log_dir, on_started)
+        except _AttemptFailed as failed:
+            why = _give_up_reason(failed, attempt, policy, bound, deadline)
+            if why:
+                raise LaunchError(f"training failed: {why}; last attempt: {failed.summary()}", failed.failures,
+                                  attempt) from None
+            wait = policy.backoff(attempt)
+            log.warning("attempt %d failed (%s); restarting all %d ranks from the last complete checkpoint "
+                        "in %.1fs (restart %d of at most %d)", attempt, failed.failures[0].describe(), nprocs,
+                        wait, attempt, policy.max_restarts)
+            if on_restart is not None:
+                on_restart(attempt, failed.failures)
+            time.sleep(wait)
+            continue
+        if attempt > 1:
+            log.info("training finished after %d restart(s)", attempt - 1)
+        return result
 
+
+def _give_up_reason(failed: _AttemptFailed, attempt: int, policy: RestartPolicy, bound: float,
+                    deadline: float) -> str | None:
+    """Why this failure ends the run, or None to restart."""
+    if failed.timed_out:
+        return f"the wall-clock bound of {bound:.0f}s (max_wall_s) ran out in attempt {attempt}"
+    if any(f.returncode == USER_ERROR_EXIT_CODE and not f.terminated_by_launcher for f in failed.failures):
+        return f"a rank reported an invalid plan (exit code {USER_ERROR_EXIT_CODE}); not restarted"
+    if attempt > policy.max_restarts:
+        return (f"{attempt} attempt(s) failed and the restart budget (max_restarts={policy.max_restarts}) "
+                "is spent")
+    if time.monotonic() + policy.backoff(attempt) >= deadline:
+        return f"no time left for restart {attempt} within the wall-clock bound of {bound:.0f}s (max_wall_s)"
+    return None
+
+
+def _attempt(
+    argv: list[str],
+    nprocs: int,
+    base: dict[str, str],
+    checkpoint_dir: str,
+    deadline: float,
+    attempt: int,
+    log_dir: Path | None,
+    on_started: Callable[[dict[int, int]], None] | None,
+) -> dict[str, Any]:
+    """Start every rank once; rank 0's result, or _AttemptFailed once all ranks are stopped."""
     with tempfile.TemporaryDirectory(prefix="llmops-launch-") as tmp:
         workdir = Path(tmp)
+        logdir = workdir if log_dir is None else Path(log_dir)
+        logdir.mkdir(parents=True, exist_ok=True)
         xcom = workdir / "return.json"
-        port = free_port()
+        port = free_port()  # a fresh store port per attempt: the last one may linger in TIME_WAIT
         procs: list[subprocess.Popen] = []
         logs: list[Path] = []
         try:
             for rank in range(nprocs):
-                log = workdir / f"rank-{rank}.stderr"
-                logs.append(log)
-                with log.open("wb") as err, (workdir / f"rank-{rank}.stdout").open("wb") as out:
+                stem = f"attempt-{attempt}-rank-{rank}"
+                log_path = logdir / f"{stem}.stderr"
+                logs.append(log_path)
+                with log_path.open("wb") as err, (logdir / f"{stem}.stdout").open("wb") as out:
                     procs.append(
                         subprocess.Popen(
                             argv,
@@ -239,41 +332,33 @@ def launch(
             if on_started is not None:
                 on_started({rank: p.pid for rank, p in enumerate(procs)})
 
-            deadline = None if timeout is None else time.monotonic() + timeout
-            first_failed: list[int] = []
+            failed_first: list[int] = []
+            timed_out = False
             while True:
                 codes = [p.poll() for p in procs]
-                # Within one poll, a rank killed by a signal is the likelier cause: its peers then
-                # fail on a broken collective.
-                first_failed = sorted(
-                    (r for r, c in enumerate(codes) if c not in (None, 0)), key=lambda r: (codes[r] >= 0, r)
-                )
-                if first_failed or all(c == 0 for c in codes):
+                failed_first = [r for r, c in enumerate(codes) if c not in (None, 0)]
+                if failed_first or all(c == 0 for c in codes):
                     break
-                if deadline is not None and time.monotonic() > deadline:
-                    stopped = _stop(procs)
-                    failures = [RankFailure(r, procs[r].returncode, _tail(logs[r]), True) for r in sorted(stopped)]
-                    raise LaunchError(f"training timed out after {timeout}s; stopped ranks {sorted(stopped)}", failures)
+                if time.monotonic() > deadline:
+                    timed_out = True
+                    break
                 time.sleep(0.05)
         except BaseException:
             _stop(procs)
             _forget_ranks(checkpoint_dir, len(procs))
             raise
 
-        if first_failed:
+        if failed_first or timed_out:
             stopped = _stop(procs)
             _forget_ranks(checkpoint_dir, nprocs)
-            failures = [RankFailure(r, procs[r].returncode, _tail(logs[r])) for r in first_failed]
-            failures += [
+            failures = [
                 RankFailure(r, p.returncode, _tail(logs[r]), terminated_by_launcher=r in stopped)
                 for r, p in enumerate(procs)
-                if r not in first_failed and p.returncode != 0
+                if p.returncode != 0 or r in stopped
             ]
-            summary = "; ".join(f.describe() for f in failures)
-            tails = "\n".join(f"--- rank {f.rank} stderr (tail) ---\n{f.stderr_tail.rstrip()}" for f in failures)
-            raise LaunchError(f"training failed: {summary}\n{tails}", failures)
+            raise _AttemptFailed(failures, timed_out)
 
         _forget_ranks(checkpoint_dir, nprocs)
         if not xcom.is_file():
-            raise LaunchError(f"all ranks exited 0 but rank 0 wrote no result; stderr:\n{_tail(logs[0])}", [])
+            raise LaunchError(f"all ranks exited 0 but rank 0 wrote no result; stderr:\n{_tail(logs[0])}", [], attempt)
         return json.loads(xcom.read_text())

@@ -14,6 +14,7 @@ from typing import Any
 
 from include.errors import InputError
 from include.training.params import PLAN_RULES, base_model_rule
+from include.training.restarts import RESTART_KEYS
 from include.validation import CONTROL_RE, uri_problem
 
 BACKENDS = ("tiny", "nemo")
@@ -23,7 +24,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 REQUIRED_KEYS = ("run_name", "backend", "dataset_uri", "output_uri", "checkpoint_dir", "base_model")
 PLAN_KEYS = (*REQUIRED_KEYS, *PLAN_RULES)
 # Keys a launcher needs that the trainer does not read (the Job renderer's placement inputs).
-LAUNCH_KEYS = ("dag_id", "run_id", "pool", "instance_type", "image")
+LAUNCH_KEYS = ("dag_id", "run_id", "pool", "instance_type", "image", *RESTART_KEYS)
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     # A byte-level model trained from scratch wants a large LR and short sequences.

@@ -132,6 +132,8 @@ def estimate(params: dict[str, Any], placement: dict[str, Any], global_batch: in
 def build_plan(params: Mapping[str, Any], dataset: Mapping[str, Any], settings: Settings, dag_id: str,
                run_id: str, jobs: Any) -> dict[str, Any]:
     """{"plan": the flat plan every launcher takes, "estimate": GPU-hours and cost}."""
+    from include.training.restarts import restart_plan_fields
+
     placement = validate_params(params, jobs)
     name = run_name(dag_id, run_id)
     trainer = {
@@ -143,7 +145,9 @@ def build_plan(params: Mapping[str, Any], dataset: Mapping[str, Any], settings: 
         **{k: params[k] for k in PARAM_KEYS if k != "pool"},
     }
     trainer = validate_plan(trainer)
+    # Restart budget, backoff, wall-clock bound and rendezvous wait: in the plan, so MLflow logs them.
     plan = {**trainer, "dag_id": dag_id, "run_id": run_id, "pool": params["pool"],
-            "instance_type": placement["instance_type"], "image": settings.trainer_image}
+            "instance_type": placement["instance_type"], "image": settings.trainer_image,
+            **restart_plan_fields(trainer["backend"])}
     return {"plan": plan, "estimate": estimate(params, placement, trainer["global_batch_size"],
                                                 trainer["seq_length"])}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
 import uuid
 from contextlib import nullcontext
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from include.tinylm import TinyByteLM, TinyConfig, export_model
+from include.training import checkpoints
 from include.training.tiny_data import IGNORE_INDEX, BatchPlan, collate, encode_example, read_records
 
 KEEP_CHECKPOINTS = 3
@@ -41,95 +41,22 @@ def token_loss_sum(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) ->
 # ---------------------------------------------------------------- checkpoints and metrics
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
-
-
-def _write_durable(path: Path, data: bytes) -> None:
-    with path.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+# The format and its checks live in include/training/checkpoints.py; these keep tiny's call sites.
+_write_durable = checkpoints.write_durable
 
 
 def write_checkpoint(root: Path, step: int, state: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Write `root/step-<step>/` so that it either exists complete or not at all.
-
-    Files go to a hidden temp dir, are fsynced, `meta.json` is written last, then one rename
-    publishes the directory and `latest` is replaced atomically. A crash at any point leaves
-    only a `.tmp-*` dir that the next start removes.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
-    tmp = root / f".tmp-step-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    torch.save(state, tmp / "state.pt")
-    with (tmp / "state.pt").open("rb+") as fh:
-        os.fsync(fh.fileno())
-    _write_durable(tmp / "meta.json", json.dumps({**meta, "step": step}, sort_keys=True).encode())
-    _fsync_dir(tmp)
-    if final.exists():  # the same step again (a retry after the marker lagged): replace it
-        trash = root / f".trash-step-{step}-{os.getpid()}"
-        final.rename(trash)
-        tmp.rename(final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        tmp.rename(final)
-    marker_tmp = root / f".latest.tmp-{os.getpid()}"
-    _write_durable(marker_tmp, f"{final.name}\n".encode())
-    os.replace(marker_tmp, root / "latest")
-    _fsync_dir(root)
-    return final
+    """`state` as `state.pt` in an atomic, checksummed checkpoint `root/step-<step>/`."""
+    return checkpoints.write_checkpoint(root, step, lambda d: torch.save(state, d / "state.pt"), meta)
 
 
-def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """(step, dir) of every finished checkpoint, oldest first; a dir without meta.json is not one."""
-    found = []
-    if not root.is_dir():
-        return found
-    for path in root.glob("step-*"):
-        suffix = path.name.removeprefix("step-")
-        if not suffix.isdigit() or not (path / "meta.json").is_file() or not (path / "state.pt").is_file():
-            continue
-        try:
-            meta = json.loads((path / "meta.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if meta.get("step") == int(suffix):
-            found.append((int(suffix), path))
-    return sorted(found)
-
-
-def latest_checkpoint(root: Path) -> tuple[int, Path] | None:
-    """The newest complete checkpoint. The `latest` marker is a hint for people and tools; the
-    scan is the truth, so a crash between the rename and the marker update loses nothing."""
-    found = complete_checkpoints(root)
-    return found[-1] if found else None
-
-
-def clean_partial_checkpoints(root: Path) -> None:
-    if root.is_dir():
-        for path in root.iterdir():
-            if path.name.startswith((".tmp-step-", ".trash-step-", ".latest.tmp-")):
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
+complete_checkpoints = checkpoints.complete_checkpoints
+latest_checkpoint = checkpoints.latest_complete  # newest that verifies; logs why newer ones were skipped
+clean_partial_checkpoints = checkpoints.clean_partial
 
 
 def prune_checkpoints(root: Path, keep: int = KEEP_CHECKPOINTS) -> None:
-    for _, path in complete_checkpoints(root)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+    checkpoints.prune(root, keep)
 
 
 class MetricsLog:

@@ -19,8 +19,9 @@ from airflow.sdk import BaseOperator
 class LocalTrainingJobOperator(BaseOperator):
     """Run the trainer as nodes x gpus_per_node local ranks and return rank 0's result.
 
-    A retry starts the ranks again; they resume from the last checkpoint in checkpoint_dir, and
-    ranks a killed earlier try left running are stopped first (see local_launcher).
+    Any failed rank restarts all ranks within the plan's restart policy (max_restarts,
+    restart_backoff_s, max_wall_s); they resume from the last complete checkpoint in checkpoint_dir.
+    A task retry does the same, and ranks a killed earlier try left running are stopped first.
     """
 
     template_fields: Sequence[str] = ("plan",)
@@ -35,11 +36,13 @@ class LocalTrainingJobOperator(BaseOperator):
         from include.lifecycle.failfast import fail_fast
         from include.training.local_launcher import launch
         from include.training.plan import trainer_plan
+        from include.training.restarts import restart_policy
 
         checked = fail_fast(trainer_plan)(self.plan)
+        policy = fail_fast(restart_policy)(self.plan)
         nprocs = checked["nodes"] * checked["gpus_per_node"]
-        self.log.info("Launching %d local ranks of run %s", nprocs, checked["run_name"])
-        return launch(checked, nprocs=nprocs, timeout=self.timeout_s)
+        self.log.info("Launching %d local ranks of run %s (restart policy %s)", nprocs, checked["run_name"], policy)
+        return launch(checked, nprocs=nprocs, timeout=self.timeout_s, policy=policy)
 
     def on_kill(self) -> None:
         from include.training.local_launcher import stop_recorded_ranks

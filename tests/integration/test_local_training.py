@@ -24,8 +24,10 @@ from include.training import local_launcher, tiny
 from include.training.entrypoint import _parse_args
 from include.training.local_launcher import LaunchError, build_command, launch
 from include.training.plan import validate_plan
+from include.training.restarts import RestartPolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+NO_RESTARTS = RestartPolicy(max_restarts=0)
 
 
 def make_dataset(root: Path, n_train: int = 300) -> Path:
@@ -106,7 +108,8 @@ def test_killed_rank_fails_the_launch_and_the_rerun_resumes_from_checkpoint(tmp_
 
     def first_attempt():
         try:
-            outcome["result"] = launch(plan, 2, timeout=120, on_started=pids.update)
+            # no restart inside the launch: this test is about a later rerun (an Airflow retry)
+            outcome["result"] = launch(plan, 2, timeout=120, on_started=pids.update, policy=NO_RESTARTS)
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             outcome["error"] = exc
 
@@ -201,7 +204,7 @@ def test_launcher_refuses_a_process_count_that_disagrees_with_the_plan(tmp_path)
 def test_launcher_reports_a_rank_that_fails_on_its_own(tmp_path):
     plan = make_plan(tmp_path, dataset_uri=(tmp_path / "missing").as_uri())
     with pytest.raises(LaunchError) as info:
-        launch(plan, 2, timeout=60)
+        launch(plan, 2, timeout=60, policy=NO_RESTARTS)
     message = str(info.value)
     assert "rank 0 failed with exit code 1" in message or "rank 1 failed with exit code 1" in message
     assert "no training.jsonl" in message

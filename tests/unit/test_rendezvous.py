@@ -8,6 +8,7 @@ import pytest
 
 from include.training import rendezvous
 from include.training.rendezvous import (
+    PEER_LOST_EXIT_CODE,
     USER_ERROR_EXIT_CODE,
     master_address,
     node_rank,
@@ -92,14 +93,18 @@ def test_main_waits_then_runs_torchrun_with_rank_zero_hosting(monkeypatch):
     seen = {}
     monkeypatch.setattr(rendezvous, "wait_for_master", lambda host, port, timeout_s: seen.update(
         host=host, port=port, timeout=timeout_s) or ["10.0.0.1"])
+    monkeypatch.setattr(rendezvous, "wait_for_store", lambda host, port, timeout_s: seen.update(
+        store=(host, port, timeout_s)))
     monkeypatch.setattr(rendezvous, "run_torchrun", lambda args: seen.update(args=args) or 0)
     env = {"MASTER_ADDR": "j-0.j.ns.svc", "MASTER_PORT": "29500", "NODE_RANK": "0",
            "LLMOPS_RDZV_WAIT_TIMEOUT_S": "42"}
     assert rendezvous.main(["--rdzv-conf=join_timeout=1", "--module", "m"], env) == 0
     assert seen["host"] == "j-0.j.ns.svc" and seen["port"] == 29500 and seen["timeout"] == 42
     assert seen["args"][0] == "--rdzv-conf=join_timeout=1,is_host=true"
+    assert "store" not in seen  # node 0 starts the store: it waits for its own name only
     rendezvous.main(["--rdzv-conf=join_timeout=1", "--module", "m"], {**env, "NODE_RANK": "2"})
     assert seen["args"][0].endswith("is_host=false")
+    assert seen["store"] == ("j-0.j.ns.svc", 29500, 42)  # workers wait until the store accepts
 
 
 def test_main_fails_fast_without_master_or_on_timeout(monkeypatch, capsys):
@@ -110,7 +115,7 @@ def test_main_fails_fast_without_master_or_on_timeout(monkeypatch, capsys):
         raise TimeoutError(f"{host} did not resolve")
 
     monkeypatch.setattr(rendezvous, "wait_for_master", never)
-    assert rendezvous.main([], {"MASTER_ADDR": "j-0.j.ns.svc"}) == 1
+    assert rendezvous.main([], {"MASTER_ADDR": "j-0.j.ns.svc"}) == PEER_LOST_EXIT_CODE  # the group restarts
     assert "did not resolve" in capsys.readouterr().err
 
 
@@ -122,3 +127,14 @@ def test_worker_exit_code_survives_torchrun():
     assert rendezvous.run_torchrun(args) == USER_ERROR_EXIT_CODE  # argparse's exit code 2
     ok = [*args[:-2], "--module", "platform"]
     assert rendezvous.run_torchrun(ok) == 0
+
+
+def test_an_agent_that_cannot_reach_the_store_exits_peer_lost():
+    """torchrun on a worker node whose store (node 0) is gone: the group restarts, not this index."""
+    pytest.importorskip("torch.distributed.run")
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+            "--rdzv-conf=is_host=false,read_timeout=3,join_timeout=3", "--max-restarts=0", "--module", "platform"]
+    assert rendezvous.run_torchrun(args) == PEER_LOST_EXIT_CODE

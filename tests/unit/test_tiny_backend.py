@@ -110,8 +110,9 @@ def _state(step):
 def test_checkpoint_write_is_atomic_and_updates_latest(tmp_path):
     path = tiny.write_checkpoint(tmp_path, 10, _state(10), {"run_name": "r"})
     assert path == tmp_path / "step-10"
-    assert sorted(p.name for p in path.iterdir()) == ["meta.json", "state.pt"]
-    assert json.loads((path / "meta.json").read_text())["step"] == 10
+    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "state.pt"]
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["step"] == 10 and manifest["meta"] == {"run_name": "r"}
     assert (tmp_path / "latest").read_text().strip() == "step-10"
     tiny.write_checkpoint(tmp_path, 20, _state(20), {})
     assert tiny.latest_checkpoint(tmp_path) == (20, tmp_path / "step-20")
@@ -121,14 +122,14 @@ def test_checkpoint_write_is_atomic_and_updates_latest(tmp_path):
 
 def test_checkpoint_resume_ignores_incomplete_directories(tmp_path):
     tiny.write_checkpoint(tmp_path, 10, _state(10), {})
-    # a writer killed mid-way: a temp dir, and a step dir without meta.json (never renamed by us,
+    # a writer killed mid-way: a temp dir, and a step dir without manifest.json (never renamed by us,
     # but e.g. a half-synced copy); neither may be resumed from
     (tmp_path / ".tmp-step-20-123").mkdir()
     (tmp_path / ".tmp-step-20-123" / "state.pt").write_bytes(b"partial")
     (tmp_path / "step-30").mkdir()
     (tmp_path / "step-30" / "state.pt").write_bytes(b"partial")
     (tmp_path / "step-40").mkdir()
-    (tmp_path / "step-40" / "meta.json").write_text('{"step": 41}')  # inconsistent
+    (tmp_path / "step-40" / "manifest.json").write_text('{"step": 41, "files": {}}')  # inconsistent
     (tmp_path / "step-40" / "state.pt").write_bytes(b"x")
     assert tiny.latest_checkpoint(tmp_path) == (10, tmp_path / "step-10")
     tiny.clean_partial_checkpoints(tmp_path)

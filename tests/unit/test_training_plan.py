@@ -130,17 +130,20 @@ def test_rank_env_rejects_inconsistent_values(environ):
         RankEnv.from_environ(environ)
 
 
-def test_wait_for_master_hook_only_for_workers_with_a_dns_master(monkeypatch):
+def test_wait_for_master_hook_waits_for_the_store_on_every_worker(monkeypatch):
     calls = []
     fake = types.ModuleType("include.training.rendezvous")
-    fake.wait_for_master = lambda host, port: calls.append((host, port))
+    fake.DEFAULT_WAIT_TIMEOUT_S, fake.WAIT_TIMEOUT_ENV = 1800.0, "LLMOPS_RDZV_WAIT_TIMEOUT_S"
+    fake.wait_for_store = lambda host, port, timeout_s: calls.append((host, port, timeout_s))
     monkeypatch.setitem(sys.modules, "include.training.rendezvous", fake)
+    monkeypatch.setenv("LLMOPS_RDZV_WAIT_TIMEOUT_S", "42")
 
     entrypoint.wait_for_master_hook(RankEnv(rank=0, world_size=2, node_rank=0, master_addr="ft-0.svc"))
+    assert calls == []  # node 0 hosts the store
+    # an IP is no proof that the store is up: workers wait either way
     entrypoint.wait_for_master_hook(RankEnv(rank=1, world_size=2, node_rank=1, master_addr="10.0.0.7"))
-    assert calls == []
     entrypoint.wait_for_master_hook(RankEnv(rank=1, world_size=2, node_rank=1, master_addr="ft-0.svc"))
-    assert calls == [("ft-0.svc", 29500)]
+    assert calls == [("10.0.0.7", 29500, 42.0), ("ft-0.svc", 29500, 42.0)]
 
 
 def test_main_rejects_a_bad_plan_with_exit_code_2(capsys):

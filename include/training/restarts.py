@@ -1,0 +1,181 @@
+"""All-or-nothing restarts: the exit codes, the restart budget, and what the eks side renders.
+
+A data-parallel run is one unit. When any rank is lost (killed, node reclaimed, store gone) the
+survivors cannot finish: a collective with a missing peer hangs or errors, and a rank retried
+alone would wait on peers that already exited. So every failure stops the whole group, and the
+group restarts together from the last complete checkpoint (include/training/checkpoints.py).
+The restart count, the backoff between attempts and a total wall-clock bound are plan keys
+(`RESTART_KEYS`), so they are logged to MLflow with the rest of the plan.
+
+Exit codes a rank uses (the pod's container exit code on eks, the process's locally):
+- 0: done;
+- `USER_ERROR_EXIT_CODE` (2): the plan is invalid. Retrying cannot help: fail at once.
+- `PEER_LOST_EXIT_CODE` (75, EX_TEMPFAIL): this rank is healthy but lost a peer or rank 0's
+  store (a broken collective, a store that never came up). It is a consequence, never the cause:
+  the launcher names the first rank that failed with any other code, and restarts everyone.
+- anything else (1, a signal): the rank itself failed; restart the group.
+
+eks: JobSet, not a plain Job the operator replaces. Both give all-or-nothing; they differ in
+who runs the restart loop.
+- JobSet (`jobset.x-k8s.io/v1alpha2`): `failurePolicy.maxRestarts` recreates every child Job, with
+  `restartStrategy: BlockingRecreate` so the old pods are gone before new ones start (never two
+  rank 0s writing one checkpoint directory). The loop runs in the cluster's controller, so it
+  survives an Airflow worker restart, and the rules tell failures apart by the child Job's
+  failure message: a bad plan fails the JobSet (`FailJobSet`), a spot reclaim
+  (`DisruptionTarget`) restarts without spending the budget, anything else spends one restart.
+  Kubeflow Trainer v2 builds its TrainJob on JobSet, so this is also the migration path.
+  Cost: the JobSet controller must be installed (its CRD is in the shared CRDs), and Airflow has
+  no JobSet operator, so the task creates and watches a custom object through the Kubernetes hook.
+- A plain Indexed Job (the source design) with `backoffLimit: 0` and a podFailurePolicy that
+  fails it on `PEER_LOST_EXIT_CODE`: the Airflow operator must delete and recreate the Job itself,
+  counting restarts in the task, and a worker restart mid-loop loses that count.
+We choose JobSet; the local launcher (include/training/local_launcher.py) runs the same loop in
+process, with the same budget, backoff and bound. torchrun's own `--max-restarts` must be 0 under
+either design: an in-place torchrun restart is exactly the per-rank retry this replaces.
+The total wall-clock bound is not a JobSet field (a child Job's activeDeadlineSeconds restarts with
+it): the Airflow task's execution_timeout enforces it, and its on_kill deletes the JobSet.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from include.container import USER_ERROR_EXIT_CODE  # noqa: F401 -- re-exported beside the peer-loss code
+from include.errors import InputError
+
+PEER_LOST_EXIT_CODE = 75  # sysexits EX_TEMPFAIL: "temporary failure, retry"
+MAX_BACKOFF_S = 300.0  # exponential backoff is capped here
+
+RESTART_KEYS = ("max_restarts", "restart_backoff_s", "max_wall_s", "rendezvous_timeout_s")
+
+# key -> (low, high, integer?)
+_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "max_restarts": (0, 100, True),
+    "restart_backoff_s": (0.0, MAX_BACKOFF_S, False),
+    "max_wall_s": (10.0, 14 * 24 * 3600.0, False),
+    "rendezvous_timeout_s": (1.0, 7200.0, False),
+}
+
+# Per backend, like the trainer's own defaults: tiny runs on this machine, nemo on EKS.
+RESTART_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Ranks start in seconds; a store that is not up within 20 s is not coming.
+    "tiny": {"max_restarts": 3, "restart_backoff_s": 1.0, "max_wall_s": 7200.0, "rendezvous_timeout_s": 20.0},
+    # A fresh p5 node: ~3-5 min to join, then a ~20 GB NeMo image pull (10-20 min): wait 30 min
+    # for rank 0's store. Spot reclaims do not spend max_restarts (see the JobSet rules), only
+    # real failures; 72 h matches the training task's execution_timeout.
+    "nemo": {"max_restarts": 3, "restart_backoff_s": 30.0, "max_wall_s": 72 * 3600.0, "rendezvous_timeout_s": 1800.0},
+}
+
+
+class RestartPolicyError(InputError):
+    """A restart key of the plan is out of range; the message names it and the range."""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    max_restarts: int = 3
+    restart_backoff_s: float = 1.0
+    max_wall_s: float = 7200.0
+    rendezvous_timeout_s: float = 20.0
+
+    def backoff(self, restart: int) -> float:
+        """Seconds to wait before restart number `restart` (1-based): doubles, capped."""
+        return min(self.restart_backoff_s * 2 ** max(restart - 1, 0), MAX_BACKOFF_S)
+
+    def as_plan(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check(key: str, value: Any) -> int | float:
+    low, high, integer = _BOUNDS[key]
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok_type or not math.isfinite(value) or not low <= value <= high:
+        raise RestartPolicyError(f"plan key {key!r}: expected {kind} with {low:g} <= value <= {high:g} (got {value!r})")
+    return int(value) if integer else float(value)
+
+
+def restart_policy(plan: Mapping[str, Any]) -> RestartPolicy:
+    """The plan's restart policy: its keys where present, else the defaults of its backend."""
+    defaults = RESTART_DEFAULTS.get(plan.get("backend"), RESTART_DEFAULTS["tiny"])
+    values = {key: _check(key, plan.get(key, defaults[key])) for key in RESTART_KEYS}
+    return RestartPolicy(**values)
+
+
+def restart_plan_fields(backend: str) -> dict[str, Any]:
+    """The restart keys a new plan carries (validated defaults of `backend`)."""
+    return restart_policy({"backend": backend}).as_plan()
+
+
+# ---- classifying a rank's exception: its own failure, or a lost peer ----
+
+_PEER_LOSS_TYPES = ("DistError", "DistNetworkError", "DistStoreError", "DistBackendError", "StoreUnavailable")
+_PEER_LOSS_MESSAGES = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Socket Timeout",
+                       "Timed out waiting", "Connection refused")
+
+
+def is_peer_loss(exc: BaseException) -> bool:
+    """True when `exc` means a peer or rank 0's store went away, not that this rank is broken.
+
+    torch reports a dead gloo/NCCL peer as a plain RuntimeError from its C++ transport (e.g.
+    "gloo/transport/tcp/pair.cc: Read error: Connection reset by peer") or as a DistError subclass;
+    neither type is imported here, so the trainer image needs nothing more.
+    """
+    for cls in type(exc).__mro__:
+        if cls.__name__ in _PEER_LOSS_TYPES:
+            return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("gloo" in text or "NCCL" in text or "TCPStore" in text) and any(
+        m in text for m in _PEER_LOSS_MESSAGES
+    )
+
+
+# ---- what the eks renderer needs (JobSet; see the module docstring) ----
+
+# The child Job's failure message when a pod failure policy rule fires, as the Job controller
+# writes it: "Container <c> for pod <ns>/<pod> failed with exit code 2 matching FailJob rule at index 1".
+USER_ERROR_RULE_INDEX = 1
+
+
+def child_job_pod_failure_policy() -> dict[str, Any]:
+    """podFailurePolicy of each child Job (backoffLimit 0): every failure fails the Job at once.
+
+    Rule 0 marks a disruption (spot reclaim, node drain) and rule 1 a bad plan, so that the JobSet
+    rules can tell them apart by the Job's failure message; any other exit code fails the Job
+    through backoffLimit 0, and the JobSet restarts the group.
+    """
+    return {
+        "rules": [
+            {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [USER_ERROR_EXIT_CODE]}},
+        ]
+    }
+
+
+def jobset_failure_policy(policy: RestartPolicy) -> dict[str, Any]:
+    """`spec.failurePolicy` of the training JobSet: all-or-nothing restarts within the budget."""
+    return {
+        "maxRestarts": policy.max_restarts,
+        "restartStrategy": "BlockingRecreate",
+        "rules": [
+            {
+                "name": "badPlan",
+                "action": "FailJobSet",
+                "onJobFailureReasons": ["PodFailurePolicy"],
+                "onJobFailureMessagePatterns": [
+                    f"exit code {USER_ERROR_EXIT_CODE} matching FailJob rule at index {USER_ERROR_RULE_INDEX}"
+                ],
+            },
+            {
+                "name": "disruption",
+                "action": "RestartJobSetAndIgnoreMaxRestarts",
+                "onJobFailureReasons": ["PodFailurePolicy"],
+                "onJobFailureMessagePatterns": ["DisruptionTarget matching FailJob rule at index 0"],
+            },
+            # Anything else (BackoffLimitExceeded: a crash, or PEER_LOST_EXIT_CODE): RestartJobSet,
+            # JobSet's default action, which spends one of maxRestarts.
+        ],
+    }

@@ -67,6 +67,7 @@ RUN_AS_USER = 10001  # images/evaluator/Dockerfile's non-root user
 JUDGE_SECRET = "llm-judge"
 JUDGE_SECRET_KEY = "api-key"
 SCRATCH = "/scratch"
+HOME, XCOM_DIR, TMP = "/home/evaluator", "/airflow/xcom", "/tmp"  # writable: volumes, like SCRATCH
 XCOM_PATH = "/airflow/xcom/return.json"
 DEFAULT_NAME = "llm-eval"
 GPUS = 1
@@ -163,6 +164,9 @@ def render_pod(job: Mapping[str, Any] | str | Any, settings: Settings | None = N
         volume_mounts=[
             V1VolumeMount(name="shm", mount_path="/dev/shm"),
             V1VolumeMount(name="scratch", mount_path=SCRATCH),
+            V1VolumeMount(name="home", mount_path=HOME),
+            V1VolumeMount(name="xcom", mount_path=XCOM_DIR),
+            V1VolumeMount(name="tmp", mount_path=TMP),
         ],
         security_context=restricted_container(),
     )
@@ -186,6 +190,7 @@ def render_pod(job: Mapping[str, Any] | str | Any, settings: Settings | None = N
             volumes=[
                 V1Volume(name="shm", empty_dir=V1EmptyDirVolumeSource(medium="Memory", size_limit=SHM_SIZE)),
                 V1Volume(name="scratch", empty_dir=V1EmptyDirVolumeSource(size_limit=SCRATCH_LIMIT)),
+                *(V1Volume(name=n, empty_dir=V1EmptyDirVolumeSource()) for n in ("home", "xcom", "tmp")),
             ],
         ),
     )

@@ -50,6 +50,7 @@ from kubernetes.client import (
     V1PodSpec,
     V1PodTemplateSpec,
     V1ResourceRequirements,
+    V1SecretKeySelector,
     V1Service,
     V1ServicePort,
     V1ServiceSpec,
@@ -85,7 +86,12 @@ JOB_LABEL = "llmops.io/job"
 SERVICE_ACCOUNT = "nemo-trainer"  # k8s/training/serviceaccount.yaml
 CHECKPOINT_CLAIM = "llm-checkpoints"  # k8s/training/pvc.yaml
 CHECKPOINT_MOUNT = "/checkpoints"
-RUN_AS_USER = 1000  # the trainer image's non-root user
+RUN_AS_USER = 10001  # images/nemo-trainer/Dockerfile's non-root user (TRAINER_UID)
+# NeMo converts the base model once into NEMO_HOME: on the shared FSx volume, every rank and run reuse it.
+NEMO_HOME = f"{CHECKPOINT_MOUNT}/nemo-home"
+HF_SECRET, HF_SECRET_KEY = "hf-token", "token"  # optional: only gated base models (Llama) need it
+# Writable paths besides the checkpoints: volumes, never the image's filesystem.
+HOME, XCOM_DIR, TMP = "/home/trainer", "/airflow/xcom", "/tmp"
 
 BACKOFF_LIMIT_PER_INDEX = 3
 TORCHRUN_MAX_RESTARTS = 3  # survivors re-rendezvous when one node is replaced
@@ -322,6 +328,9 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
             *nccl_env(instance, efa),
             V1EnvVar(name="LLMOPS_PROFILE", value="eks"),
             V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
+            V1EnvVar(name="NEMO_HOME", value=NEMO_HOME),
+            V1EnvVar(name="HF_TOKEN", value_from=V1EnvVarSource(
+                secret_key_ref=V1SecretKeySelector(name=HF_SECRET, key=HF_SECRET_KEY, optional=True))),
         ],
         ports=[V1ContainerPort(name="rdzv", container_port=MASTER_PORT, protocol="TCP")],
         resources=V1ResourceRequirements(
@@ -331,6 +340,9 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
         volume_mounts=[
             V1VolumeMount(name="shm", mount_path="/dev/shm"),
             V1VolumeMount(name="checkpoints", mount_path=CHECKPOINT_MOUNT),
+            V1VolumeMount(name="home", mount_path=HOME),
+            V1VolumeMount(name="xcom", mount_path=XCOM_DIR),
+            V1VolumeMount(name="tmp", mount_path=TMP),
         ],
         security_context=restricted_container(),
     )
@@ -359,6 +371,9 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
             V1Volume(name="shm", empty_dir=V1EmptyDirVolumeSource(medium="Memory", size_limit=shm)),
             V1Volume(name="checkpoints",
                      persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(claim_name=CHECKPOINT_CLAIM)),
+            V1Volume(name="home", empty_dir=V1EmptyDirVolumeSource()),  # HF_HOME and other caches
+            V1Volume(name="xcom", empty_dir=V1EmptyDirVolumeSource()),
+            V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource()),
         ],
     )
     job = V1Job(

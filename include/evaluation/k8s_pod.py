@@ -15,8 +15,8 @@ Namespace: `settings.training_namespace` (llm-training), not the serving namespa
 - Airflow's Role there (k8s/training/rbac.yaml, airflow-job-launcher) already grants exactly what
   KubernetesPodOperator needs (pods create/get/list/watch/patch/delete, pods/log, events); the
   serving namespace grants Airflow nothing;
-- the ServiceAccount there (nemo-trainer, IRSA) already reads the data root and the model bucket
-  and writes under the data root: what the evaluator does with the model and eval set;
+- its own ServiceAccount there (llm-evaluator, IRSA; k8s/training/iam/) reads the models and the eval
+  set and writes only under the evaluations prefix: not the trainer's identity and write access;
 - llm-serving holds the live stable/canary vLLM Deployments; a batch job does not belong beside
   them (quotas, network policies and canary metrics stay about serving). The GPU it runs on is
   still the inference pool's: placement is by node selector, not by namespace.
@@ -55,6 +55,7 @@ from kubernetes.client import (
 )
 
 from include.cluster.hardening import restricted_container, restricted_pod
+from include.cluster.images import pull_policy
 from include.cluster.pools import GPU, Pool, get_pool
 from include.cluster.preflight import as_manifest, check_pod_placement
 from include.evaluation.job import JobError, job_argument
@@ -62,7 +63,7 @@ from include.settings import Settings, get_settings
 
 CONTAINER = "evaluator"
 COMMAND = ["python", "-m", "include.evaluation.entrypoint"]
-SERVICE_ACCOUNT = "nemo-trainer"  # k8s/training/serviceaccount.yaml: S3 via IRSA (see module docstring)
+SERVICE_ACCOUNT = "llm-evaluator"  # k8s/training/serviceaccount.yaml: read-only S3 via IRSA
 RUN_AS_USER = 10001  # images/evaluator/Dockerfile's non-root user
 JUDGE_SECRET = "llm-judge"
 JUDGE_SECRET_KEY = "api-key"
@@ -142,7 +143,7 @@ def render_pod(job: Mapping[str, Any] | str | Any, settings: Settings | None = N
     container = V1Container(
         name=CONTAINER,
         image=settings.evaluator_image,
-        image_pull_policy="IfNotPresent",
+        image_pull_policy=pull_policy(settings.evaluator_image),  # IfNotPresent for a digest, Always for a tag
         command=list(COMMAND),
         args=["--job", argument],
         env=[

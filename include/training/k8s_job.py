@@ -60,6 +60,7 @@ from kubernetes.client import (
 )
 
 from include.cluster.hardening import restricted_container, restricted_pod
+from include.cluster.images import check_reference, pull_policy
 from include.cluster.pools import EFA, GPU, INSTANCE_TYPE_LABEL, PLAN_POOLS, InstanceType, Pool, pool_for_plan
 from include.cluster.preflight import as_manifest, check_pod_placement
 from include.settings import Settings, get_settings
@@ -197,8 +198,10 @@ def _validate(plan: Mapping[str, Any], settings: Settings) -> tuple[Pool, Instan
         problems.append(f"checkpoint_dir={checkpoint!r}: must be under {CHECKPOINT_MOUNT}/, the shared "
                         "FSx volume every rank mounts")
     image = plan.get("image") or settings.trainer_image
-    if not isinstance(image, str) or not image or any(c.isspace() for c in image):
-        problems.append(f"image={image!r}: expected a container image reference")
+    try:
+        check_reference("image", image)
+    except ValueError as exc:
+        problems.append(str(exc))
     if problems:
         raise PlanError("; ".join(problems))
     return pool, instance, image
@@ -320,7 +323,7 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
     container = V1Container(
         name=CONTAINER,
         image=image,
-        image_pull_policy="IfNotPresent",
+        image_pull_policy=pull_policy(image),  # IfNotPresent for a digest, Always for a tag
         command=["python", "-m", "include.training.rendezvous"],
         args=torchrun_args(name, master, nodes, gpus, plan_json),
         env=[

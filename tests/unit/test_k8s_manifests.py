@@ -196,7 +196,8 @@ def test_role_is_bound_to_airflows_service_account_only():
 
 
 def test_service_accounts_carry_an_iam_role():
-    for name, namespace in (("airflow-worker", "airflow"), ("nemo-trainer", "llm-training")):
+    for name, namespace in (("airflow-worker", "airflow"), ("nemo-trainer", "llm-training"),
+                            ("llm-evaluator", "llm-training")):
         sa = objects()[("ServiceAccount", name)]
         assert sa["metadata"]["namespace"] == namespace
         assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")

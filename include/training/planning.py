@@ -52,6 +52,9 @@ def _check(problems: list[str], ok: bool, message: str) -> None:
 
 def validate_params(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Refuse combinations the schema cannot express; return the placement (pool, instance type)."""
+    from include.evaluation.gate import load_policy
+
+    load_policy(params.get("gate_policy") or None, profile=settings.profile)  # tighten-only, before any GPU time
     problems: list[str] = []
     nodes, gpus = params["nodes"], params["gpus_per_node"]
     tp, pp = params["tensor_parallel"], params["pipeline_parallel"]

@@ -1,4 +1,5 @@
-"""EKS profile: the headless Service that gives pod 0 of the Indexed Job its DNS name.
+"""EKS profile: the headless Service that gives pod 0 of the Indexed Job its DNS name, and the
+run's NetworkPolicy (ingress only from the run's own pods; include/cluster/network.py).
 
 Both calls go through the Airflow Kubernetes connection (`settings.kubernetes_conn_id`) and are
 idempotent: a retried setup finds the Service already there (409), a repeated teardown finds it
@@ -14,6 +15,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from include.cluster.network import run_network_policy
 from include.settings import Settings, get_settings
 from include.training.k8s_job import job_name, render
 from include.training.rendezvous import master_address
@@ -23,6 +25,12 @@ def _hook(settings: Settings):
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
     return KubernetesHook(conn_id=settings.kubernetes_conn_id)
+
+
+def _networking(hook):
+    from kubernetes.client import NetworkingV1Api
+
+    return NetworkingV1Api(hook.api_client)
 
 
 def job_state(job: Any) -> str:
@@ -43,14 +51,20 @@ def job_state(job: Any) -> str:
 def setup_rendezvous(plan: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or get_settings()
     launch = render(plan, settings)
-    core = _hook(settings).core_v1_client
+    hook = _hook(settings)
     try:
-        core.create_namespaced_service(namespace=launch.namespace, body=launch.service)
+        hook.core_v1_client.create_namespaced_service(namespace=launch.namespace, body=launch.service)
         created = True
     except ApiException as exc:
         if exc.status != 409:  # AlreadyExists: an earlier try made it; same name, same run
             raise
         created = False
+    try:  # the rendezvous port and NCCL accept only this run's pods (include/cluster/network.py)
+        _networking(hook).create_namespaced_network_policy(namespace=launch.namespace,
+                                                           body=run_network_policy(launch.service))
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
     return {
         "kind": "kubernetes",
         "master_addr": master_address(launch.name, launch.service.metadata.name, launch.namespace),
@@ -79,8 +93,10 @@ def teardown_rendezvous(plan: Mapping[str, Any], settings: Settings | None = Non
         except ApiException as exc:
             if exc.status != 404:
                 raise
-    try:
-        hook.core_v1_client.delete_namespaced_service(name=name, namespace=namespace)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    for delete in (hook.core_v1_client.delete_namespaced_service,
+                   _networking(hook).delete_namespaced_network_policy):  # both named like the Job
+        try:
+            delete(name=name, namespace=namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

@@ -120,7 +120,7 @@ def test_namespace_and_identity_exist_in_k8s():
     assert ("PriorityClass", m["spec"]["priorityClassName"]) in objects
     role = next(d for (kind, _), d in objects.items() if kind == "Role" and d["metadata"]["namespace"] == ns)
     pods = [r for r in role["rules"] if "pods" in r["resources"]]
-    assert pods and {"create", "get", "watch", "delete"} <= set(pods[0]["verbs"])
+    assert pods and {"create", "get", "list", "delete"} <= set(pods[0]["verbs"])
 
 
 def test_operator_submits_the_rendered_pod():

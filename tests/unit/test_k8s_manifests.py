@@ -179,7 +179,7 @@ def test_airflow_role_is_least_privilege():
                for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
     allowed = {"create", "get", "list", "watch", "patch", "delete"}
     assert set(granted) == {("batch", "jobs"), ("batch", "jobs/status"), ("", "pods"), ("", "pods/log"),
-                            ("", "services"), ("", "events")}
+                            ("", "services"), ("", "events"), ("networking.k8s.io", "networkpolicies")}
     assert all(verbs <= allowed for verbs in granted.values())
     assert granted[("", "pods/log")] == {"get"} and granted[("", "events")] <= {"get", "list", "watch"}
     assert "*" not in str(role["rules"])

@@ -14,6 +14,7 @@ def restricted_pod(user: int, fs_group_change_policy: str | None = None) -> V1Po
 
 
 def restricted_container() -> V1SecurityContext:
-    """Pod Security "restricted" for the container: non-root, no privilege escalation, no capabilities."""
+    """Pod Security "restricted" for the container: non-root, no privilege escalation, no capabilities,
+    and a read-only image filesystem (every path the process writes is a volume)."""
     return V1SecurityContext(allow_privilege_escalation=False, capabilities=V1Capabilities(drop=["ALL"]),
-                             run_as_non_root=True)
+                             run_as_non_root=True, read_only_root_filesystem=True)

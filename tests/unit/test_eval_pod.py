@@ -78,7 +78,8 @@ def test_pod_is_non_root_and_restricted():
     pod_sc, c_sc = m["spec"]["securityContext"], container(m)["securityContext"]
     assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] > 0
     assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert c_sc == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+    assert c_sc == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+                    "readOnlyRootFilesystem": True}
     assert m["spec"]["automountServiceAccountToken"] is False
     assert m["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
 

@@ -66,6 +66,8 @@ def test_every_writable_path_is_a_volume(image):
     assert not outside, f"{image}: {outside} would be written to the image's own filesystem"
     volumes = {v["name"] for v in spec["volumes"]}
     assert {m["name"] for m in spec["containers"][0]["volumeMounts"]} <= volumes
+    # so the image's own filesystem can be, and is, read-only
+    assert spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 def test_trainer_nemo_home_is_on_the_shared_volume_and_the_hf_token_a_secret():

@@ -13,15 +13,15 @@ is interpolated into a command string.
 
 Namespace: `settings.training_namespace` (llm-training), not the serving namespace, because
 - Airflow's Role there (k8s/training/rbac.yaml, airflow-job-launcher) already grants exactly what
-  KubernetesPodOperator needs (pods create/get/list/watch/patch/delete, pods/log, events); the
+  KubernetesPodOperator needs (pods create/get/list/patch/delete, pods/log, events); the
   serving namespace grants Airflow nothing;
 - its own ServiceAccount there (llm-evaluator, IRSA; k8s/training/iam/) reads the models and the eval
   set and writes only under the evaluations prefix: not the trainer's identity and write access;
 - llm-serving holds the live stable/canary vLLM Deployments; a batch job does not belong beside
   them (quotas, network policies and canary metrics stay about serving). The GPU it runs on is
   still the inference pool's: placement is by node selector, not by namespace.
-The namespace enforces Pod Security "baseline" and warns at "restricted"; this pod meets
-restricted (non-root, no privilege escalation, all capabilities dropped, RuntimeDefault seccomp).
+The namespace enforces Pod Security "restricted", which this pod meets (non-root, no privilege
+escalation, all capabilities dropped, RuntimeDefault seccomp, read-only root; writes go to volumes).
 
 Results: the pod writes result.json (and scores.jsonl, summary.json) under the job's output URI
 and /airflow/xcom/return.json. The Role deliberately does not grant pods/exec, which the XCom

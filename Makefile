@@ -12,6 +12,7 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	$(BIN)/python scripts/install_kubectl.py
+	bash scripts/install_checkov.sh
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -77,8 +77,8 @@ PARAMS = {
     **section(
         "Gate and registry",
         gate_policy=Param({}, type="object", title="Gate policy overrides",
-                          description="Merged over include/evaluation/policy.yaml, e.g. "
-                                      '{"confidence": 0.9, "metrics": {"rouge_score": {"floor": 0.1}}}.'),
+                          description="Merged over include/evaluation/policy.yaml; may only tighten it, e.g. "
+                                      '{"confidence": 0.9, "metrics": {"rouge_score": {"floor": 0.3}}}.'),
         promote=Param(DEFAULT["promote"], type="boolean", title="Promote to champion",
                       description="Move the champion alias to the new version (until the canary stage decides)."),
     ),

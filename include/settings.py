@@ -69,6 +69,13 @@ class Settings:
         for f in ("training_namespace", "serving_namespace", "training_pool", "experiment_pool",
                   "inference_pool"):
             _k8s_name(f"LLMOPS_{f.upper()}", getattr(self, f))
+        from include.images import check_reference
+
+        for f in ("trainer_image", "evaluator_image"):  # name@sha256:<digest> (deploy this) or name:tag
+            try:
+                check_reference(f"LLMOPS_{f.upper()}", getattr(self, f))
+            except ValueError as exc:
+                raise SettingsError(str(exc)) from None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -99,14 +99,14 @@ def _is_core(api_version: str) -> bool:
     return api_version.rpartition("/")[0] not in CRD_GROUPS
 
 
-def validation_errors(obj: Any) -> list[str]:
+def validation_errors(obj: Any, version: str = KUBERNETES_VERSION) -> list[str]:
     """Every schema error of one manifest, as 'Kind/name: field.path: message'."""
     manifest = to_manifest(obj)
     api_version, kind = manifest.get("apiVersion", ""), manifest.get("kind", "")
     label = f"{kind}/{(manifest.get('metadata') or {}).get('name', '?')}"
     if _is_core(api_version):
         try:
-            kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+            kubernetes_validate.validate(manifest, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             return [f"{label}: {'.'.join(map(str, exc.path)) or '(root)'}: {exc.message}"]
         except kubernetes_validate.SchemaNotFoundError as exc:

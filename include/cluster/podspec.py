@@ -53,7 +53,7 @@ def restricted_pod(user: int = RUN_AS_USER, fs_group_change_policy: str | None =
 def restricted_container() -> V1SecurityContext:
     """Pod Security "restricted" for the container: non-root, no privilege escalation, no capabilities."""
     return V1SecurityContext(allow_privilege_escalation=False, capabilities=V1Capabilities(drop=["ALL"]),
-                             run_as_non_root=True)
+                             run_as_non_root=True, read_only_root_filesystem=True)
 
 
 def shm(size: str) -> tuple[V1Volume, V1VolumeMount]:

@@ -1,5 +1,6 @@
 """EKS profile of the container-job seam: pool placement, the rendered Job's preflight, the
-headless Service that gives pod 0 of the Indexed Job its DNS name, and the evaluator's job.
+headless Service that gives pod 0 of the Indexed Job its DNS name with the run's NetworkPolicy
+(ingress only from the run's own pods; include/cluster/network.py), and the evaluator's job.
 
 Both calls go through the Airflow Kubernetes connection (`settings.kubernetes_conn_id`) and are
 idempotent: a retried setup finds the Service already there (409), a repeated teardown finds it
@@ -15,6 +16,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from include.cluster.network import run_network_policy
 from include.settings import Settings, get_settings
 from include.training.k8s_job import job_name, render, rendezvous_service
 from include.training.rendezvous import master_address
@@ -66,6 +68,12 @@ def _hook(settings: Settings):
     return KubernetesHook(conn_id=settings.kubernetes_conn_id)
 
 
+def _networking(hook):
+    from kubernetes.client import NetworkingV1Api
+
+    return NetworkingV1Api(hook.api_client)
+
+
 def job_state(job: Any) -> str:
     """'succeeded', 'failed' or 'active' from a V1Job's conditions (status compared as the string 'True').
 
@@ -85,14 +93,19 @@ def setup_rendezvous(plan: Mapping[str, Any], settings: Settings | None = None) 
     settings = settings or get_settings()
     service = rendezvous_service(plan, settings)  # the Job is rendered by preflight and by the launch
     name, namespace = service.metadata.name, service.metadata.namespace
-    core = _hook(settings).core_v1_client
+    hook = _hook(settings)
     try:
-        core.create_namespaced_service(namespace=namespace, body=service)
+        hook.core_v1_client.create_namespaced_service(namespace=namespace, body=service)
         created = True
     except ApiException as exc:
         if exc.status != 409:  # AlreadyExists: an earlier try made it; same name, same run
             raise
         created = False
+    try:  # the rendezvous port and NCCL accept only this run's pods (include/cluster/network.py)
+        _networking(hook).create_namespaced_network_policy(namespace=namespace, body=run_network_policy(service))
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
     return {
         "kind": "kubernetes",
         "master_addr": master_address(name, name, namespace),
@@ -121,8 +134,10 @@ def teardown_rendezvous(plan: Mapping[str, Any], settings: Settings | None = Non
         except ApiException as exc:
             if exc.status != 404:
                 raise
-    try:
-        hook.core_v1_client.delete_namespaced_service(name=name, namespace=namespace)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    for delete in (hook.core_v1_client.delete_namespaced_service,
+                   _networking(hook).delete_namespaced_network_policy):  # both named like the Job
+        try:
+            delete(name=name, namespace=namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

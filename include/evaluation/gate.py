@@ -71,9 +71,62 @@ def load_policy(overrides: Mapping[str, Any] | None = None, *, profile: str | No
             raise InputError(f"gate policy override: expected a mapping, got {type(overrides).__name__}")
         if "profiles" in overrides or "profile" in overrides:
             raise InputError("gate policy override: set keys of the resolved policy, not 'profiles'/'profile'")
+        unknown = [f"gate_policy.{key}: not a key a trigger may set (allowed: {sorted(OVERRIDE_KEYS)})"
+                   for key in overrides if key not in OVERRIDE_KEYS]
+        if unknown:
+            raise InputError("\n".join(unknown))
+        base = validate_policy({**resolved, "profile": profile})
+        merged = validate_policy({**deep_merge(resolved, overrides), "profile": profile})
+        problems = loosenings(base, overrides, merged, profile)
+        if problems:
+            raise InputError("gate_policy may only tighten the reviewed policy (include/evaluation/policy.yaml; "
+                             "loosening it is a reviewed change there):\n  - " + "\n  - ".join(problems))
         resolved = deep_merge(resolved, overrides)
     resolved["profile"] = profile
     return validate_policy(resolved)
+
+
+# Keys a trigger may set, and which way is tighter. Raising `confidence` widens the bootstrap
+# interval, so fewer regressions are caught: only a lower (or equal) confidence is tighter here.
+_NOT_ABOVE = ("margin", "confidence")
+_NOT_BELOW = ("n_bootstrap", "min_pairs")
+OVERRIDE_KEYS = {"metrics", *_NOT_ABOVE, *_NOT_BELOW}
+
+
+def loosenings(base: Mapping[str, Any], overrides: Mapping[str, Any], merged: Mapping[str, Any],
+               profile: str) -> list[str]:
+    """Every way `overrides` loosens `base` (both validated), each naming the gate_policy field."""
+    problems: list[str] = []
+    for key in _NOT_ABOVE:
+        if key in overrides and merged[key] > base[key]:
+            problems.append(f"gate_policy.{key}={overrides[key]!r}: may not exceed the policy's {base[key]}")
+    for key in _NOT_BELOW:
+        if key in overrides and merged[key] < base[key]:
+            problems.append(f"gate_policy.{key}={overrides[key]!r}: may not be below the policy's {base[key]}")
+    metrics = overrides.get("metrics", {})
+    if not isinstance(metrics, Mapping):
+        return [*problems, f"gate_policy.metrics={metrics!r}: expected a mapping of metric -> {{floor, margin, "
+                           "required}"]
+    from include.evaluation.scoring import METRICS_BY_PROFILE
+
+    known = METRICS_BY_PROFILE.get(profile, ())
+    for name in metrics:
+        field = f"gate_policy.metrics.{name}"
+        if name not in base["metrics"] and name not in known:
+            problems.append(f"{field}: not a metric the {profile} evaluator scores ({', '.join(known)})")
+        if name not in base["metrics"]:
+            continue
+        if name not in merged["metrics"]:
+            problems.append(f"{field}: may not be removed from the gate")
+            continue
+        was, now = base["metrics"][name], merged["metrics"][name]
+        if was["floor"] is not None and (now["floor"] is None or now["floor"] < was["floor"]):
+            problems.append(f"{field}.floor={now['floor']!r}: may not be below the policy's {was['floor']}")
+        if now["margin"] > was["margin"]:
+            problems.append(f"{field}.margin={now['margin']!r}: may not exceed the policy's {was['margin']}")
+        if was["required"] and not now["required"]:
+            problems.append(f"{field}.required=false: the policy requires this metric")
+    return problems
 
 
 def _number(problems: list[str], name: str, value: Any, *, low: float | None = None, high: float | None = None,

@@ -13,15 +13,15 @@ is interpolated into a command string.
 
 Namespace: `settings.training_namespace` (llm-training), not the serving namespace, because
 - Airflow's Role there (k8s/training/rbac.yaml, airflow-job-launcher) already grants exactly what
-  KubernetesPodOperator needs (pods create/get/list/watch/patch/delete, pods/log, events); the
+  KubernetesPodOperator needs (pods create/get/list/patch/delete, pods/log, events); the
   serving namespace grants Airflow nothing;
-- the ServiceAccount there (nemo-trainer, IRSA) already reads the data root and the model bucket
-  and writes under the data root: what the evaluator does with the model and eval set;
+- its own ServiceAccount there (llm-evaluator, IRSA; k8s/training/iam/) reads the models and the eval
+  set and writes only under the evaluations prefix: not the trainer's identity and write access;
 - llm-serving holds the live stable/canary vLLM Deployments; a batch job does not belong beside
   them (quotas, network policies and canary metrics stay about serving). The GPU it runs on is
   still the inference pool's: placement is by node selector, not by namespace.
-The namespace enforces Pod Security "baseline" and warns at "restricted"; this pod meets
-restricted (non-root, no privilege escalation, all capabilities dropped, RuntimeDefault seccomp).
+The namespace enforces Pod Security "restricted", which this pod meets (non-root, no privilege
+escalation, all capabilities dropped, RuntimeDefault seccomp, read-only root; writes go to volumes).
 
 Results: the pod writes result.json (and scores.jsonl, summary.json) under the job's output URI
 and /airflow/xcom/return.json. The Role deliberately does not grant pods/exec, which the XCom
@@ -55,15 +55,19 @@ from include.cluster import podspec
 from include.cluster.pools import GPU, Pool, get_pool
 from include.cluster.preflight import as_manifest, check_pod_placement
 from include.evaluation.job import JobError, job_argument
+from include.images import pull_policy
 from include.settings import Settings, get_settings
 
 CONTAINER = "evaluator"
 COMMAND = ["python", "-m", "include.evaluation.entrypoint"]
-SERVICE_ACCOUNT = "nemo-trainer"  # k8s/training/serviceaccount.yaml: S3 via IRSA (see module docstring)
+SERVICE_ACCOUNT = "llm-evaluator"  # k8s/training/serviceaccount.yaml: read-only S3 via IRSA
 RUN_AS_USER = podspec.RUN_AS_USER  # images/evaluator/Dockerfile's non-root user
 JUDGE_SECRET = "llm-judge"
 JUDGE_SECRET_KEY = "api-key"
 SCRATCH = "/scratch"
+HOME, XCOM_DIR, TMP = "/home/evaluator", "/airflow/xcom", "/tmp"
+# Every path the evaluator writes is a volume (the root filesystem is read-only).
+WRITABLE = {"scratch": SCRATCH, "home": HOME, "xcom": XCOM_DIR, "tmp": TMP}
 XCOM_PATH = "/airflow/xcom/return.json"
 DEFAULT_NAME = "llm-eval"
 GPUS = 1
@@ -129,7 +133,7 @@ def render_pod(job: Mapping[str, Any], settings: Settings | None = None, *, name
     container = V1Container(
         name=CONTAINER,
         image=settings.evaluator_image,
-        image_pull_policy="IfNotPresent",
+        image_pull_policy=pull_policy(settings.evaluator_image),  # IfNotPresent for a digest, Always for a tag
         command=list(COMMAND),
         args=["--job", argument],
         env=[
@@ -148,7 +152,7 @@ def render_pod(job: Mapping[str, Any], settings: Settings | None = None, *, name
                 secret_key_ref=V1SecretKeySelector(name=JUDGE_SECRET, key=JUDGE_SECRET_KEY, optional=True))),
         ],
         resources=V1ResourceRequirements(**resources_for(pool)),
-        volume_mounts=[shm_mount, V1VolumeMount(name="scratch", mount_path=SCRATCH)],
+        volume_mounts=[shm_mount, *(V1VolumeMount(name=n, mount_path=p) for n, p in WRITABLE.items())],
         security_context=podspec.restricted_container(),
     )
     pod = V1Pod(
@@ -159,7 +163,8 @@ def render_pod(job: Mapping[str, Any], settings: Settings | None = None, *, name
         spec=podspec.pod_spec(
             pool,
             [container],
-            [shm_volume, V1Volume(name="scratch", empty_dir=V1EmptyDirVolumeSource(size_limit=SCRATCH_LIMIT))],
+            [shm_volume, *(V1Volume(name=n, empty_dir=V1EmptyDirVolumeSource(size_limit=SCRATCH_LIMIT if n == "scratch"
+                                                                              else None)) for n in WRITABLE)],
             service_account=SERVICE_ACCOUNT,
             active_deadline_seconds=ACTIVE_DEADLINE_S,
             termination_grace_period_seconds=TERMINATION_GRACE_S,

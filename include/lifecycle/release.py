@@ -88,7 +88,7 @@ def gate(plan: dict, dataset: dict, jobs: dict, policy_overrides: dict | None, s
                                 lineage(plan, dataset, settings), run_name=plan["run_name"])
     manifest = files.read_bytes(f"{dataset['uri']}/manifest.json")
     reg.log_artifacts(run, {"data/manifest.json": manifest, "eval/decision.json": json.dumps(decision, indent=2),
-                            "eval/report.html": report,
+                            "eval/report.html": report, "eval/policy.json": json.dumps(decision["policy"], indent=2),
                             "eval/candidate_scores.jsonl": "\n".join(json.dumps(r) for r in candidate)})
     means = {f"eval.{m}": v["candidate_mean"] for m, v in decision["metrics"].items()
              if v["candidate_mean"] is not None}

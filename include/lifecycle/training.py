@@ -16,9 +16,13 @@ from include.settings import Settings, get_settings
 @fail_fast
 def validate_params(params: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
     """Refuse bad trigger params before anything is planned; return the placement."""
+    from include.evaluation.gate import load_policy
     from include.training.planning import validate_params as check
 
-    return check(params, container_jobs(settings))
+    placement = check(params, container_jobs(settings))
+    # The gate may only be tightened from a trigger: checked here, before any GPU time is spent.
+    load_policy(params.get("gate_policy") or None, profile=(settings or get_settings()).profile)
+    return placement
 
 
 @fail_fast

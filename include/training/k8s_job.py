@@ -30,6 +30,7 @@ from kubernetes.client import (
     V1Affinity,
     V1Container,
     V1ContainerPort,
+    V1EmptyDirVolumeSource,
     V1EnvVar,
     V1EnvVarSource,
     V1Job,
@@ -46,6 +47,7 @@ from kubernetes.client import (
     V1PodFailurePolicyRule,
     V1PodTemplateSpec,
     V1ResourceRequirements,
+    V1SecretKeySelector,
     V1Service,
     V1ServicePort,
     V1ServiceSpec,
@@ -58,6 +60,7 @@ from include.cluster.pools import EFA, GPU, PLAN_POOLS, InstanceType, Pool, pool
 from include.cluster.preflight import as_manifest, check_pod_placement
 from include.container import USER_ERROR_EXIT_CODE
 from include.errors import InputError
+from include.images import check_reference, pull_policy
 from include.settings import Settings, get_settings
 from include.training.params import PARAM_RULES
 from include.training.plan import trainer_plan
@@ -78,6 +81,12 @@ SERVICE_ACCOUNT = "nemo-trainer"  # k8s/training/serviceaccount.yaml
 CHECKPOINT_CLAIM = "llm-checkpoints"  # k8s/training/pvc.yaml
 CHECKPOINT_MOUNT = "/checkpoints"
 RUN_AS_USER = podspec.RUN_AS_USER  # the trainer image's non-root user (images/nemo-trainer/Dockerfile)
+# NeMo converts the base model once into NEMO_HOME: on the shared FSx volume, every rank and run reuse it.
+NEMO_HOME = f"{CHECKPOINT_MOUNT}/nemo-home"
+HF_SECRET, HF_SECRET_KEY = "hf-token", "token"  # optional: only gated base models (Llama) need it
+# Writable paths besides the checkpoints: volumes, never the image's filesystem.
+HOME, XCOM_DIR, TMP = "/home/trainer", "/airflow/xcom", "/tmp"
+WRITABLE = {"checkpoints": CHECKPOINT_MOUNT, "home": HOME, "xcom": XCOM_DIR, "tmp": TMP}
 
 BACKOFF_LIMIT_PER_INDEX = 3
 TORCHRUN_MAX_RESTARTS = 3  # survivors re-rendezvous when one node is replaced
@@ -156,8 +165,10 @@ def _validate(plan: Mapping[str, Any], settings: Settings) -> tuple[Pool, Instan
         problems.append(f"checkpoint_dir={checkpoint!r}: must be under {CHECKPOINT_MOUNT}/, the shared "
                         "FSx volume every rank mounts")
     image = plan.get("image") or settings.trainer_image
-    if not isinstance(image, str) or not image or any(c.isspace() for c in image):
-        problems.append(f"image={image!r}: expected a container image reference")
+    try:
+        check_reference("image", image)
+    except ValueError as exc:
+        problems.append(str(exc))
     if problems:
         raise InputError("; ".join(problems))
     return pool, instance, image
@@ -180,8 +191,10 @@ def torchrun_args(name: str, master: str, nodes: int, gpus_per_node: int, plan_j
     ]
 
 
-def rendezvous_env(master: str, nodes: int, gpus_per_node: int) -> list[V1EnvVar]:
-    """The same rank environment the local launcher gives its processes."""
+def rendezvous_env(master: str, nodes: int, gpus_per_node: int,
+                   wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> list[V1EnvVar]:
+    """The same rank environment the local launcher gives its processes; workers wait for rank 0's
+    store up to the plan's rendezvous_timeout_s."""
     index = V1EnvVarSource(field_ref=V1ObjectFieldSelector(
         field_path=f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"))
     return [
@@ -190,7 +203,7 @@ def rendezvous_env(master: str, nodes: int, gpus_per_node: int) -> list[V1EnvVar
         V1EnvVar(name="NNODES", value=str(nodes)),
         V1EnvVar(name="NPROC_PER_NODE", value=str(gpus_per_node)),
         V1EnvVar(name="NODE_RANK", value_from=index),
-        V1EnvVar(name=WAIT_TIMEOUT_ENV, value=str(int(DEFAULT_WAIT_TIMEOUT_S))),
+        V1EnvVar(name=WAIT_TIMEOUT_ENV, value=str(int(wait_timeout_s))),
     ]
 
 
@@ -278,21 +291,24 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
     container = V1Container(
         name=CONTAINER,
         image=image,
-        image_pull_policy="IfNotPresent",
+        image_pull_policy=pull_policy(image),  # IfNotPresent for a digest, Always for a tag
         command=["python", "-m", "include.training.rendezvous"],
         args=torchrun_args(name, master, nodes, gpus, plan_json),
         env=[
-            *rendezvous_env(master, nodes, gpus),
+            *rendezvous_env(master, nodes, gpus, plan.get("rendezvous_timeout_s", DEFAULT_WAIT_TIMEOUT_S)),
             *nccl_env(instance, efa),
             V1EnvVar(name="LLMOPS_PROFILE", value="eks"),
             V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
+            V1EnvVar(name="NEMO_HOME", value=NEMO_HOME),
+            V1EnvVar(name="HF_TOKEN", value_from=V1EnvVarSource(
+                secret_key_ref=V1SecretKeySelector(name=HF_SECRET, key=HF_SECRET_KEY, optional=True))),
         ],
         ports=[V1ContainerPort(name="rdzv", container_port=MASTER_PORT, protocol="TCP")],
         resources=V1ResourceRequirements(
             requests={"cpu": cpu, "memory": memory, **devices},
             limits={"memory": memory, **devices},
         ),
-        volume_mounts=[shm_mount, V1VolumeMount(name="checkpoints", mount_path=CHECKPOINT_MOUNT)],
+        volume_mounts=[shm_mount, *(V1VolumeMount(name=n, mount_path=p) for n, p in WRITABLE.items())],
         security_context=podspec.restricted_container(),
     )
     affinity = None
@@ -306,7 +322,9 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
         pool,
         [container],
         [shm_volume, V1Volume(name="checkpoints",
-                              persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(claim_name=CHECKPOINT_CLAIM))],
+                              persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(claim_name=CHECKPOINT_CLAIM)),
+         # HOME (HF_HOME and other caches), the XCom file and /tmp: the image's filesystem is read-only
+         *(V1Volume(name=n, empty_dir=V1EmptyDirVolumeSource()) for n in ("home", "xcom", "tmp"))],
         service_account=SERVICE_ACCOUNT,
         instance_type=instance.name,
         # OnRootMismatch: no recursive chown of a large FSx volume on every start

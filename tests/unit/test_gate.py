@@ -174,17 +174,15 @@ def test_the_repo_policy_resolves_per_profile_and_takes_overrides():
     assert "faithfulness" not in local["metrics"] and eks["metrics"]["faithfulness"]["floor"] == 0.7
     assert eks["metrics"]["answer_relevancy"]["margin"] == eks["margin"] == 0.01
     assert all(isinstance(s["floor"], float) for s in local["metrics"].values())
-    over = gate.load_policy({"margin": 0.05, "metrics": {"bleu_score": None, METRIC: {"floor": 0.5}}},
-                            profile="local")
-    assert "bleu_score" not in over["metrics"] and over["metrics"][METRIC] == {"floor": 0.5, "margin": 0.05,
-                                                                               "required": True}
-    assert gate.gated_metrics(over) == [m for m in local["metrics"] if m != "bleu_score"]
+    over = gate.load_policy({"margin": 0.005, "metrics": {METRIC: {"floor": 0.9}}}, profile="eks")
+    assert over["metrics"][METRIC] == {"floor": 0.9, "margin": 0.005, "required": True}
+    assert gate.gated_metrics(over) == list(eks["metrics"])  # overrides tighten; they never drop a metric
 
 
 def test_a_bad_policy_names_every_problem():
     with pytest.raises(InputError) as err:
-        gate.load_policy({"confidence": 1.5, "n_bootstrap": 10, "margni": 0.1, "metrics": {METRIC: {"floor": "hi"}}},
-                         profile="local")
+        gate.validate_policy({**gate.load_policy(profile="local"), "confidence": 1.5, "n_bootstrap": 10,
+                              "margni": 0.1, "metrics": {METRIC: {"floor": "hi"}}})
     text = str(err.value)
     for needle in ("confidence=1.5", "n_bootstrap=10", "unknown keys ['margni']", "metrics.semantic_similarity.floor"):
         assert needle in text

@@ -281,7 +281,7 @@ def test_plan_errors_are_listed_together():
         ({"pool": "inference"}, "expected one of production, experiment"),
         ({"instance_type": "g5.xlarge"}, "pool gpu-training-pool allows p5.48xlarge, p4d.24xlarge"),
         ({"gpus_per_node": 4}, "multi-node runs take whole nodes; set it to 8"),
-        ({"image": "bad image"}, "container image reference"),
+        ({"image": "bad image"}, "an image reference"),
     ],
 )
 def test_plan_refusals(change, match):

@@ -179,7 +179,7 @@ def test_airflow_role_is_least_privilege():
                for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
     allowed = {"create", "get", "list", "watch", "patch", "delete"}
     assert set(granted) == {("batch", "jobs"), ("batch", "jobs/status"), ("", "pods"), ("", "pods/log"),
-                            ("", "services"), ("", "events")}
+                            ("", "services"), ("", "events"), ("networking.k8s.io", "networkpolicies")}
     assert all(verbs <= allowed for verbs in granted.values())
     assert granted[("", "pods/log")] == {"get"} and granted[("", "events")] <= {"get", "list", "watch"}
     assert "*" not in str(role["rules"])
@@ -196,7 +196,8 @@ def test_role_is_bound_to_airflows_service_account_only():
 
 
 def test_service_accounts_carry_an_iam_role():
-    for name, namespace in (("airflow-worker", "airflow"), ("nemo-trainer", "llm-training")):
+    for name, namespace in (("airflow-worker", "airflow"), ("nemo-trainer", "llm-training"),
+                            ("llm-evaluator", "llm-training")):
         sa = objects()[("ServiceAccount", name)]
         assert sa["metadata"]["namespace"] == namespace
         assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")

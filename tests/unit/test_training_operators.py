@@ -19,7 +19,7 @@ import pytest
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from airflow.providers.cncf.kubernetes.triggers.job import KubernetesJobTrigger
 from airflow.sdk.exceptions import TaskDeferred
-from kubernetes.client import ApiClient, BatchV1Api, Configuration, CoreV1Api
+from kubernetes.client import ApiClient, BatchV1Api, Configuration, CoreV1Api, NetworkingV1Api
 from kubernetes.client.exceptions import ApiException
 from llmops_operators import k8s_training
 from llmops_operators.k8s_training import KubernetesTrainingJobOperator
@@ -54,6 +54,7 @@ class FakeCluster:
         self.calls: list[tuple[str, dict]] = []
         self.jobs: dict[tuple[str, str], dict] = {}
         self.services: dict[tuple[str, str], dict] = {}
+        self.network_policies: dict[tuple[str, str], dict] = {}
         self.pods: dict[tuple[str, str], list[dict]] = {}
         self.pods_visible_after_lists = 0  # the Job controller is a little late creating pods
         self.reads_until_deleted = 1  # a Foreground delete takes a while to finish
@@ -131,6 +132,22 @@ class FakeCluster:
             raise _api_error(404, "NotFound")
         return {"kind": "Status", "status": "Success"}
 
+    # -- networking.k8s.io/v1 --
+    def create_namespaced_network_policy(self, namespace, body, **kwargs):
+        body = _api.sanitize_for_serialization(body)
+        self.calls.append(("create_namespaced_network_policy", {"namespace": namespace, "body": body}))
+        key = (namespace, body["metadata"]["name"])
+        if key in self.network_policies:
+            raise _api_error(409, "AlreadyExists")
+        self.network_policies[key] = body
+        return _model(body, "V1NetworkPolicy")
+
+    def delete_namespaced_network_policy(self, name, namespace, **kwargs):
+        self.calls.append(("delete_namespaced_network_policy", {"name": name, "namespace": namespace}))
+        if self.network_policies.pop((namespace, name), None) is None:
+            raise _api_error(404, "NotFound")
+        return {"kind": "Status", "status": "Success"}
+
 
 @pytest.fixture(autouse=True)
 def fresh_settings():
@@ -151,7 +168,9 @@ def cluster(monkeypatch) -> FakeCluster:
     for api, methods in ((BatchV1Api, ("create_namespaced_job", "read_namespaced_job_status",
                                        "delete_namespaced_job")),
                          (CoreV1Api, ("list_namespaced_pod", "create_namespaced_service",
-                                      "delete_namespaced_service"))):
+                                      "delete_namespaced_service")),
+                         (NetworkingV1Api, ("create_namespaced_network_policy",
+                                            "delete_namespaced_network_policy"))):
         for method in methods:
             monkeypatch.setattr(api, method, lambda _self, *a, _m=method, **kw: getattr(fake, _m)(*a, **kw))
     monkeypatch.setattr(k8s_training, "DELETE_POLL_S", 0)
@@ -345,6 +364,11 @@ def test_setup_rendezvous_creates_the_service_once_and_tolerates_409(cluster):
     assert body["spec"]["selector"] == {JOB_LABEL: launch.name}
     assert first["created"] is True and second["created"] is False
     assert first["master_addr"] == f"{launch.name}-0.{launch.name}.{launch.namespace}.svc"
+    # and the run's NetworkPolicy: ingress to exactly the Service's pods, from exactly them
+    policy = cluster.network_policies[(launch.namespace, launch.name)]
+    assert len(cluster.calls_of("create_namespaced_network_policy")) == 2 and len(cluster.network_policies) == 1
+    assert policy["spec"]["podSelector"] == {"matchLabels": body["spec"]["selector"]}
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": body["spec"]["selector"]}}]}]
 
 
 def test_setup_rendezvous_raises_other_api_errors(cluster, monkeypatch):
@@ -362,7 +386,8 @@ def test_teardown_deletes_the_service_and_tolerates_404(cluster):
     k8s_compute.teardown_rendezvous(plan)
     k8s_compute.teardown_rendezvous(plan)  # already gone: fine
     assert cluster.calls_of("delete_namespaced_service") == [{"name": launch.name, "namespace": launch.namespace}] * 2
-    assert cluster.services == {}
+    assert cluster.services == {} and cluster.network_policies == {}
+    assert len(cluster.calls_of("delete_namespaced_network_policy")) == 2
     assert cluster.calls_of("delete_namespaced_job") == []  # no Job: nothing to stop
 
 

@@ -1,0 +1,99 @@
+"""Who may talk to whom in llm-training: k8s/training/networkpolicies.yaml plus the per-run policy,
+evaluated against the labels of the pods the renderers actually produce."""
+
+from __future__ import annotations
+
+import pytest
+
+from include.cluster.network import run_network_policy
+from include.cluster.preflight import as_manifest
+from include.evaluation.k8s_pod import manifest as evaluator_manifest
+from include.settings import Settings
+from include.training.k8s_job import MASTER_PORT, render
+from tests.k8s_schemas import REPO_ROOT, manifests_from_files, validate
+from tests.network_policy import Endpoint, allowed, connects
+from tests.unit.test_eval_pod import job as eval_job
+from tests.unit.test_k8s_job import plan as train_plan
+
+SETTINGS = Settings(profile="eks", data_root="s3://llmops-data/prod")
+NS = SETTINGS.training_namespace
+S3 = Endpoint(ip="52.216.10.20")
+STS_ENDPOINT = Endpoint(ip="10.0.3.7")
+INTERNET = Endpoint(ip="140.82.112.3")
+IMDS = Endpoint(ip="169.254.169.254")
+DNS = Endpoint.pod("kube-system", {"k8s-app": "kube-dns"})
+JUDGE = Endpoint.pod("llm-serving", {"app.kubernetes.io/name": "judge"})
+AIRFLOW = Endpoint.pod("airflow", {"component": "worker"})
+STRANGER = Endpoint.pod(NS, {"app": "debug-shell"})
+
+
+def static_policies() -> list[dict]:
+    return [d for d in manifests_from_files(REPO_ROOT / "k8s") if d["kind"] == "NetworkPolicy"]
+
+
+def launch(run_id: str):
+    return render(train_plan(run_id=run_id), SETTINGS)
+
+
+def trainer(launch_) -> Endpoint:
+    return Endpoint.pod(NS, as_manifest(launch_.job)["spec"]["template"]["metadata"]["labels"])
+
+
+RUN_A, RUN_B = launch("manual__a"), launch("manual__b")
+POLICIES = [*static_policies(), *(as_manifest(run_network_policy(r.service)) for r in (RUN_A, RUN_B))]
+EVALUATOR = Endpoint.pod(NS, evaluator_manifest(eval_job(), SETTINGS)["metadata"]["labels"])
+
+
+def test_all_policies_validate_and_live_in_the_training_namespace():
+    for p in POLICIES:
+        validate(p)
+        assert p["metadata"]["namespace"] == NS
+
+
+def test_the_rendezvous_port_is_the_one_the_pods_use():
+    container = as_manifest(RUN_A.job)["spec"]["template"]["spec"]["containers"][0]
+    assert {p["containerPort"] for p in container["ports"]} == {MASTER_PORT}
+    assert f"--rdzv-endpoint={RUN_A.name}-0.{RUN_A.name}.{NS}.svc:{MASTER_PORT}" in container["args"]
+
+
+@pytest.mark.parametrize("port", [MASTER_PORT, 29501, 43817])  # c10d store, torchrun's worker store, NCCL
+def test_a_run_reaches_itself_on_every_port(port):
+    assert connects(POLICIES, trainer(RUN_A), trainer(RUN_A), port)
+
+
+@pytest.mark.parametrize("source", ["other run", "evaluator", "airflow", "stranger"])
+def test_nobody_else_reaches_a_run(source):
+    src = {"other run": trainer(RUN_B), "evaluator": EVALUATOR, "airflow": AIRFLOW, "stranger": STRANGER}[source]
+    assert not connects(POLICIES, src, trainer(RUN_A), MASTER_PORT)
+    assert not allowed(POLICIES, trainer(RUN_A), src, "Ingress", MASTER_PORT)
+
+
+def test_without_its_policy_a_run_cannot_rendezvous():
+    """The per-run policy is what opens the port: the static ones deny all ingress."""
+    assert not connects(static_policies(), trainer(RUN_A), trainer(RUN_A), MASTER_PORT)
+
+
+def test_the_run_policy_selects_exactly_what_the_service_selects():
+    policy = as_manifest(run_network_policy(RUN_A.service))
+    selector = as_manifest(RUN_A.service)["spec"]["selector"]
+    assert policy["spec"]["podSelector"] == {"matchLabels": selector}
+    assert policy["metadata"]["name"] == RUN_A.name and "ports" not in policy["spec"]["ingress"][0]
+
+
+@pytest.mark.parametrize(("who", "dest", "port", "protocol", "ok"), [
+    ("trainer", DNS, 53, "UDP", True), ("trainer", DNS, 53, "TCP", True),
+    ("trainer", S3, 443, "TCP", True), ("trainer", STS_ENDPOINT, 443, "TCP", True),
+    ("trainer", S3, 80, "TCP", False), ("trainer", INTERNET, 443, "TCP", False),
+    ("trainer", IMDS, 80, "TCP", False), ("trainer", JUDGE, 8000, "TCP", False),
+    ("evaluator", DNS, 53, "UDP", True), ("evaluator", S3, 443, "TCP", True),
+    ("evaluator", JUDGE, 8000, "TCP", True), ("evaluator", JUDGE, 22, "TCP", False),
+    ("evaluator", INTERNET, 443, "TCP", False), ("evaluator", IMDS, 80, "TCP", False),
+    ("stranger", S3, 443, "TCP", False), ("stranger", DNS, 53, "UDP", True),
+])
+def test_egress_is_dns_aws_endpoints_and_the_judge_only(who, dest, port, protocol, ok):
+    src = {"trainer": trainer(RUN_A), "evaluator": EVALUATOR, "stranger": STRANGER}[who]
+    assert allowed(POLICIES, src, dest, "Egress", port, protocol) is ok
+
+
+def test_evaluator_cannot_reach_the_trainers():
+    assert not connects(POLICIES, EVALUATOR, trainer(RUN_A), MASTER_PORT)

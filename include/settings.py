@@ -55,6 +55,7 @@ class Settings:
     checkpoint_root: str = ""  # a shared filesystem; default: <repo>/.data/checkpoints or /checkpoints (FSx)
     trainer_image: str = "ghcr.io/llmops-finetune/nemo-trainer:0.1.0"
     evaluator_image: str = "ghcr.io/llmops-finetune/evaluator:0.1.0"
+    windows_file: str = ""  # off-hours windows and admission budgets; default include/scheduling/windows.yaml
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:

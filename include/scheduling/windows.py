@@ -211,6 +211,7 @@ def _window(field: str, raw: dict) -> Window:
 class Schedule:
     pools: dict[str, PoolWindows]
     admission: dict[str, float]
+    cleanup: dict[str, float]
 
     def pool(self, kind: str) -> PoolWindows:
         if kind not in self.pools:
@@ -218,8 +219,11 @@ class Schedule:
         return self.pools[kind]
 
 
-ADMISSION_KEYS = {"cost_budget_usd_per_window": (0, 1e7), "local_gpu_slots": (1, 1024),
-                  "local_seconds_per_step": (0, 3600), "stop_grace_s": (1, 3600)}
+SECTIONS = {
+    "admission": {"cost_budget_usd_per_window": (0, 1e7), "local_gpu_slots": (1, 1024),
+                  "local_seconds_per_step": (0, 3600), "local_stop_grace_s": (1, 3600)},
+    "cleanup": {"checkpoint_days": (0, 3650), "staging_hours": (0, 8760), "finished_job_ttl_hours": (0, 8760)},
+}
 
 
 def parse(doc: dict, source: str = "windows.yaml") -> Schedule:
@@ -235,13 +239,15 @@ def parse(doc: dict, source: str = "windows.yaml") -> Schedule:
             budgets[part] = tuple(_budget(f"pools.{kind}.budgets.{part}[{i}]", b)
                                   for i, b in enumerate((spec.get("budgets") or {}).get(part) or ()))
         pools[kind] = PoolWindows(kind, windows, budgets)
-    admission = {}
-    for key, (low, high) in ADMISSION_KEYS.items():
-        value = (doc.get("admission") or {}).get(key)
-        if not isinstance(value, int | float) or not low <= value <= high:
-            raise WindowError(f"{source}: admission.{key}={value!r}: expected a number in [{low}, {high}]")
-        admission[key] = value
-    return Schedule(pools, admission)
+    sections: dict[str, dict[str, float]] = {}
+    for section, keys in SECTIONS.items():
+        sections[section] = {}
+        for key, (low, high) in keys.items():
+            value = (doc.get(section) or {}).get(key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+                raise WindowError(f"{source}: {section}.{key}={value!r}: expected a number in [{low}, {high}]")
+            sections[section][key] = value
+    return Schedule(pools, **sections)
 
 
 def load(path: str | Path | None = None) -> Schedule:

@@ -17,13 +17,14 @@ from tests.k8s_schemas import REPO_ROOT, require_crds, validate
 
 NODEPOOLS = REPO_ROOT / "k8s" / "karpenter" / "nodepools.yaml"
 NY = {"name": "nights", "cron": "0 20 * * 1-5", "duration": "10h", "timezone": "America/New_York"}
+CLEANUP = {"checkpoint_days": 14, "staging_hours": 24, "finished_job_ttl_hours": 96}
 ADMISSION = {"cost_budget_usd_per_window": 100, "local_gpu_slots": 2, "local_seconds_per_step": 1,
-             "stop_grace_s": 30}
+             "local_stop_grace_s": 30}
 
 
 def schedule(*wins, budgets=None):
     return parse({"pools": {"experiment": {"windows": list(wins), "budgets": budgets or {}}},
-                  "admission": ADMISSION})
+                  "admission": ADMISSION, "cleanup": CLEANUP})
 
 
 def utc(*args) -> datetime:
@@ -170,4 +171,4 @@ def test_bad_budgets_and_admission_name_the_field():
     with pytest.raises(WindowError, match=r"nodes='lots'"):
         schedule(NY, budgets={"always": [{"nodes": "lots"}]})
     with pytest.raises(WindowError, match=r"admission\.local_gpu_slots=0"):
-        parse({"pools": {}, "admission": {**ADMISSION, "local_gpu_slots": 0}})
+        parse({"pools": {}, "admission": {**ADMISSION, "local_gpu_slots": 0}, "cleanup": CLEANUP})

@@ -145,7 +145,8 @@ def admit(requests: list[Request], budgets: dict[str, PoolBudget]) -> list[Verdi
 
 
 def overruns(running: list[dict[str, Any]], now: datetime, close: datetime | None) -> list[dict[str, Any]]:
-    """Experiment runs to stop at window close: those whose estimated end is past the close.
+    """Experiment runs to stop at window close: those whose estimated end is past the close, and those
+    still running past their estimated end (the estimate no longer says when they finish).
 
     `running`: {"id", "pool", "started_at" (ISO), "hours"}. Production runs always continue.
     """
@@ -154,6 +155,6 @@ def overruns(running: list[dict[str, Any]], now: datetime, close: datetime | Non
         if run["pool"] != "experiment":
             continue
         ends = datetime.fromisoformat(run["started_at"]).timestamp() + float(run["hours"]) * 3600
-        if close is None or ends > close.timestamp() or now >= close:
+        if close is None or now >= close or ends > close.timestamp() or ends <= now.timestamp():
             out.append(run)
     return out

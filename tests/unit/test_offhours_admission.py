@@ -76,10 +76,12 @@ def test_overruns_stop_only_experiment_runs_that_end_after_close():
     close = datetime(2026, 6, 2, 10, tzinfo=UTC)
     now = datetime(2026, 6, 2, 9, 50, tzinfo=UTC)
     running = [{"id": "exp-late", "pool": "experiment", "started_at": "2026-06-02T08:00:00+00:00", "hours": 3},
-               {"id": "exp-ok", "pool": "experiment", "started_at": "2026-06-02T09:00:00+00:00", "hours": 0.5},
+               {"id": "exp-ok", "pool": "experiment", "started_at": "2026-06-02T09:45:00+00:00", "hours": 0.2},
+               {"id": "exp-blown", "pool": "experiment", "started_at": "2026-06-02T09:00:00+00:00", "hours": 0.5},
                {"id": "prod-late", "pool": "production", "started_at": "2026-06-02T08:00:00+00:00", "hours": 9}]
-    assert [r["id"] for r in overruns(running, now, close)] == ["exp-late"]
-    assert [r["id"] for r in overruns(running, close, close)] == ["exp-late", "exp-ok"]  # at close: all left
+    # exp-blown should have ended at 09:30 and still runs: its end is unknown, so it is stopped too.
+    assert [r["id"] for r in overruns(running, now, close)] == ["exp-late", "exp-blown"]
+    assert [r["id"] for r in overruns(running, close, close)] == ["exp-late", "exp-ok", "exp-blown"]
 
 
 def test_request_from_a_local_plan_uses_slots_and_the_per_step_figure():

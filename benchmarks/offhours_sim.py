@@ -92,8 +92,8 @@ def consolidate_after() -> dict[str, int]:
     out = {}
     for d in docs:
         if d and d["kind"] == "NodePool":
-            out[d["metadata"]["name"]] = int(parse_duration("consolidateAfter", d["spec"]["disruption"]["consolidateAfter"])
-                                             .total_seconds() // 60)
+            after = parse_duration("consolidateAfter", d["spec"]["disruption"]["consolidateAfter"])
+            out[d["metadata"]["name"]] = int(after.total_seconds() // 60)
     return out
 
 

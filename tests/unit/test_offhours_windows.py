@@ -172,3 +172,20 @@ def test_bad_budgets_and_admission_name_the_field():
         schedule(NY, budgets={"always": [{"nodes": "lots"}]})
     with pytest.raises(WindowError, match=r"admission\.local_gpu_slots=0"):
         parse({"pools": {}, "admission": {**ADMISSION, "local_gpu_slots": 0}, "cleanup": CLEANUP})
+
+
+def test_the_nightly_finetune_schedule_falls_inside_the_production_window():
+    """finetune_lifecycle's own cron (read from the DAG file) fires inside a window all year, DST included."""
+    import re
+
+    source = (REPO_ROOT / "dags" / "finetune_lifecycle.py").read_text()
+    cron, tz = re.search(r'CronTriggerTimetable\("([^"]+)", timezone="([^"]+)"\)', source).groups()
+    assert tz == "UTC"
+    pool = windows.load(windows.WINDOWS_FILE).pool("production")
+    spans = merged(pool.intervals(utc(2026, 1, 1), utc(2027, 1, 2)))
+    it = croniter(cron, datetime(2026, 1, 1))
+    fired = 0
+    while (t := it.get_next(datetime).replace(tzinfo=UTC)) < utc(2027, 1, 1):
+        assert covered(spans, t), f"the nightly run at {t} is outside every production window"
+        fired += 1
+    assert fired == 365

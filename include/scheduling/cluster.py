@@ -68,7 +68,9 @@ class LocalCluster:
         return []
 
     def leftovers(self, now: datetime, running: set[str]) -> list[Action]:
-        """Rank processes recorded by runs that are not running any more (their task was killed)."""
+        """Orphaned rank processes: recorded by a launch whose launcher is gone (its Airflow task was
+        killed), so the ranks were re-parented. Ranks under a live launcher are a run in progress,
+        whichever DAG started it, and are never touched."""
         from include.training.local_launcher import _recorded_process, ranks_dir, stop_recorded_ranks
 
         actions = []
@@ -76,11 +78,12 @@ class LocalCluster:
         for run_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
             if run_dir.name in running:
                 continue
-            pids = [proc.pid for f in sorted(ranks_dir(run_dir).glob("rank-*.pid"))
-                    if (proc := _recorded_process(f)) is not None]
-            if pids:
+            procs = [proc for f in sorted(ranks_dir(run_dir).glob("rank-*.pid"))
+                     if (proc := _recorded_process(f)) is not None]
+            if procs and all(_orphaned(p) for p in procs):
+                pids = [p.pid for p in procs]
                 actions.append(Action("Process", f"{run_dir.name} ranks {pids}", "stop",
-                                      f"rank processes of run {run_dir.name}, which no task is running", gpus=len(pids),
+                                      f"rank processes of run {run_dir.name} whose launcher is gone", gpus=len(pids),
                                       run=lambda d=run_dir: stop_recorded_ranks(d)))
         return actions
 
@@ -103,6 +106,17 @@ class LocalCluster:
         """(seconds, GPUs) per node: local ranks ran train_seconds each, one slot per rank."""
         seconds = float(((result or {}).get("metrics") or {}).get("train_seconds") or 0.0)
         return [(seconds, int(plan["gpus_per_node"]))] * int(plan["nodes"])
+
+
+def _orphaned(proc) -> bool:
+    """Re-parented to init or a non-Python subreaper: the launcher that started it has exited."""
+    import psutil
+
+    try:
+        parent = proc.parent()
+        return parent is None or parent.pid == 1 or "python" not in " ".join(parent.cmdline()[:2]).lower()
+    except psutil.Error:
+        return True
 
 
 def get_cluster(settings=None, schedule=None) -> OffhoursCluster:

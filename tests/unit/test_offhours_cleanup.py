@@ -335,26 +335,37 @@ def test_seeded_data_mess_keeps_the_champions_checkpoints(settings, tmp_path):
 
 
 def test_local_leftover_ranks_are_stopped_and_running_runs_are_not(settings):
+    """An orphan (its launcher exited, so it was re-parented) is stopped; ranks under a live launcher
+    (here: this test process) belong to a run in progress, whatever started it, and are kept."""
     import subprocess
     import sys
+
+    import psutil
 
     from include.training.local_launcher import record_rank
 
     ckpt = Path(settings.checkpoint_root)
-    procs = {run: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-             for run in ("ft-orphanranks", "ft-live000001")}
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    spawn = "import subprocess, sys; print(subprocess.Popen(sys.argv[1:], start_new_session=True).pid)"
+    orphan = psutil.Process(int(subprocess.run([sys.executable, "-c", spawn, *sleeper], capture_output=True,
+                                               text=True, check=True).stdout))
+    live = subprocess.Popen(sleeper)
     try:
-        for run, proc in procs.items():
-            record_rank(ckpt / run, 0, proc.pid)
+        record_rank(ckpt / "ft-orphanranks", 0, orphan.pid)
+        record_rank(ckpt / "ft-live000001", 0, live.pid)
         local = LocalCluster(settings, load())
-        actions = local.leftovers(NOW, running={"ft-live000001"})
+        actions = local.leftovers(NOW, running=set())
         assert [a.kind for a in actions] == ["Process"] and "ft-orphanranks" in actions[0].name
+        assert "launcher is gone" in actions[0].reason
         cleanup.apply(actions, dry_run=True, log=lambda _: None)
-        assert procs["ft-orphanranks"].poll() is None
+        assert orphan.is_running()
         cleanup.apply(actions, dry_run=False, log=lambda _: None)
-        assert procs["ft-orphanranks"].wait(timeout=10) is not None
-        assert procs["ft-live000001"].poll() is None
+        assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
+        assert live.poll() is None
     finally:
-        for proc in procs.values():
-            proc.kill()
-            proc.wait()
+        for proc in (orphan, live):
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        live.wait()

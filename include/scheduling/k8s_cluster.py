@@ -196,5 +196,5 @@ class EksCluster:
                 continue
             ends = [_time(s.state.terminated.finished_at) for s in (pod.status.container_statuses or [])
                     if s.state and s.state.terminated and s.state.terminated.finished_at]
-            out.append(((max(ends) if ends else now) - started).total_seconds(), gpus)
+            out.append((((max(ends) if ends else now) - started).total_seconds(), gpus))
         return out

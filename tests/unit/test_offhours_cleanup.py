@@ -369,3 +369,43 @@ def test_local_leftover_ranks_are_stopped_and_running_runs_are_not(settings):
             except psutil.Error:
                 pass
         live.wait()
+
+
+def test_eks_actual_cost_from_the_jobs_pods_and_stop_at_close(cluster, tmp_path):
+    """Pods' start to finish x the node's GPUs; spot price on the experiment pool; every attempt counts.
+    Stopping a run deletes its Job (pods get SIGTERM and their grace period) and marks it stopped."""
+    from include.scheduling import cost
+    from include.scheduling.requests import STOP_MARKER, admitted_run_id
+    from include.training.k8s_job import JOB_LABEL, job_name
+
+    settings = Settings(profile="eks", data_root="s3://bucket/llmops", checkpoint_root=str(tmp_path))
+    eks = EksCluster(settings, load(), KubernetesHook())
+    plan = {"dag_id": "finetune_lifecycle", "run_id": admitted_run_id("req-1"), "instance_type": "g5.12xlarge",
+            "pool": "experiment", "nodes": 2, "gpus_per_node": 4}
+    name = job_name(plan["dag_id"], plan["run_id"])
+
+    def pod(i: int, start: str, end: str) -> dict:
+        return {"metadata": {"name": f"{name}-{i}", "namespace": NS, "labels": {JOB_LABEL: name}},
+                "status": {"phase": "Succeeded", "startTime": start, "containerStatuses": [
+                    {"name": "trainer", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
+                     "state": {"terminated": {"exitCode": 0, "finishedAt": end}}}]}}
+
+    cluster.pods[(NS, name)] = [pod(0, "2026-06-02T01:00:00Z", "2026-06-02T03:00:00Z"),
+                                pod(1, "2026-06-02T01:00:00Z", "2026-06-02T03:00:00Z"),
+                                pod(2, "2026-06-02T00:30:00Z", "2026-06-02T01:00:00Z")]  # an interrupted try
+    intervals = eks.node_intervals(plan, None)
+    assert sorted(intervals) == [(1800.0, 4), (7200.0, 4), (7200.0, 4)]
+    actual = cost.actual_usage(intervals, cost.node_price(plan))
+    assert actual == {"node_hours": 4.5, "gpu_hours": 18.0, "cost_usd": 11.25}  # 4.5 h x $2.50 spot
+    assert cost.compare({"gpu_hours": 16.0, "cost_usd": 10.0}, actual) == {
+        "cost.estimated_gpu_hours": 16.0, "cost.actual_gpu_hours": 18.0, "cost.gpu_hours_error_pct": 12.5,
+        "cost.estimated_cost_usd": 10.0, "cost.actual_cost_usd": 11.25, "cost.cost_usd_error_pct": 12.5}
+
+    cluster.jobs[(NS, name)] = job(name, None, None)
+    record = {"request": {"id": "req-1", "gpus": 8}}
+    actions = eks.stop_run(record)
+    cleanup.apply(actions, dry_run=False, log=lambda _: None)
+    assert cluster.calls_of("delete_namespaced_job")[-1]["propagation_policy"] == "Foreground"
+    from include.scheduling.cluster import run_names
+
+    assert (tmp_path / run_names(record)["run_name"] / STOP_MARKER).is_file()

@@ -30,12 +30,12 @@ def window_state(schedule: Schedule, now: datetime) -> dict[str, dict[str, Any]]
     for kind, pool in schedule.pools.items():
         window = pool.open_window(now)
         nxt = pool.next_open(now)
-        longest = max((b - a for a, b in pool.intervals(now - timedelta(days=7), now + timedelta(days=7))),
-                      default=timedelta(0))
+        longest = pool.longest(now)
         out[kind] = {"open": window is not None, "opened": window[0].isoformat() if window else None,
                      "closes": window[1].isoformat() if window else None,
                      "remaining_h": round(pool.remaining(now).total_seconds() / 3600, 4),
-                     "next_open": nxt.isoformat(), "longest_h": round(longest.total_seconds() / 3600, 4)}
+                     "next_open": nxt.isoformat() if nxt else None,
+                     "longest_h": round(longest.total_seconds() / 3600, 4)}
     return out
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 WINDOWS_FILE = Path(__file__).with_name("windows.yaml")
 WEEK_MIN = 7 * 24 * 60
@@ -103,11 +103,21 @@ class PoolWindows:
                 return opened, closed
         return None
 
-    def next_open(self, at: datetime) -> datetime:
-        """When the next window opens after `at` (or `at` itself inside a window)."""
+    def next_open(self, at: datetime) -> datetime | None:
+        """When the next window opens after `at` (`at` itself inside a window); None within a year."""
         if self.open_window(at):
             return at
-        return min(o for o, _ in self.intervals(at, at + timedelta(days=15)) if o >= at)
+        for start in range(0, 370, 15):
+            begin = at + timedelta(days=start)
+            opens = [o for o, _ in self.intervals(begin, begin + timedelta(days=15)) if o >= at]
+            if opens:
+                return min(opens)
+        return None
+
+    def longest(self, at: datetime) -> timedelta:
+        """The longest (merged) window around `at`, and never less than any single window."""
+        merged = [b - a for a, b in self.intervals(at - timedelta(days=8), at + timedelta(days=15))]
+        return max([*merged, *(w.duration for w in self.windows)])
 
     def remaining(self, at: datetime) -> timedelta:
         window = self.open_window(at)
@@ -198,6 +208,10 @@ def _window(field: str, raw: dict) -> Window:
             raise WindowError(f"{field}.{key} is missing")
     if not croniter.is_valid(str(raw["cron"])) or len(str(raw["cron"]).split()) != 5:
         raise WindowError(f"{field}.cron={raw['cron']!r}: expected 5 cron fields (minute hour dom month dow)")
+    try:
+        croniter(str(raw["cron"]), datetime(2026, 1, 1)).get_next(datetime)
+    except (CroniterBadDateError, ValueError):
+        raise WindowError(f"{field}.cron={raw['cron']!r}: never fires") from None
     try:
         ZoneInfo(str(raw["timezone"]))
     except (ZoneInfoNotFoundError, ValueError):

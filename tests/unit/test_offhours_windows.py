@@ -189,3 +189,18 @@ def test_the_nightly_finetune_schedule_falls_inside_the_production_window():
         assert covered(spans, t), f"the nightly run at {t} is outside every production window"
         fired += 1
     assert fired == 365
+
+
+def test_a_rare_window_still_has_a_next_opening_and_a_length():
+    """A yearly window: no opening in the next weeks must not break the tick, nor make every
+    request 'longer than any window'."""
+    from include.scheduling.offhours import window_state
+
+    yearly = schedule({"cron": "0 0 1 1 *", "duration": "8h", "timezone": "UTC"})
+    pool = yearly.pool("experiment")
+    assert pool.next_open(utc(2026, 6, 1)) == utc(2027, 1, 1)
+    assert pool.longest(utc(2026, 6, 1)) == timedelta(hours=8)
+    state = window_state(yearly, utc(2026, 6, 1))["experiment"]
+    assert state["open"] is False and state["longest_h"] == 8 and state["next_open"] == "2027-01-01T00:00:00+00:00"
+    with pytest.raises(WindowError, match=r"cron='0 0 30 2 \*': never fires"):
+        schedule({"cron": "0 0 30 2 *", "duration": "1h", "timezone": "UTC"})

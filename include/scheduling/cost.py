@@ -68,7 +68,7 @@ def log_actual_cost(plan: dict[str, Any], estimate: dict[str, Any], result: dict
     if str(plan["run_id"]).startswith(ADMITTED_PREFIX):
         store = RequestStore.for_settings(settings)
         req_id = str(plan["run_id"]).removeprefix(ADMITTED_PREFIX)
-        if store.get(req_id) is not None:
+        if store.get(req_id) is not None:  # training is over: its GPUs leave the pool's budget now
             store.transition(req_id, "done", "training finished", actual=actual)
     print(f"Run {plan['run_name']}: actual {actual['gpu_hours']:.3f} GPU-h, ${actual['cost_usd']:,.2f} "
           f"(estimated {est.gpu_hours:.3f} GPU-h, ${est.cost_usd:,.2f}; GPU-h error "

@@ -84,7 +84,7 @@ def admit_waiting(now: datetime, schedule: Schedule, cluster: OffhoursCluster, s
         if v.outcome == "admitted":
             record = store.get(rid)
             clear_stop_marker(settings, record)  # a stopped run resumes from its checkpoint
-            store.transition(rid, "admitted", v.reason, admitted_at=now.isoformat(),
+            store.transition(rid, "admitted", v.reason, admitted_at=now.isoformat(), waiting_reason=None,
                              window_opened=windows[v.request.pool]["opened"])
             triggers.append({"trigger_run_id": admitted_run_id(rid), "conf": v.request.conf})
         elif v.outcome == "refused":

@@ -21,6 +21,7 @@ from llmops_operators.training import training_job_operator
 
 from include.assets import CURATED_DATASET
 from include.compute import container_jobs
+from include.scheduling.requests import hold_if_stopped
 from include.settings import get_settings
 from include.training.params import PARAM_DEFAULTS, param_schemas
 
@@ -73,6 +74,9 @@ PARAMS = {
                    description="production: on-demand gpu-training-pool; experiment: spot gpu-experiment-pool."),
         dry_run=Param(False, type="boolean", title="Dry run",
                       description="Plan and preflight only; launch nothing."),
+        window=Param("now", enum=["now", "off-hours"], title="When to train",
+                     description="off-hours: queue the priced plan; the offhours DAG admits it in a window."),
+        priority=Param(0, type="integer", minimum=0, maximum=100, title="Off-hours priority"),
     ),
     **section(
         "Gate and registry",
@@ -126,6 +130,18 @@ def finetune_lifecycle():
     def launch_unless_dry_run(params: dict) -> bool:
         return not params["dry_run"]
 
+    @task.short_circuit
+    def run_now_or_queue(plan: dict, estimate: dict, params: dict, dag_run=None) -> bool:
+        from include.scheduling.requests import run_now_or_queue
+
+        return run_now_or_queue(plan, estimate, params, dag_run.run_id, get_settings())
+
+    @task(multiple_outputs=False)
+    def log_actual_cost(plan: dict, estimate: dict, result: dict) -> dict:
+        from include.scheduling.cost import log_actual_cost
+
+        return log_actual_cost(plan, estimate, result, get_settings())
+
     @task(multiple_outputs=False)
     def setup_rendezvous(plan: dict) -> dict:
         from include.lifecycle.training import setup_rendezvous
@@ -177,12 +193,13 @@ def finetune_lifecycle():
     planned = plan(dataset)
     checked = preflight(planned["plan"])
     rendezvous = setup_rendezvous(planned["plan"])
-    train = training_job_operator(task_id="launch_training", plan=planned["plan"],
+    train = training_job_operator(task_id="launch_training", plan=planned["plan"], pre_execute=hold_if_stopped,
                                   execution_timeout=timedelta(hours=JOBS.training_timeout_h))
-    checked >> launch_unless_dry_run() >> rendezvous >> train
+    checked >> launch_unless_dry_run() >> run_now_or_queue(planned["plan"], planned["estimate"]) >> rendezvous >> train
     train >> teardown_rendezvous(planned["plan"]).as_teardown(setups=rendezvous)
     result = collect_result(planned["plan"])
     train >> result
+    log_actual_cost(planned["plan"], planned["estimate"], result)
 
     jobs = evaluation_jobs(planned["plan"], result, dataset)
     candidate = evaluation_operator(task_id="evaluate_candidate", job=jobs["candidate"], role="candidate")

@@ -55,6 +55,9 @@ class Settings:
     checkpoint_root: str = ""  # a shared filesystem; default: <repo>/.data/checkpoints or /checkpoints (FSx)
     trainer_image: str = "ghcr.io/llmops-finetune/nemo-trainer:0.1.0"
     evaluator_image: str = "ghcr.io/llmops-finetune/evaluator:0.1.0"
+    windows_file: str = ""  # off-hours windows and admission budgets; default include/scheduling/windows.yaml
+    # How often the offhours DAG admits and stops runs; default: every minute locally, every 5 on eks.
+    offhours_cron: str = ""
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -64,6 +67,8 @@ class Settings:
         if not self.checkpoint_root:
             default = "/checkpoints" if self.profile == "eks" else str(PROJECT_ROOT / ".data" / "checkpoints")
             object.__setattr__(self, "checkpoint_root", default)
+        if not self.offhours_cron:
+            object.__setattr__(self, "offhours_cron", "*/5 * * * *" if self.profile == "eks" else "* * * * *")
         if not self.checkpoint_root.startswith("/"):
             raise SettingsError(f"LLMOPS_CHECKPOINT_ROOT={self.checkpoint_root!r}: expected an absolute path")
         for f in ("training_namespace", "serving_namespace", "training_pool", "experiment_pool",

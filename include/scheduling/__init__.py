@@ -1,0 +1,1 @@
+"""Off-hours scheduling: windows, admission of queued training requests, cleanup, cost figures."""

@@ -1,0 +1,181 @@
+"""Cleanup actions with a dry run: every deletion is an Action that names its object and why.
+
+Planning and doing are separate: the backends (local_cluster.py, k8s_cluster.py) and the data
+cleanup here first list Actions, then `apply` runs them unless dry_run. The summary adds up what
+was (or would be) freed: nodes, GPUs, $/h of capacity stopped, bytes.
+
+Data cleanup covers the shared checkpoint root and the data root (file://):
+- staging leftovers: hidden temp dirs that an interrupted publish or checkpoint left behind
+  (`.tmp-*`, `.<name>.<random>` from mkdtemp, `.trash-*`), older than `staging_hours`;
+- checkpoints (`<checkpoint_root>/<run name>/`) untouched for `checkpoint_days` whose run made no
+  registered model version. The champion's and challenger's runs, any registered version's run,
+  and runs in progress are never touched, whatever their age.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STAGING_PREFIXES = (".tmp-", ".trash-", ".latest.tmp-")
+
+
+@dataclass
+class Action:
+    kind: str  # NodePool, NodeClaim, Job, Service, Pod, Process, Directory
+    name: str
+    verb: str  # delete | patch | stop
+    reason: str
+    namespace: str = ""
+    nodes: int = 0
+    gpus: int = 0
+    usd_per_hour: float = 0.0
+    bytes: int = 0
+    done: bool = False
+    error: str = ""
+    run: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
+
+    def describe(self) -> str:
+        where = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.verb} {self.kind} {where}{self.name}: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "run"}
+
+
+def apply(actions: list[Action], dry_run: bool, log: Callable[[str], None] = print) -> list[Action]:
+    """Run each action (unless dry_run), logging one line per object; a failure is recorded, not raised,
+    so one stuck object does not leave the rest of the mess in place."""
+    for a in actions:
+        if dry_run:
+            log(f"[dry run] would {a.describe()}")
+            continue
+        try:
+            if a.run is not None:
+                a.run()
+            a.done = True
+            log(a.describe())
+        except Exception as exc:  # noqa: BLE001 - reported per object in the summary
+            a.error = f"{type(exc).__name__}: {exc}"
+            log(f"FAILED to {a.describe()}: {a.error}")
+    return actions
+
+
+def summary(actions: list[Action], dry_run: bool) -> dict[str, Any]:
+    counted = actions if dry_run else [a for a in actions if a.done]
+    freed = {"nodes": sum(a.nodes for a in counted), "gpus": sum(a.gpus for a in counted),
+             "usd_per_hour": round(sum(a.usd_per_hour for a in counted), 2),
+             "bytes": sum(a.bytes for a in counted)}
+    line = (f"cleanup {'(dry run) would free' if dry_run else 'freed'}: {freed['nodes']} nodes, {freed['gpus']} GPUs, "
+            f"${freed['usd_per_hour']:,.2f}/h, {freed['bytes'] / 2**20:,.1f} MiB in {len(counted)} actions"
+            + (f"; {sum(1 for a in actions if a.error)} failed" if not dry_run else ""))
+    return {"dry_run": dry_run, "freed": freed, "summary": line, "actions": [a.to_dict() for a in actions]}
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def tree_mtime(path: Path) -> float:
+    """Newest modification time in the tree: a checkpoint dir is as old as its last write."""
+    times = [p.stat().st_mtime for p in path.rglob("*")] + [path.stat().st_mtime]
+    return max(times)
+
+
+def _remove(path: Path) -> Callable[[], None]:
+    return lambda: shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _is_staging(name: str) -> bool:
+    if name.startswith(STAGING_PREFIXES):
+        return True
+    # tempfile.mkdtemp(prefix=".<name>.") in the trainer's publish: ".<name>.<8 random chars>"
+    parts = name.split(".")
+    return len(parts) >= 3 and parts[0] == "" and len(parts[-1]) == 8 and parts[-1].isalnum()
+
+
+def stale_staging(roots: Iterable[Path], *, now: float, staging_hours: float, running: set[str]) -> list[Action]:
+    """Hidden staging dirs older than staging_hours anywhere under the roots, outside running runs."""
+    actions = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob(".*")):
+            if not _is_staging(path.name) or any(part in running for part in path.relative_to(root).parts):
+                continue
+            if any(_is_staging(p) for p in path.relative_to(root).parts[:-1]):
+                continue  # inside a staging dir already listed
+            age_h = (now - tree_mtime(path)) / 3600
+            if age_h > staging_hours:
+                actions.append(Action("Directory", str(path), "delete",
+                                      f"staging left by an interrupted write, untouched for {age_h:.1f} h "
+                                      f"(> {staging_hours:g} h)", bytes=tree_bytes(path) if path.is_dir()
+                                      else path.stat().st_size, run=_remove(path)))
+    return actions
+
+
+def stale_checkpoints(checkpoint_root: Path, *, now: float, days: float, registered: dict[str, str],
+                      running: set[str]) -> list[Action]:
+    """Run checkpoint dirs older than `days` that no registered version and no running run owns.
+
+    `registered`: run name -> why it is kept (e.g. "champion v3"); `running`: run names in progress.
+    """
+    actions = []
+    if not checkpoint_root.is_dir():
+        return actions
+    for run_dir in sorted(p for p in checkpoint_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        name = run_dir.name
+        if name in registered or name in running:
+            continue
+        age_d = (now - tree_mtime(run_dir)) / 86400
+        if age_d > days:
+            actions.append(Action("Directory", str(run_dir), "delete",
+                                  f"checkpoints of run {name}, untouched for {age_d:.1f} days (> {days:g}), "
+                                  "no registered model version", bytes=tree_bytes(run_dir), run=_remove(run_dir)))
+    return actions
+
+
+def registered_runs(model_name: str, client=None) -> dict[str, str]:
+    """Run name -> why kept, for every registered version of the model (the champion and challenger
+    named as such). The run name is the `/models/<run name>` segment of the version's source."""
+    from include.registry import mlflow_registry as reg
+
+    client = client or reg.get_client()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = {reg.quote_filter_value(model_name)}")
+    except MlflowException:
+        return {}
+    aliases = {}
+    for alias in ("champion", "challenger"):
+        v = reg.get_alias(model_name, alias, client=client)
+        if v is not None:
+            aliases[str(v.version)] = alias
+    out = {}
+    for v in versions:
+        parts = str(v.source).rstrip("/").split("/")
+        if "models" in parts and parts.index("models") + 1 < len(parts):
+            run = parts[parts.index("models") + 1]
+            why = f"{aliases[str(v.version)]} v{v.version}" if str(v.version) in aliases else f"registered v{v.version}"
+            out.setdefault(run, why)
+            if str(v.version) in aliases:
+                out[run] = why
+    return out
+
+
+def data_actions(settings, *, running: set[str], days: float, staging_hours: float,
+                 now: float | None = None, client=None) -> list[Action]:
+    """Stale checkpoints and staging dirs of this deployment (file:// data root; checkpoint root path)."""
+    now = time.time() if now is None else now
+    registered = registered_runs(settings.registered_model_name, client)
+    ckpt = Path(settings.checkpoint_root)
+    roots = [ckpt]
+    if settings.data_root.startswith("file://"):
+        roots.append(Path(settings.data_root.removeprefix("file://")))
+    return (stale_checkpoints(ckpt, now=now, days=days, registered=registered, running=running)
+            + stale_staging(roots, now=now, staging_hours=staging_hours, running=running))

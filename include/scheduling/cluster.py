@@ -1,0 +1,132 @@
+"""The off-hours seam: capacity, scale-to-zero, leftovers and stopping runs, per profile.
+
+`get_cluster()` is the one place that picks the backend from `settings.profile`: `LocalCluster`
+here (rank processes on this machine, a slot budget) or `EksCluster` in k8s_cluster.py (NodePools
+and NodeClaims through CustomObjectsApi, Jobs/Services/pods through the provider's hook). Both
+return cleanup Actions (include/scheduling/cleanup.py) so the DAG lists, applies and reports
+them the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from include.scheduling.cleanup import Action
+from include.scheduling.requests import STOP_MARKER, admitted_run_id
+
+TRAINING_DAG = "finetune_lifecycle"
+
+
+def run_names(record: dict[str, Any]) -> dict[str, str]:
+    """The admitted run's deterministic names: its plan's run name and its Job's name."""
+    from include.training.planning import run_name
+
+    run_id = admitted_run_id(record["request"]["id"])
+    return {"run_id": run_id, "run_name": run_name(TRAINING_DAG, run_id)}
+
+
+class OffhoursCluster(Protocol):
+    def gpu_limit(self, kind: str) -> int: ...
+    def shared_gpu_budget(self) -> bool: ...
+    def scale_to_zero(self, kind: str) -> list[Action]: ...
+    def restore_limits(self, kind: str) -> list[Action]: ...
+    def leftovers(self, now: datetime, running: set[str]) -> list[Action]: ...
+    def stop_run(self, record: dict[str, Any]) -> list[Action]: ...
+    def node_intervals(self, plan: dict[str, Any], result: dict[str, Any] | None) -> list[tuple[float, int]]: ...
+
+
+def _mark_stopped(checkpoint_dir: Path, why: str) -> None:
+    """The training task's pre_execute hook reads this: no relaunch by a retry until re-admitted."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    (checkpoint_dir / STOP_MARKER).write_text(json.dumps(
+        {"stopped_at": datetime.now(UTC).isoformat(timespec="seconds"), "why": why}))
+
+
+def clear_stop_marker(settings, record: dict[str, Any]) -> None:
+    (Path(settings.checkpoint_root) / run_names(record)["run_name"] / STOP_MARKER).unlink(missing_ok=True)
+
+
+class LocalCluster:
+    """Ranks are processes here; the GPU budget is a slot count shared by both pools."""
+
+    def __init__(self, settings, schedule):
+        self.settings, self.schedule = settings, schedule
+
+    def gpu_limit(self, kind: str) -> int:
+        return int(self.schedule.admission["local_gpu_slots"])
+
+    def shared_gpu_budget(self) -> bool:
+        return True  # one machine: production and experiment runs share the slots
+
+    def scale_to_zero(self, kind: str) -> list[Action]:
+        return []  # no nodes to release; stopping the runs frees the slots
+
+    def restore_limits(self, kind: str) -> list[Action]:
+        return []
+
+    def leftovers(self, now: datetime, running: set[str]) -> list[Action]:
+        """Orphaned rank processes: recorded by a launch whose launcher is gone (its Airflow task was
+        killed), so the ranks were re-parented. Ranks under a live launcher are a run in progress,
+        whichever DAG started it, and are never touched."""
+        from include.training.local_launcher import _recorded_process, ranks_dir, stop_recorded_ranks
+
+        actions = []
+        root = Path(self.settings.checkpoint_root)
+        for run_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
+            if run_dir.name in running:
+                continue
+            procs = [proc for f in sorted(ranks_dir(run_dir).glob("rank-*.pid"))
+                     if (proc := _recorded_process(f)) is not None]
+            if procs and all(_orphaned(p) for p in procs):
+                pids = [p.pid for p in procs]
+                actions.append(Action("Process", f"{run_dir.name} ranks {pids}", "stop",
+                                      f"rank processes of run {run_dir.name} whose launcher is gone", gpus=len(pids),
+                                      run=lambda d=run_dir: stop_recorded_ranks(d)))
+        return actions
+
+    def stop_run(self, record: dict[str, Any]) -> list[Action]:
+        from include.training.local_launcher import stop_recorded_ranks
+
+        names = run_names(record)
+        ckpt = Path(self.settings.checkpoint_root) / names["run_name"]
+        grace = float(self.schedule.admission["local_stop_grace_s"])
+
+        def stop() -> None:
+            _mark_stopped(ckpt, "window closed")
+            stop_recorded_ranks(ckpt, grace=grace)
+
+        return [Action("Process", f"{names['run_name']} ({names['run_id']})", "stop",
+                       f"experiment run would overrun the window: SIGTERM, {grace:g}s to exit, resumes from "
+                       "its last checkpoint in the next window", gpus=int(record["request"]["gpus"]), run=stop)]
+
+    def node_intervals(self, plan: dict[str, Any], result: dict[str, Any] | None) -> list[tuple[float, int]]:
+        """(seconds, GPUs) per node: local ranks ran train_seconds each, one slot per rank."""
+        seconds = float(((result or {}).get("metrics") or {}).get("train_seconds") or 0.0)
+        return [(seconds, int(plan["gpus_per_node"]))] * int(plan["nodes"])
+
+
+def _orphaned(proc) -> bool:
+    """Re-parented to init or a non-Python subreaper: the launcher that started it has exited."""
+    import psutil
+
+    try:
+        parent = proc.parent()
+        return parent is None or parent.pid == 1 or "python" not in " ".join(parent.cmdline()[:2]).lower()
+    except psutil.Error:
+        return True
+
+
+def get_cluster(settings=None, schedule=None) -> OffhoursCluster:
+    from include.scheduling.windows import load
+    from include.settings import get_settings
+
+    settings = settings or get_settings()
+    schedule = schedule or load()
+    if settings.profile == "eks":
+        from include.scheduling.k8s_cluster import EksCluster
+
+        return EksCluster(settings, schedule)
+    return LocalCluster(settings, schedule)

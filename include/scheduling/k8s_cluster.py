@@ -1,0 +1,200 @@
+"""EKS side of the off-hours seam: Karpenter NodePools and NodeClaims, training Jobs and leftovers.
+
+NodePools and NodeClaims are cluster-scoped custom objects (CustomObjectsApi on the hook's API
+client); Jobs, Services and pods go through the provider's KubernetesHook clients. The verbs used
+here are exactly those k8s/airflow/offhours-rbac.yaml grants (a test reads both):
+nodepools get/patch, nodeclaims list/delete; in llm-training jobs list/delete, services
+list/delete, pods list/delete.
+
+Scale to zero follows Karpenter's rule: lowering `limits` never removes nodes, so the pool's
+limit goes to 0 first (nothing new launches) and then its NodeClaims are deleted, which drains
+and terminates their nodes. At window open the limit comes back from k8s/ (the NodePool file),
+never from a remembered value.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes.client import CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+
+from include.cluster.pools import CAPACITY_TYPE_LABEL, GPU, INSTANCE_TYPE_LABEL, NODEPOOL_LABEL, PLAN_POOLS
+from include.scheduling.cleanup import Action
+from include.scheduling.cluster import _mark_stopped, run_names
+
+KARPENTER = ("karpenter.sh", "v1")
+EVALUATOR_APP = "llm-evaluator"
+TRAINER_APP = "nemo-trainer"
+FINISHED_PHASES = ("Succeeded", "Failed")
+
+
+def _ignore_404(call, *args, **kwargs):
+    try:
+        return call(*args, **kwargs)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return None
+
+
+def _time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+class EksCluster:
+    def __init__(self, settings, schedule, hook=None):
+        self.settings, self.schedule = settings, schedule
+        if hook is None:
+            from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+            hook = KubernetesHook(conn_id=settings.kubernetes_conn_id)
+        self.hook = hook
+
+    @property
+    def custom(self) -> CustomObjectsApi:
+        return CustomObjectsApi(self.hook.api_client)
+
+    def pool_name(self, kind: str) -> str:
+        return getattr(self.settings, PLAN_POOLS[kind])
+
+    def gpu_limit(self, kind: str) -> int:
+        """The NodePool's limit as k8s/ declares it: the budget admission plans against."""
+        from include.cluster.pools import get_pool
+
+        return get_pool(self.pool_name(kind)).gpu_limit
+
+    def shared_gpu_budget(self) -> bool:
+        return False
+
+    # ---- NodePools and NodeClaims ----
+    def _patch_limit(self, name: str, gpus: int) -> None:
+        self.custom.patch_cluster_custom_object(*KARPENTER, "nodepools", name,
+                                                {"spec": {"limits": {GPU: str(gpus)}}})
+
+    def scale_to_zero(self, kind: str) -> list[Action]:
+        from include.cluster.pools import get_instance_types
+
+        name = self.pool_name(kind)
+        pool = self.custom.get_cluster_custom_object(*KARPENTER, "nodepools", name)
+        actions = []
+        if str((pool["spec"].get("limits") or {}).get(GPU)) != "0":
+            actions.append(Action("NodePool", name, "patch", f"limits.{GPU} -> 0 at window close: no new nodes",
+                                  run=lambda: self._patch_limit(name, 0)))
+        claims = self.custom.list_cluster_custom_object(*KARPENTER, "nodeclaims",
+                                                        label_selector=f"{NODEPOOL_LABEL}={name}")
+        types = get_instance_types()
+        for claim in claims.get("items", []):
+            labels = claim["metadata"].get("labels") or {}
+            itype = types.get(labels.get(INSTANCE_TYPE_LABEL, ""))
+            spot = labels.get(CAPACITY_TYPE_LABEL) == "spot"
+            price = (itype.spot_usd_per_hour if spot else itype.on_demand_usd_per_hour) if itype else 0.0
+            claim_name = claim["metadata"]["name"]
+            actions.append(Action(
+                "NodeClaim", claim_name, "delete",
+                f"node of {name} ({labels.get(INSTANCE_TYPE_LABEL, '?')}, {labels.get(CAPACITY_TYPE_LABEL, '?')}) "
+                "after window close; Karpenter drains it", nodes=1, gpus=itype.gpus if itype else 0,
+                usd_per_hour=price,
+                run=lambda n=claim_name: _ignore_404(self.custom.delete_cluster_custom_object, *KARPENTER,
+                                                     "nodeclaims", n)))
+        return actions
+
+    def restore_limits(self, kind: str) -> list[Action]:
+        name = self.pool_name(kind)
+        want = self.gpu_limit(kind)
+        pool = self.custom.get_cluster_custom_object(*KARPENTER, "nodepools", name)
+        have = (pool["spec"].get("limits") or {}).get(GPU)
+        if str(have) == str(want):
+            return []
+        return [Action("NodePool", name, "patch", f"limits.{GPU} {have} -> {want} (from k8s/) at window open",
+                       run=lambda: self._patch_limit(name, want))]
+
+    # ---- leftovers in the training namespace ----
+    def leftovers(self, now: datetime, running: set[str]) -> list[Action]:
+        from include.compute.kubernetes import job_state
+        from include.training.k8s_job import JOB_LABEL
+
+        ns = self.settings.training_namespace
+        ttl_h = float(self.schedule.cleanup["finished_job_ttl_hours"])
+        batch, core = self.hook.batch_v1_client, self.hook.core_v1_client
+        actions = []
+        jobs = batch.list_namespaced_job(ns, label_selector=f"app.kubernetes.io/name={TRAINER_APP}").items
+        alive = set()
+        for job in jobs:
+            name = job.metadata.name
+            if job.metadata.deletion_timestamp:
+                continue  # already being deleted
+            state = job_state(job)
+            ended = max((_time(c.last_transition_time) for c in (job.status.conditions or [])
+                         if str(c.status) == "True" and c.last_transition_time), default=None)
+            ended = _time(job.status.completion_time) or ended
+            if state == "active" or ended is None or (now - ended).total_seconds() < ttl_h * 3600:
+                alive.add(name)
+                continue
+            age = (now - ended).total_seconds() / 3600
+            actions.append(Action("Job", name, "delete", f"{state} {age:.1f} h ago (> {ttl_h:g} h TTL; "
+                                  "ttlSecondsAfterFinished should have removed it)", namespace=ns,
+                                  run=lambda n=name: _ignore_404(batch.delete_namespaced_job, n, ns,
+                                                                 propagation_policy="Background")))
+        for svc in core.list_namespaced_service(ns, label_selector=f"app.kubernetes.io/name={TRAINER_APP}").items:
+            name = svc.metadata.name
+            owner = (svc.spec.selector or {}).get(JOB_LABEL, name)
+            if svc.spec.cluster_ip == "None" and owner not in alive:
+                gone = "is gone" if owner not in {j.metadata.name for j in jobs} else "is being deleted"
+                actions.append(Action("Service", name, "delete", f"headless Service whose Job {owner} {gone}",
+                                      namespace=ns, run=lambda n=name: _ignore_404(
+                                          core.delete_namespaced_service, n, ns)))
+        pods = core.list_namespaced_pod(ns, label_selector=f"app.kubernetes.io/name={EVALUATOR_APP}").items
+        for pod in pods:
+            if pod.status and pod.status.phase in FINISHED_PHASES:
+                name = pod.metadata.name
+                actions.append(Action("Pod", name, "delete", f"evaluator pod finished ({pod.status.phase})",
+                                      namespace=ns, run=lambda n=name: _ignore_404(
+                                          core.delete_namespaced_pod, n, ns)))
+        return actions
+
+    # ---- runs ----
+    def stop_run(self, record: dict[str, Any]) -> list[Action]:
+        """Delete the run's Job: its pods get SIGTERM and terminationGracePeriodSeconds to flush a
+        checkpoint. The marker in its checkpoint dir (shared FSx) stops task retries relaunching it."""
+        from pathlib import Path
+
+        from include.training.k8s_job import job_name
+
+        names = run_names(record)
+        name = job_name("finetune_lifecycle", names["run_id"])
+        ns = self.settings.training_namespace
+        ckpt = Path(self.settings.checkpoint_root) / names["run_name"]
+
+        def stop() -> None:
+            _mark_stopped(ckpt, "window closed")
+            _ignore_404(self.hook.batch_v1_client.delete_namespaced_job, name, ns, propagation_policy="Foreground")
+
+        return [Action("Job", name, "delete", "experiment run would overrun the window: pods get SIGTERM and "
+                       "their grace period to checkpoint; resumes in the next window", namespace=ns,
+                       gpus=int(record["request"]["gpus"]), run=stop)]
+
+    def node_intervals(self, plan: dict[str, Any], result: dict[str, Any] | None) -> list[tuple[float, int]]:
+        """(seconds, GPUs) per pod of the run's Job, every attempt included: start to finish."""
+        from include.cluster.pools import get_instance_types
+        from include.training.k8s_job import JOB_LABEL, job_name
+
+        name = job_name(plan["dag_id"], plan["run_id"])
+        gpus = get_instance_types()[plan["instance_type"]].gpus
+        pods = self.hook.core_v1_client.list_namespaced_pod(self.settings.training_namespace,
+                                                            label_selector=f"{JOB_LABEL}={name}").items
+        out = []
+        now = datetime.now(UTC)
+        for pod in pods:
+            started = _time(pod.status.start_time) if pod.status else None
+            if started is None:
+                continue
+            ends = [_time(s.state.terminated.finished_at) for s in (pod.status.container_statuses or [])
+                    if s.state and s.state.terminated and s.state.terminated.finished_at]
+            out.append((((max(ends) if ends else now) - started).total_seconds(), gpus))
+        return out

@@ -1,0 +1,189 @@
+"""What the off-hours DAG does on each tick, as plain functions over the request store and the seam.
+
+Each tick: reconcile admitted runs with their DAG runs; for each pool, if its window is open,
+restore its capacity and admit waiting requests (triggering finetune_lifecycle); if it is about
+to close or closed, stop experiment runs that would overrun (re-queued to resume next window)
+and, once per close, scale the experiment pool to zero and clean up leftovers; then write the
+window's report. Every step is idempotent: a retried or repeated tick changes nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from include.scheduling import cleanup
+from include.scheduling.admission import PoolBudget, Request, admit, overruns
+from include.scheduling.cluster import OffhoursCluster, clear_stop_marker, run_names
+from include.scheduling.requests import RequestStore, admitted_run_id
+from include.scheduling.windows import Schedule
+
+# Experiment runs are stopped this long before close so their checkpoint is flushed inside the window.
+CLOSE_MARGIN = timedelta(minutes=5)
+FINISHED = {"success": "done", "failed": "failed"}
+
+
+def window_state(schedule: Schedule, now: datetime) -> dict[str, dict[str, Any]]:
+    out = {}
+    for kind, pool in schedule.pools.items():
+        window = pool.open_window(now)
+        nxt = pool.next_open(now)
+        longest = pool.longest(now)
+        out[kind] = {"open": window is not None, "opened": window[0].isoformat() if window else None,
+                     "closes": window[1].isoformat() if window else None,
+                     "remaining_h": round(pool.remaining(now).total_seconds() / 3600, 4),
+                     "next_open": nxt.isoformat() if nxt else None,
+                     "longest_h": round(longest.total_seconds() / 3600, 4)}
+    return out
+
+
+def reconcile(store: RequestStore, dagrun_state: Callable[[str], str | None], log=print) -> list[str]:
+    """Admitted requests whose triggered run ended become done/failed (unless the cost task did already)."""
+    changed = []
+    for record in store.in_state("admitted"):
+        rid = record["request"]["id"]
+        state = dagrun_state(admitted_run_id(rid))
+        if state in FINISHED:
+            store.transition(rid, FINISHED[state], f"finetune_lifecycle run {admitted_run_id(rid)} {state}")
+            log(f"request {rid}: run {state}")
+            changed.append(rid)
+    return changed
+
+
+def budgets(schedule: Schedule, windows: dict[str, dict], cluster: OffhoursCluster,
+            store: RequestStore) -> dict[str, PoolBudget]:
+    running = store.in_state("admitted")
+    out = {}
+    for kind, w in windows.items():
+        mine = [r for r in running if cluster.shared_gpu_budget() or r["request"]["pool"] == kind]
+        committed = [r for r in running + store.in_state("done", "failed", "stopped")
+                     if r["request"]["pool"] == kind and w["opened"] and (r.get("admitted_at") or "") >= w["opened"]]
+        out[kind] = PoolBudget(
+            gpu_limit=cluster.gpu_limit(kind), gpus_in_use=sum(int(r["request"]["gpus"]) for r in mine),
+            remaining_hours=w["remaining_h"], window_hours=w["longest_h"],
+            cost_budget_usd=float(schedule.admission["cost_budget_usd_per_window"]),
+            cost_committed_usd=sum(float(r["request"]["cost_usd"]) for r in committed))
+    return out
+
+
+def admit_waiting(now: datetime, schedule: Schedule, cluster: OffhoursCluster, store: RequestStore,
+                  settings, log=print) -> list[dict[str, Any]]:
+    """One admission pass; returns TriggerDagRunOperator kwargs for every request admitted now."""
+    windows = window_state(schedule, now)
+    waiting = store.in_state("waiting")
+    if not waiting:
+        return []
+    verdicts = admit([Request.from_dict(r["request"]) for r in waiting], budgets(schedule, windows, cluster, store))
+    triggers = []
+    for v in verdicts:
+        rid = v.request.id
+        log(f"request {rid} ({v.request.pool}, {v.request.gpus} GPUs, {v.request.gpu_hours:.2f} GPU-h, "
+            f"${v.request.cost_usd:,.2f}): {v.outcome}: {v.reason}")
+        if v.outcome == "admitted":
+            record = store.get(rid)
+            clear_stop_marker(settings, record)  # a stopped run resumes from its checkpoint
+            store.transition(rid, "admitted", v.reason, admitted_at=now.isoformat(), waiting_reason=None,
+                             window_opened=windows[v.request.pool]["opened"])
+            triggers.append({"trigger_run_id": admitted_run_id(rid), "conf": v.request.conf})
+        elif v.outcome == "refused":
+            store.transition(rid, "refused", v.reason, refused_at=now.isoformat())
+        else:
+            store.put({**store.get(rid), "waiting_reason": v.reason})
+    return triggers
+
+
+def stop_overruns(now: datetime, schedule: Schedule, cluster: OffhoursCluster, store: RequestStore,
+                  dry_run: bool, log=print) -> list[dict[str, Any]]:
+    """Experiment runs that would run past the close: stopped gracefully and queued again."""
+    pool = schedule.pools.get("experiment")
+    if pool is None:
+        return []
+    window = pool.open_window(now)
+    close = window[1] if window else None
+    if close is not None and close - now > CLOSE_MARGIN:
+        return []
+    running = [{"id": r["request"]["id"], "pool": r["request"]["pool"], "hours": r["request"]["hours"],
+                "started_at": r.get("admitted_at") or now.isoformat(), "record": r}
+               for r in store.in_state("admitted")]
+    stopped = []
+    for run in overruns(running, now, close or now):
+        actions = cleanup.apply(cluster.stop_run(run["record"]), dry_run, log)
+        if not dry_run and all(a.done for a in actions):
+            store.transition(run["id"], "waiting", "stopped at window close; resumes from its checkpoint "
+                                                   "in the next window", stopped_at=now.isoformat(),
+                             stops=int(run["record"].get("stops", 0)) + 1)
+        stopped.append({"id": run["id"], **run_names(run["record"]), "actions": [a.to_dict() for a in actions]})
+    return stopped
+
+
+def close_cleanup(now: datetime, schedule: Schedule, cluster: OffhoursCluster, store: RequestStore, settings,
+                  dry_run: bool, log=print) -> dict[str, Any]:
+    """Scale the experiment pool to zero (window closed), then leftovers and stale data."""
+    running = {run_names(r)["run_name"] for r in store.in_state("admitted")}
+    actions = []
+    if "experiment" in schedule.pools and schedule.pools["experiment"].open_window(now) is None:
+        actions += cluster.scale_to_zero("experiment")
+    actions += cluster.leftovers(now, running)
+    actions += cleanup.data_actions(settings, running=running, days=schedule.cleanup["checkpoint_days"],
+                                    staging_hours=schedule.cleanup["staging_hours"], now=now.timestamp())
+    cleanup.apply(actions, dry_run, log)
+    result = cleanup.summary(actions, dry_run)
+    log(result["summary"])
+    return result
+
+
+def open_restore(now: datetime, schedule: Schedule, cluster: OffhoursCluster, dry_run: bool,
+                 log=print) -> list[dict[str, Any]]:
+    actions = []
+    for kind, pool in schedule.pools.items():
+        if pool.open_window(now) is not None:
+            actions += cluster.restore_limits(kind)
+    return [a.to_dict() for a in cleanup.apply(actions, dry_run, log)]
+
+
+# ---- phase memory: close actions once per close, in a small state document ----
+
+def _state_path(settings):
+    from include.storage.objectstore import storage_path
+
+    return storage_path(f"{settings.data_root}/offhours/state.json")
+
+
+def load_state(settings) -> dict[str, Any]:
+    path = _state_path(settings)
+    return json.loads(path.read_bytes()) if path.exists() else {}
+
+
+def save_state(settings, state: dict[str, Any]) -> None:
+    path = _state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(json.dumps(state, indent=2, sort_keys=True).encode())
+
+
+def tick(now: datetime, schedule: Schedule, cluster: OffhoursCluster, store: RequestStore, settings,
+         dagrun_state: Callable[[str], str | None], dry_run: bool = False, log=print) -> dict[str, Any]:
+    """One pass of the off-hours DAG; returns what it did (and the triggers to fire)."""
+    now = now.astimezone(UTC)
+    windows = window_state(schedule, now)
+    state = load_state(settings)
+    reconcile(store, dagrun_state, log)
+    restored = open_restore(now, schedule, cluster, dry_run, log)
+    stopped = stop_overruns(now, schedule, cluster, store, dry_run, log)
+    triggers = admit_waiting(now, schedule, cluster, store, settings, log) if not dry_run else []
+    closed_now = [k for k, w in windows.items() if not w["open"] and state.get(k, {}).get("phase") != "closed"]
+    freed = close_cleanup(now, schedule, cluster, store, settings, dry_run, log) if closed_now else None
+    for kind, w in windows.items():
+        previous = state.get(kind, {})
+        entry = {"phase": "open" if w["open"] else "closed",
+                 "window": w["opened"] or previous.get("window"), "closes": w["closes"] or previous.get("closes")}
+        if freed is not None and kind in closed_now:
+            entry["cleanup"] = freed
+        elif previous.get("window") == entry["window"]:
+            entry["cleanup"] = previous.get("cleanup")
+        state[kind] = entry
+    if not dry_run:
+        save_state(settings, state)
+    return {"now": now.isoformat(), "windows": windows, "restored": restored, "stopped": stopped,
+            "triggers": triggers, "cleanup": freed, "state": state}

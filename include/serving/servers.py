@@ -53,6 +53,16 @@ class Servers(ABC):
     @abstractmethod
     def scale_down(self, service: str) -> bool: ...
 
+    def ensure_observability(self) -> None:  # noqa: B027 - eks: Prometheus is the cluster's
+        """Make sure something scrapes the servers (local: start Prometheus)."""
+
+    def start_traffic(self, prompts: list[str], rate: float) -> bool:
+        """Replay prompts through the gateway during analysis (local); eks serves real traffic."""
+        return False
+
+    def stop_traffic(self) -> bool:
+        return False
+
 
 class LocalServers(Servers):
     def __init__(self, settings: Settings, root: Path | None = None):
@@ -72,6 +82,25 @@ class LocalServers(Servers):
     def url(self, service: str) -> str | None:
         info = processes.read(process_name(service), self.root)
         return info.url if info else None
+
+    def ensure_observability(self) -> None:
+        from include.serving import prometheus_local
+
+        prometheus_local.ensure_running(self.root)
+
+    def start_traffic(self, prompts: list[str], rate: float) -> bool:
+        from include.serving import envoy, loadgen
+
+        gateway = processes.read(envoy.NAME, self.root)
+        if gateway is None or rate <= 0:
+            return False
+        loadgen.start(gateway.url, rate, prompts, root=self.root)
+        return True
+
+    def stop_traffic(self) -> bool:
+        from include.serving import loadgen
+
+        return loadgen.stop_process(self.root)
 
     def scale_down(self, service: str) -> bool:
         stopped = processes.stop(process_name(service), self.root)

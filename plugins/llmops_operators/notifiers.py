@@ -50,3 +50,18 @@ class GateRejectionNotifier(BaseNotifier):
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 - URL from a connection
             log.info("rejection posted to %s: HTTP %s", self.conn_id, response.status)
+
+
+class RolloutAbortNotifier(GateRejectionNotifier):
+    """A rolled-back canary: the same webhook connection, the rollout's reason."""
+
+    def message(self, context) -> dict:
+        plan = context["ti"].xcom_pull(task_ids="resolve") or {}
+        outcome = context["ti"].xcom_pull(task_ids="analyse") or {}
+        canary = plan.get("canary") or {}
+        return {
+            "text": f"{context['dag'].dag_id} {context['run_id']}: canary {canary.get('service')} rolled back",
+            "reasons": [outcome.get("reason") or "aborted by the approver or the approval timeout"],
+            "model": plan.get("model"),
+            "version": canary.get("version"),
+        }

@@ -20,6 +20,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -201,16 +202,23 @@ def crds_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
-def validation_errors(route: Mapping[str, Any]) -> list[str] | None:
-    """Schema errors of the route against the HTTPRoute CRD; None when the CRD is not available."""
+@lru_cache(maxsize=4)
+def _validator(crd_file: Path) -> Any:
+    """The HTTPRoute v1 schema's validator, parsed once per process (the CRD is large)."""
     import jsonschema
     import yaml
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd = yaml.load(crd_file.read_text(), Loader=loader)  # noqa: S506 - a safe loader
+    schema = next(v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"] if v["name"] == "v1")
+    return jsonschema.Draft7Validator(schema)
+
+
+def validation_errors(route: Mapping[str, Any]) -> list[str] | None:
+    """Schema errors of the route against the HTTPRoute CRD; None when the CRD is not available."""
     root = crds_dir()
     crd_file = root / "gateway-api" / "gateway.networking.k8s.io_httproutes.yaml" if root else None
     if crd_file is None or not crd_file.is_file():
         return None
-    crd = yaml.safe_load(crd_file.read_text())
-    schema = next(v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"] if v["name"] == "v1")
-    validator = jsonschema.Draft7Validator(schema)
+    validator = _validator(crd_file)
     return [f"{'.'.join(map(str, e.path)) or '(root)'}: {e.message}" for e in validator.iter_errors(dict(route))]

@@ -129,9 +129,11 @@ class CanaryStepsOperator(BaseOperator):
 
         req = context["ti"].xcom_pull(task_ids="validate_params")
         policy = rollout.analysis_policy(req)
-        st = rollout.begin_step(plan, index)
+        rollout.begin_step(plan, index)
         get_servers().start_traffic(_prompts(plan), req["traffic_rate"])
-        run = step_analysis.start(plan, policy, plan["steps"][index], st["analysis_started_at"])
+        # The analysis clock starts once the new weight is live and traffic flows: the first
+        # measurement's window then holds only this step's requests.
+        run = step_analysis.start(plan, policy, plan["steps"][index], time.time())
         self.defer(trigger=CanaryAnalysisTrigger(plan, policy, index, run.to_dict()), method_name="step_done",
                    kwargs={"index": index})
 

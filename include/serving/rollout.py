@@ -303,5 +303,5 @@ def sync_aliases(plan: Mapping[str, Any], settings: Settings | None = None, clie
         c.set_model_version_tag(plan["model"], version, "llmops.rollout_reason", st.get("reason", "")[:5000])
     champ = reg.champion(plan["model"], client=c)
     chal = reg.challenger(plan["model"], client=c)
-    return {"phase": st.get("phase"), "champion": champ.version if champ else None,
-            "challenger": chal.version if chal else None, "reason": st.get("reason")}
+    return {"phase": st.get("phase"), "champion": str(champ.version) if champ else None,
+            "challenger": str(chal.version) if chal else None, "reason": st.get("reason")}

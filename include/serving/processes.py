@@ -176,3 +176,21 @@ def child_env() -> dict[str, str]:
 
 def python_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m include.serving.processes [list|stop-all]`: the local serving processes."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="local serving processes under the data root")
+    parser.add_argument("command", choices=["list", "stop-all"])
+    args = parser.parse_args(argv)
+    for info in running():
+        if args.command == "stop-all":
+            stop(info.name)
+        print(f"{'stopped' if args.command == 'stop-all' else 'running'} {info.name} pid {info.pid} {info.url}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

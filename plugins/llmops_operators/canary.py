@@ -123,7 +123,7 @@ class CanaryStepsOperator(BaseOperator):
             return {"decision": "promote", "reason": note}
         return self._start(context, plan, rollout.current_step(plan))
 
-    def _start(self, context: Any, plan: dict, index: int) -> Any:
+    def _start(self, context: Any, plan: dict, index: int, tables: list[str] | None = None) -> Any:
         from include.serving import rollout, step_analysis
         from include.serving.servers import get_servers
 
@@ -135,21 +135,22 @@ class CanaryStepsOperator(BaseOperator):
         # measurement's window then holds only this step's requests.
         run = step_analysis.start(plan, policy, plan["steps"][index], time.time())
         self.defer(trigger=CanaryAnalysisTrigger(plan, policy, index, run.to_dict()), method_name="step_done",
-                   kwargs={"index": index})
+                   kwargs={"index": index, "tables": tables or []})
 
-    def step_done(self, context: Any, event: dict[str, Any], index: int) -> Any:
+    def step_done(self, context: Any, event: dict[str, Any], index: int, tables: list[str] | None = None) -> Any:
         from include.serving import rollout, step_analysis
         from include.serving.servers import get_servers
 
         plan = context["ti"].xcom_pull(task_ids="resolve")
         req = context["ti"].xcom_pull(task_ids="validate_params")
         out = step_analysis.finish(plan, rollout.analysis_policy(req), index, event["run"])
+        tables = [*(tables or []), out["table"]]
         if out["decision"] == step_analysis.NEXT:
-            return self._start(context, plan, index + 1)
+            return self._start(context, plan, index + 1, tables)
         if out["decision"] == step_analysis.ABORT:
             rollout.abort(plan, out["reason"])
         get_servers().stop_traffic()
-        return {"decision": out["decision"], "reason": out["reason"], "step": index}
+        return {"decision": out["decision"], "reason": out["reason"], "step": index, "tables": tables}
 
 
 def _prompts(plan: dict) -> list[str]:

@@ -56,13 +56,15 @@ class ServerReadyTrigger(BaseTrigger):
 
 
 class CanaryAnalysisTrigger(BaseTrigger):
-    def __init__(self, plan: dict, policy: dict, index: int, run: dict):
+    def __init__(self, plan: dict, policy: dict, index: int, run: dict, tables: list[str] | None = None):
         super().__init__()
         self.plan, self.policy, self.index, self.run_data = plan, policy, index, run
+        self.tables = tables or []
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{__name__}.CanaryAnalysisTrigger",
-                {"plan": self.plan, "policy": self.policy, "index": self.index, "run": self.run_data})
+                {"plan": self.plan, "policy": self.policy, "index": self.index, "run": self.run_data,
+                 "tables": self.tables})
 
     async def run(self):
         from include.serving import analysis as an
@@ -81,7 +83,8 @@ class CanaryAnalysisTrigger(BaseTrigger):
             bad = [m for m in run.measurements if m.phase == run.phase]
             reason = f"step {self.index + 1} ({weight} %): {bad[-1].metric if bad else '?'} {run.phase}"
             await asyncio.to_thread(rollout.abort, self.plan, reason)
-        yield TriggerEvent({"run": run.to_dict()})
+        # The step travels in the event itself: the resumed method gets the event on every executor.
+        yield TriggerEvent({"run": run.to_dict(), "index": self.index, "tables": self.tables})
 
 
 class CanaryReadyOperator(BaseOperator):
@@ -134,17 +137,18 @@ class CanaryStepsOperator(BaseOperator):
         # The analysis clock starts once the new weight is live and traffic flows: the first
         # measurement's window then holds only this step's requests.
         run = step_analysis.start(plan, policy, plan["steps"][index], time.time())
-        self.defer(trigger=CanaryAnalysisTrigger(plan, policy, index, run.to_dict()), method_name="step_done",
-                   kwargs={"index": index, "tables": tables or []})
+        self.defer(trigger=CanaryAnalysisTrigger(plan, policy, index, run.to_dict(), tables),
+                   method_name="step_done")
 
-    def step_done(self, context: Any, event: dict[str, Any], index: int, tables: list[str] | None = None) -> Any:
+    def step_done(self, context: Any, event: dict[str, Any]) -> Any:
         from include.serving import rollout, step_analysis
         from include.serving.servers import get_servers
 
         plan = context["ti"].xcom_pull(task_ids="resolve")
         req = context["ti"].xcom_pull(task_ids="validate_params")
+        index = event["index"]
         out = step_analysis.finish(plan, rollout.analysis_policy(req), index, event["run"])
-        tables = [*(tables or []), out["table"]]
+        tables = [*event.get("tables", []), out["table"]]
         if out["decision"] == step_analysis.NEXT:
             return self._start(context, plan, index + 1, tables)
         if out["decision"] == step_analysis.ABORT:

@@ -40,7 +40,7 @@ def test_first_rollout_then_a_healthy_canary_is_promoted(local_airflow):
         assert rt.weights(route) == {rt.served_name(h.MODEL, 2): 100}
         assert rt.state(route)["phase"] == "Promoted" and not rt.in_progress(route)
         assert processes.read("model-" + rt.served_name(h.MODEL, 1), root) is None  # the loser is scaled down
-        assert client.get_registered_model(h.MODEL).aliases == {"champion": "2"}
+        assert {k: str(v) for k, v in client.get_registered_model(h.MODEL).aliases.items()} == {"champion": "2"}
     finally:
         for info in processes.running("", root):
             processes.stop(info.name, root)

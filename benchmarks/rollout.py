@@ -90,7 +90,7 @@ def bench_rollback(tmp: Path, interval: int) -> float:
     h.write_eval_set(tmp / "data")
     good = h.export_model(tmp / "m1", seed=1)
     shutil.copytree(good.removeprefix("file://"), tmp / "m2")
-    h.register(get_client(), [good, f"file://{tmp / 'm2'}"])
+    h.register(get_client(), [good, f"file://{tmp / 'm2'}"], tmp / "artifacts")
     try:
         for version, run in (("1", "bench-first"), ("2", "bench-canary")):
             req = rollout.validate_params({"model_version": version, "interval_s": interval, "count": 4,

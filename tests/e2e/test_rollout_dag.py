@@ -26,7 +26,7 @@ def test_first_rollout_then_a_healthy_canary_is_promoted(local_airflow):
     good = h.export_model(local_airflow.root / "m1", seed=1)
     shutil.copytree(good.removeprefix("file://"), local_airflow.root / "m2")
     client = MlflowClient(local_airflow.env["LLMOPS_MLFLOW_TRACKING_URI"])
-    h.register(client, [good, f"file://{local_airflow.root / 'm2'}"])
+    h.register(client, [good, f"file://{local_airflow.root / 'm2'}"], local_airflow.root / "artifacts")
     root = processes.run_dir(local_airflow.data_root)
     try:
         first = local_airflow.dags_test("rollout_model", {"model_version": "1", "steps": [100]})

@@ -80,10 +80,11 @@ def export_model(path: Path, *, seed: int, train_steps: int = 0, mute: bool = Fa
     return "file://" + str(tiny.export_model(model, path))
 
 
-def register(client, version_sources: list[str]) -> None:
-    """Versions 1..n of MODEL with the eval set's dataset version; v1 champion, the last challenger."""
+def register(client, version_sources: list[str], artifacts: Path) -> None:
+    """Versions 1..n of MODEL with the eval set's dataset version; v1 champion, the last challenger.
+    Run artifacts (the step tables) go under `artifacts`, never the working directory."""
     client.create_registered_model(MODEL)
-    experiment = client.create_experiment("rollout-it")
+    experiment = client.create_experiment("rollout-it", artifact_location=artifacts.as_uri())
     for source in version_sources:
         run = client.create_run(experiment)  # the version's training run: the step tables land here
         client.create_model_version(MODEL, source, run_id=run.info.run_id, tags={"llmops.dataset_version": DATASET})

@@ -46,7 +46,8 @@ def world(tmp_path_factory):
     from include.registry.mlflow_registry import get_client
 
     client = get_client()
-    h.register(client, [good, f"file://{tmp / 'm2'}", h.export_model(tmp / "m3", seed=3, mute=True)])
+    h.register(client, [good, f"file://{tmp / 'm2'}", h.export_model(tmp / "m3", seed=3, mute=True)],
+               tmp / "artifacts")
     # first rollout: no champion server, so v1 serves at 100 % once ready, without analysis
     req = rollout.validate_params({"model_version": "1", "steps": [100], "interval_s": INTERVAL})
     plan = rollout.resolve(req, "setup")

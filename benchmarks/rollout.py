@@ -7,8 +7,8 @@
               the added latency (gateway - direct). /v1/models costs the server no generation,
               so the difference is the router's own. Goal: under 1 ms at p50.
 (b) rollback  A real rollout (operator + triggers, tests/integration/rollout_harness.py) with the
-              load generator on; 5xx on 10 % of the canary's requests injected 1.4 intervals into
-              the first step; reports onset -> canary weight 0 in seconds and as a multiple of the
+              load generator on; 5xx on 10 % of the canary's requests injected between the first two
+              measurements of the first step; reports onset -> canary weight 0 in seconds and as a multiple of the
               analysis interval (acceptance: at most 2).
 
 Everything runs on 127.0.0.1 under a temporary data root and is stopped at the end.
@@ -125,7 +125,7 @@ def bench_rollback(tmp: Path, interval: int) -> float:
                 conn.getresponse().read()
                 onset["at"] = time.time()
 
-            threading.Timer(interval * 1.4, fire).start()
+            threading.Timer(2 + interval * 1.5, fire).start()  # between the first two measurements
 
         threading.Thread(target=watch, daemon=True).start()
         verdict, _ = h.run_steps({"validate_params": req, "resolve": plan}, on_defer=on_defer)

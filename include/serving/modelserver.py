@@ -120,6 +120,14 @@ def _make_handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
         def log_message(self, fmt: str, *args: Any) -> None:  # quiet: metrics say it all
             pass
 
+        def setup(self) -> None:
+            # Headers and body leave in two writes: without TCP_NODELAY, Nagle waits for a delayed ACK
+            # (~40 ms) on every keep-alive response.
+            super().setup()
+            import socket
+
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
         def _send(self, code: int, body: Any, content_type: str = "application/json") -> None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             self.send_response(code)

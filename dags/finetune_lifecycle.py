@@ -19,7 +19,7 @@ from llmops_operators.evaluation import evaluation_operator
 from llmops_operators.notifiers import GateRejectionNotifier
 from llmops_operators.training import training_job_operator
 
-from include.assets import CURATED_DATASET
+from include.assets import CURATED_DATASET, REGISTERED_MODEL
 from include.compute import container_jobs
 from include.scheduling.requests import hold_if_stopped
 from include.settings import get_settings
@@ -176,11 +176,17 @@ def finetune_lifecycle():
     def gate_decision(decision: dict) -> str:
         return "register" if decision["passed"] else "reject"
 
-    @task(multiple_outputs=False)
-    def register(plan: dict, result: dict, dataset: dict, decision: dict, params: dict) -> dict:
+    @task(multiple_outputs=False, outlets=[REGISTERED_MODEL])
+    def register(plan: dict, result: dict, dataset: dict, decision: dict, params: dict, outlet_events=None) -> dict:
+        from include.assets import registered_model_extra
         from include.lifecycle.release import register
 
-        return register(plan, result, dataset, decision, params["promote"], get_settings())
+        out = register(plan, result, dataset, decision, params["promote"], get_settings())
+        # The rollout (rollout_model) is scheduled on this event: it serves the new version as a canary.
+        outlet_events[REGISTERED_MODEL].extra = registered_model_extra(
+            model_name=out["model_name"], version=out["version"], source_uri=out["source"],
+            dataset_version=dataset["version"], run_id=plan["run_id"])
+        return out
 
     @task(multiple_outputs=False, on_success_callback=[GateRejectionNotifier(decision_task_id="gate")])
     def reject(decision: dict) -> dict:

@@ -28,17 +28,18 @@ def dags_test(dag_id: str, conf: dict) -> None:
     print(f"  {dag_id}: success (log: {log})")
 
 
-def lifecycle_outcome() -> dict:
-    """What the last finetune_lifecycle run decided, from its XComs in the metadata DB."""
+def lifecycle_outcome(dag_id: str = "finetune_lifecycle",
+                      task_ids: tuple[str, ...] = ("collect_result", "gate", "register", "reject")) -> dict:
+    """What the last run of `dag_id` decided, from its XComs in the metadata DB."""
     from airflow.models import DagRun
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        run = session.query(DagRun).filter(DagRun.dag_id == "finetune_lifecycle").order_by(
+        run = session.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(
             DagRun.start_date.desc()).first()
         values = {}
-        for task_id in ("collect_result", "gate", "register", "reject"):
+        for task_id in task_ids:
             row = session.query(XComModel).filter(XComModel.dag_id == run.dag_id, XComModel.run_id == run.run_id,
                                                   XComModel.task_id == task_id,
                                                   XComModel.key == "return_value").first()
@@ -51,7 +52,7 @@ def main() -> int:
     raw = stage_sample(settings.data_root)
     dags_test("prepare_dataset", {"source_uris": [raw]})
     print(summary(latest_version(settings.data_root)))
-    dags_test("finetune_lifecycle", {})
+    dags_test("finetune_lifecycle", {"promote": False})  # champion moves only when the rollout promotes
     out = lifecycle_outcome()
     m = out["collect_result"]["metrics"]
     print(f"training: {m['steps']} steps on {m['world_size']} ranks, loss {m['initial_loss']:.3f} -> "
@@ -65,7 +66,22 @@ def main() -> int:
         r = out["register"]
         print(f"registered: {r['model_name']} version {r['version']} (champion: {r['champion']}), "
               f"weights at {r['source']}")
+        rollout(str(r["version"]))
     return 0
+
+
+def rollout(version: str) -> None:
+    """Canary-roll the new version (a first one goes straight to 100 %); print the step tables and aliases."""
+    dags_test("rollout_model", {"model_version": version, "steps": [50, 100], "interval_s": 5, "count": 2,
+                                "probe_size": 8, "scale_down_delay_s": 2})
+    out = lifecycle_outcome("rollout_model", ("analyse", "sync_aliases"))
+    verdict, aliases = out["analyse"] or {}, out["sync_aliases"] or {}
+    for table in verdict.get("tables", []):
+        print(table)
+    print(f"rollout: {aliases.get('phase')} ({verdict.get('reason') or 'every step successful'}); "
+          f"champion {aliases.get('champion')}, challenger {aliases.get('challenger')}")
+    print("serving on 127.0.0.1 (model servers, Envoy, Prometheus): "
+          "`python -m include.serving.processes list` / `stop-all`")
 
 
 if __name__ == "__main__":

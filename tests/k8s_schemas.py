@@ -91,7 +91,7 @@ def crd_schemas() -> dict[tuple[str, str], dict]:
     return schemas
 
 
-CRD_GROUPS = ("karpenter.sh", "karpenter.k8s.aws", "gateway.networking.k8s.io")
+CRD_GROUPS = ("karpenter.sh", "karpenter.k8s.aws", "gateway.networking.k8s.io", "monitoring.coreos.com")
 
 
 def _is_core(api_version: str) -> bool:

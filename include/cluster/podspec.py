@@ -50,10 +50,11 @@ def restricted_pod(user: int = RUN_AS_USER, fs_group_change_policy: str | None =
                                 seccomp_profile=V1SeccompProfile(type="RuntimeDefault"))
 
 
-def restricted_container() -> V1SecurityContext:
-    """Pod Security "restricted" for the container: non-root, no privilege escalation, no capabilities."""
+def restricted_container(read_only_root: bool = True) -> V1SecurityContext:
+    """Pod Security "restricted" for the container: non-root, no privilege escalation, no capabilities,
+    and (by default) a read-only image filesystem: every path the process writes is a volume."""
     return V1SecurityContext(allow_privilege_escalation=False, capabilities=V1Capabilities(drop=["ALL"]),
-                             run_as_non_root=True, read_only_root_filesystem=True)
+                             run_as_non_root=True, read_only_root_filesystem=read_only_root)
 
 
 def shm(size: str) -> tuple[V1Volume, V1VolumeMount]:

@@ -51,3 +51,22 @@ class GateRejectionNotifier(BaseNotifier):
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 - URL from a connection
             log.info("rejection posted to %s: HTTP %s", self.conn_id, response.status)
+
+
+class RolloutAbortNotifier(GateRejectionNotifier):
+    """A rolled-back canary: the same webhook connection, the rollout's reason."""
+
+    def __init__(self, plan_task_id: str, outcome_task_id: str, **kwargs) -> None:
+        super().__init__(decision_task_id=outcome_task_id, **kwargs)
+        self.plan_task_id = plan_task_id  # the task whose XCom holds the resolved versions
+
+    def message(self, context) -> dict:
+        plan = context["ti"].xcom_pull(task_ids=self.plan_task_id) or {}
+        outcome = context["ti"].xcom_pull(task_ids=self.decision_task_id) or {}
+        canary = plan.get("canary") or {}
+        return {
+            "text": f"{context['dag'].dag_id} {context['run_id']}: canary {canary.get('service')} rolled back",
+            "reasons": [outcome.get("reason") or "aborted by the approver or the approval timeout"],
+            "model": plan.get("model"),
+            "version": canary.get("version"),
+        }

@@ -77,7 +77,7 @@ def test_core_objects_validate():
 def test_karpenter_objects_validate_against_their_crds():
     require_crds()
     docs = [d for d in built() if needs_crds(d)]
-    assert {d["kind"] for d in docs} == {"NodePool", "EC2NodeClass"}
+    assert {d["kind"] for d in docs} == {"NodePool", "EC2NodeClass", "Gateway", "PodMonitor"}
     errors = [e for d in docs for e in validation_errors(d)]
     assert not errors, "\n".join(errors)
 

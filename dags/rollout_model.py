@@ -1,0 +1,138 @@
+"""rollout_model: serve a registered version beside the champion, shift traffic step by step, promote or roll back.
+
+Scheduled on the `registered_model` asset (the lifecycle's `register` emits it) and triggerable
+from the form. The HTTPRoute is the single source of truth for the split and for the rollout's
+state (annotations), so a retried task continues at the step the route records. Each step sets
+the canary's weight, then analyses it in the triggerer (Prometheus, Argo Rollouts semantics) and
+probes its answers against stable's. Failed/Error aborts (canary weight 0 first); Inconclusive asks
+a person (`approve`), and no answer in time aborts. `champion` follows what serves.
+
+One rollout per model at a time: max_active_runs=1 QUEUES a second trigger of this DAG; any other
+writer finds the route claimed by the running rollout and is REFUSED (`RolloutBusy`).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.providers.standard.operators.hitl import HITLBranchOperator
+from airflow.sdk import Param, dag, task
+from llmops_operators.canary import CanaryReadyOperator, CanaryStepsOperator, ScaleDownOperator
+from llmops_operators.notifiers import RolloutAbortNotifier
+
+from include.assets import REGISTERED_MODEL
+from include.settings import get_settings
+
+LOCAL = get_settings().is_local
+APPROVAL_TIMEOUT = timedelta(minutes=2 if LOCAL else 60)
+
+PARAMS = {
+    "action": Param("rollout", enum=["rollout", "rollback"], title="Action",
+                    description="rollout: the version below as canary; rollback: back to the previous champion."),
+    "model_version": Param("", type="string", pattern=r"^[0-9]*$", title="Model version",
+                           description="Registered version to roll out. Empty: the asset event's, else 'challenger'."),
+    "steps": Param([10, 25, 50, 100], type="array", items={"type": "integer", "exclusiveMinimum": 0, "maximum": 100},
+                   minItems=1, title="Steps (canary weight %)", description="Strictly increasing, in (0, 100]."),
+    "interval_s": Param(10, type="integer", minimum=5, maximum=3600, title="Analysis interval (s)"),
+    "count": Param(3, type="integer", minimum=1, maximum=100, title="Measurements per step"),
+    "max_error_rate": Param(0.05, type="number", minimum=0, maximum=1, title="Max canary error rate"),
+    "max_latency_ratio": Param(2.0, type="number", minimum=1, maximum=100, title="Max p95 latency ratio"),
+    "probe_size": Param(16, type="integer", minimum=0, maximum=1000, title="Quality probe sample size"),
+    "traffic_rate": Param(20.0 if LOCAL else 0.0, type="number", minimum=0, maximum=500,
+                          title="Load generator rate (req/s, local; 0 = off)"),
+    "ready_timeout_s": Param(120 if LOCAL else 1800, type="integer", minimum=10, maximum=7200,
+                             title="Canary readiness deadline (s)"),
+    "approval_timeout_s": Param(int(APPROVAL_TIMEOUT.total_seconds()), type="integer", minimum=10,
+                                maximum=86400, title="Approval timeout (s), informational"),
+    "scale_down_delay_s": Param(5 if LOCAL else 600, type="integer", minimum=0, maximum=86400,
+                                title="Scale-down delay (s)"),
+    "analysis_policy": Param({}, type="object", title="Analysis policy overrides",
+                             description="Deep-merged over include/serving/policy.yaml."),
+}
+
+
+@dag(
+    dag_id="rollout_model",
+    schedule=[REGISTERED_MODEL],
+    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(seconds=5 if LOCAL else 60)},
+    params=PARAMS,
+    tags=["llmops", "serving"],
+    doc_md=__doc__,
+)
+def rollout_model():
+    @task(retries=0, multiple_outputs=False)
+    def validate_params(params: dict, triggering_asset_events=None) -> dict:
+        from include.serving.rollout import validate_params
+
+        req = validate_params(params)
+        versions = [e.extra.get("version") for events in (triggering_asset_events or {}).values()
+                    for e in events if e.extra.get("version")]
+        if not req["model_version"] and versions:
+            req["model_version"] = str(versions[-1])
+        return req
+
+    @task(multiple_outputs=False)
+    def resolve(req: dict, dag_run=None) -> dict:
+        from include.serving.rollout import resolve
+
+        return resolve(req, dag_run.run_id)
+
+    @task
+    def deploy_canary(plan: dict) -> str | None:
+        from include.serving.rollout import deploy
+
+        return None if plan["noop"] else deploy(plan)
+
+    @task.branch
+    def decide(outcome: dict) -> str:
+        return {"promote": "promote", "abort": "abort", "inconclusive": "approve"}.get(outcome["decision"],
+                                                                                       "scale_down")
+
+    @task(trigger_rule="none_failed_min_one_success", multiple_outputs=False)
+    def promote(plan: dict) -> dict:
+        from include.serving.rollout import promote
+
+        return promote(plan)
+
+    @task(trigger_rule="none_failed_min_one_success", multiple_outputs=False,
+          on_success_callback=[RolloutAbortNotifier(plan_task_id="resolve", outcome_task_id="analyse")])
+    def abort(plan: dict, outcome: dict) -> dict:
+        from include.serving.rollout import abort
+
+        return abort(plan, outcome.get("reason") or "aborted by the approver or the approval timeout")
+
+    @task(trigger_rule="none_failed_min_one_success", multiple_outputs=False)
+    def sync_aliases(plan: dict) -> dict:
+        from include.serving.rollout import sync_aliases
+
+        if plan["noop"]:
+            return {"phase": "noop"}
+        out = sync_aliases(plan)
+        print(f"rollout of {plan['model']} v{plan['canary']['version']}: {out['phase']}; "
+              f"champion {out['champion']}, challenger {out['challenger']}"
+              + (f"; reason: {out['reason']}" if out.get("reason") else ""))
+        return out
+
+    req = validate_params()
+    plan = resolve(req)
+    ready = CanaryReadyOperator(task_id="wait_ready")
+    steps = CanaryStepsOperator(task_id="analyse", execution_timeout=timedelta(hours=6))
+    approve = HITLBranchOperator(
+        task_id="approve", subject="Canary analysis inconclusive: promote or abort?",
+        body="The analysis of {{ ti.xcom_pull(task_ids='resolve')['canary']['service'] }} had no usable data. "
+             "{{ ti.xcom_pull(task_ids='analyse')['reason'] }}",
+        options=["promote", "abort"], defaults=["abort"], response_timeout=APPROVAL_TIMEOUT)
+    outcome = steps.output
+    promoted, aborted = promote(plan), abort(plan, outcome)
+    scale_down = ScaleDownOperator(task_id="scale_down", trigger_rule="none_failed_min_one_success")
+    deploy_canary(plan) >> ready >> steps
+    decide(outcome) >> [promoted, aborted, approve, scale_down]
+    approve >> [promoted, aborted]
+    [promoted, aborted] >> scale_down >> sync_aliases(plan)
+
+
+rollout_model()

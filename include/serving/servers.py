@@ -1,0 +1,175 @@
+"""Model servers per version: deploy, address, scale down; local processes and eks Deployments side by side.
+
+local: one `include.serving.modelserver` process per version (named `model-<service>`, pid file
+under the data root), serving the registered weights directly from the data root.
+eks: the Deployment and Service rendered by `k8s_objects` (vLLM on gpu-inference-pool), created or
+replaced through the Kubernetes API; the in-cluster Service address. `get_servers` picks one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from include.serving import processes
+from include.settings import Settings, get_settings
+
+PREFIX = "model-"
+
+
+def process_name(service: str) -> str:
+    return PREFIX + service
+
+
+def backend_ports(root: Path | None = None) -> dict[str, int]:
+    """Service name -> port of every running local model server."""
+    return {i.name.removeprefix(PREFIX): i.port for i in processes.running(PREFIX, root)}
+
+
+def local_model_dir(source_uri: str) -> str:
+    if source_uri.startswith("file://"):
+        return source_uri.removeprefix("file://")
+    if "://" in source_uri:
+        raise ValueError(f"model source {source_uri!r}: the local profile serves file:// weights only")
+    return source_uri
+
+
+def _sync_scrape_targets(root: Path) -> None:
+    from include.serving import prometheus_local
+
+    prometheus_local.sync_targets(root)
+
+
+class Servers(ABC):
+    @abstractmethod
+    def deploy(self, service: str, source_uri: str, *, method: str = "full") -> str:
+        """Ensure the version's server exists (idempotent); return its base URL."""
+
+    @abstractmethod
+    def url(self, service: str) -> str | None:
+        """Base URL of the version's server (direct, outside the route), None when not deployed."""
+
+    @abstractmethod
+    def scale_down(self, service: str) -> bool: ...
+
+    def ensure_observability(self) -> None:  # noqa: B027 - eks: Prometheus is the cluster's
+        """Make sure something scrapes the servers (local: start Prometheus)."""
+
+    def start_traffic(self, prompts: list[str], rate: float) -> bool:
+        """Replay prompts through the gateway during analysis (local); eks serves real traffic."""
+        return False
+
+    def stop_traffic(self) -> bool:
+        return False
+
+
+class LocalServers(Servers):
+    def __init__(self, settings: Settings, root: Path | None = None):
+        self.root = root or processes.run_dir(settings.data_root)
+
+    def deploy(self, service: str, source_uri: str, *, method: str = "full") -> str:
+        name = process_name(service)
+        model_dir = local_model_dir(source_uri)
+        info = processes.ensure_running(
+            name, lambda port: processes.python_argv("include.serving.modelserver", f"--name={name}",
+                                                     "--model-dir", model_dir, "--served-model-name", service,
+                                                     "--port", str(port)),
+            ready_path="/v1/models", root=self.root)
+        _sync_scrape_targets(self.root)
+        return info.url
+
+    def url(self, service: str) -> str | None:
+        info = processes.read(process_name(service), self.root)
+        return info.url if info else None
+
+    def ensure_observability(self) -> None:
+        from include.serving import prometheus_local
+
+        prometheus_local.ensure_running(self.root)
+
+    def start_traffic(self, prompts: list[str], rate: float) -> bool:
+        from include.serving import envoy, loadgen
+
+        gateway = processes.read(envoy.NAME, self.root)
+        if gateway is None or rate <= 0:
+            return False
+        loadgen.start(gateway.url, rate, prompts, root=self.root)
+        return True
+
+    def stop_traffic(self) -> bool:
+        from include.serving import loadgen
+
+        return loadgen.stop_process(self.root)
+
+    def scale_down(self, service: str) -> bool:
+        stopped = processes.stop(process_name(service), self.root)
+        _sync_scrape_targets(self.root)
+        return stopped
+
+
+class EksServers(Servers):
+    def __init__(self, settings: Settings, api_client: Any = None):
+        self.settings = settings
+        self._client = api_client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+            self._client = KubernetesHook(conn_id=self.settings.kubernetes_conn_id).api_client
+        return self._client
+
+    def deploy(self, service: str, source_uri: str, *, method: str = "full") -> str:
+        from kubernetes.client import AppsV1Api, CoreV1Api
+        from kubernetes.client.exceptions import ApiException
+
+        from include.serving import k8s_objects
+
+        ns = self.settings.serving_namespace
+        version = service.rsplit("-v", 1)[1]
+        objs = k8s_objects.version_objects(self.settings.registered_model_name, version, source_uri,
+                                           settings=self.settings, method=method)
+        apps, core = AppsV1Api(self.client), CoreV1Api(self.client)
+        for obj, create in ((objs["deployment"], apps.create_namespaced_deployment),
+                            (objs["service"], core.create_namespaced_service),
+                            (objs["pdb"], None)):
+            if create is None:
+                from kubernetes.client import PolicyV1Api
+
+                create = PolicyV1Api(self.client).create_namespaced_pod_disruption_budget
+            try:
+                create(ns, obj)
+            except ApiException as exc:
+                if exc.status != 409:  # already there: a retried task never makes a second one
+                    raise
+        return self.url(service)
+
+    def url(self, service: str) -> str | None:
+        return f"http://{service}.{self.settings.serving_namespace}.svc:{k8s_objects_port()}"
+
+    def scale_down(self, service: str) -> bool:
+        from kubernetes.client import AppsV1Api
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            AppsV1Api(self.client).patch_namespaced_deployment_scale(
+                service, self.settings.serving_namespace, {"spec": {"replicas": 0}})
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+
+def k8s_objects_port() -> int:
+    from include.serving.route import SERVICE_PORT
+
+    return SERVICE_PORT
+
+
+def get_servers(settings: Settings | None = None) -> Servers:
+    """The one place the profile picks how model servers run."""
+    settings = settings or get_settings()
+    return LocalServers(settings) if settings.is_local else EksServers(settings)

@@ -1,0 +1,138 @@
+"""The eks serving objects: rendered from include/, validated against the real schemas and CRDs, and
+checked against what they must agree with (Services vs route, Role vs API calls, pool placement)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from kubernetes.client import ApiClient
+
+from include.cluster.preflight import check_pod_placement
+from include.serving import k8s_objects as ko
+from include.serving import route as rt
+from include.serving.router import EksRouter
+from include.serving.servers import EksServers
+from include.settings import Settings
+from tests.k8s_schemas import REPO_ROOT, require_crds, validate
+
+EKS = Settings(profile="eks", data_root="s3://llmops-data/prod")
+MODEL = "llmops-assistant"
+SRC = "s3://llmops-data/prod/models/ft-1/model"
+
+
+def test_version_objects_validate_and_carry_the_version():
+    objs = ko.version_objects(MODEL, 7, SRC, settings=EKS)
+    for obj in objs.values():
+        validate(obj)
+    dep = objs["deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--served-model-name") + 1] == "llmops-assistant-v7" == objs["service"]["metadata"]["name"]
+    assert args[args.index("--model") + 1] == SRC and "runai_streamer" in args
+    c = pod["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v1/models"
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 600
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False and pod["securityContext"]["runAsNonRoot"]
+    assert pod["nodeSelector"] == {"karpenter.sh/nodepool": "gpu-inference-pool"}
+    check_pod_placement({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": pod})
+    # the Service and the PDB select exactly the Deployment's pods
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    for sel in (objs["service"]["spec"]["selector"], objs["pdb"]["spec"]["selector"]["matchLabels"],
+                dep["spec"]["selector"]["matchLabels"]):
+        assert sel.items() <= labels.items()
+
+
+def test_lora_serves_the_adapter_on_the_base():
+    objs = ko.version_objects(MODEL, 3, SRC, settings=EKS, method="lora", base_model_uri="s3://b/base")
+    validate(objs["deployment"])
+    pod = objs["deployment"]["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert "--enable-lora" in args and args[args.index("--lora-modules") + 1] == "llmops-assistant-v3=/adapters/" \
+        "llmops-assistant-v3"
+    assert pod["initContainers"][0]["args"][:3] == ["s3", "sync", "--only-show-errors"]
+    with pytest.raises(ValueError, match="base model"):
+        ko.version_objects(MODEL, 3, SRC, settings=EKS, method="lora")
+    with pytest.raises(ValueError, match="s3://"):
+        ko.version_objects(MODEL, 3, "file:///x", settings=EKS)
+
+
+def test_httproute_targets_the_services_and_its_patch_follows_the_argo_rule():
+    require_crds()
+    stable, canary = (ko.version_objects(MODEL, v, SRC, settings=EKS)["service"] for v in (1, 2))
+    route = rt.attach(rt.new_route(MODEL, EKS.serving_namespace, backends={stable["metadata"]["name"]: 100}),
+                      stable["metadata"]["name"], canary["metadata"]["name"])
+    patched = rt.with_state(rt.set_weights(route, stable["metadata"]["name"], canary["metadata"]["name"], 25),
+                            {"phase": "Progressing", "step": 0, "weight": 25})
+    for obj in (route, patched):
+        validate(obj)
+    assert sorted(rt.weight_changes(route, patched)) == sorted(
+        [(0, "llmops-assistant-v1", 100, 75), (0, "llmops-assistant-v2", 0, 25)])
+    ports = {s["metadata"]["name"]: s["spec"]["ports"][0]["port"] for s in (stable, canary)}
+    for ref in patched["spec"]["rules"][0]["backendRefs"]:
+        assert ports[ref["name"]] == ref["port"]
+    gateway = yaml.safe_load((REPO_ROOT / "k8s" / "serving" / "gateway.yaml").read_text())
+    assert patched["spec"]["parentRefs"][0]["name"] == gateway["metadata"]["name"]
+    assert gateway["metadata"]["namespace"] == patched["metadata"]["namespace"]
+
+
+def test_podmonitor_and_gateway_validate_and_select_the_vllm_pods():
+    require_crds()
+    pm = validate(yaml.safe_load((REPO_ROOT / "k8s" / "serving" / "podmonitor.yaml").read_text()))
+    validate(yaml.safe_load((REPO_ROOT / "k8s" / "serving" / "gateway.yaml").read_text()))
+    labels = ko.version_objects(MODEL, 1, SRC, settings=EKS)["deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+
+
+def _rbac():
+    docs = list(yaml.safe_load_all((REPO_ROOT / "k8s" / "serving" / "rbac.yaml").read_text()))
+    return {d["kind"]: d for d in docs}
+
+
+def test_role_grants_exactly_the_api_calls():
+    role = validate(_rbac()["Role"])
+    granted = {(g, r): tuple(sorted(rule["verbs"])) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"]}
+    assert granted == {k: tuple(sorted(v)) for k, v in ko.API_CALLS.items()}
+    validate(_rbac()["RoleBinding"])
+    validate(_rbac()["ServiceAccount"])
+
+
+class RecordingClient(ApiClient):
+    """Records (verb, apiGroup, resource) of every call the eks seams make; answers like a fresh cluster."""
+
+    VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls: set[tuple[str, str, str]] = set()
+        self.route = None
+
+    def call_api(self, resource_path, method, path_params=None, query_params=None, header_params=None, body=None,
+                 *args, **kwargs):
+        for key, value in (path_params or {}).items():
+            if key not in ("namespace", "name"):
+                resource_path = resource_path.replace("{" + key + "}", str(value))
+        parts = resource_path.strip("/").split("/")
+        group = "" if parts[0] == "api" else parts[1]
+        after = parts[parts.index("{namespace}") + 1:]
+        resource = after[0] + (f"/{after[2]}" if len(after) > 2 else "")
+        self.calls.add((self.VERBS[method], group, resource))
+        if resource == "httproutes":
+            if method == "GET":
+                return self.route
+            self.route = body
+        return body
+
+
+def test_eks_seams_call_only_what_the_role_allows():
+    client = RecordingClient()
+    router = EksRouter(EKS, api=__import__("kubernetes").client.CustomObjectsApi(client))
+    router.create(rt.new_route(MODEL, EKS.serving_namespace, backends={"llmops-assistant-v1": 100}))
+    router.update(rt.route_name(MODEL), lambda r: rt.attach(r, "llmops-assistant-v1", "llmops-assistant-v2"))
+    servers = EksServers(EKS, api_client=client)
+    servers.deploy("llmops-assistant-v2", SRC)
+    servers.scale_down("llmops-assistant-v1")
+    used = {(group, resource, verb) for verb, group, resource in client.calls}
+    allowed = {(g, r, v) for (g, r), verbs in ko.API_CALLS.items() for v in verbs}
+    assert used == allowed

@@ -1,7 +1,8 @@
 """prepare_dataset: raw partitions -> a versioned, validated fine-tuning dataset.
 
 Nightly on the partition of the run's logical date (the day the data interval covers), backfillable per day,
-and triggerable from the UI for any partition or explicit source URIs. Publishing the version
+triggerable from the UI for any partition or explicit source URIs, and started by new raw files landing
+(events on the raw-data asset: S3 notifications through SQS, or any producer's outlet). Publishing the version
 emits an event on the curated-dataset asset, which is what retraining listens to.
 """
 
@@ -10,9 +11,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, task
 
-from include.assets import CURATED_DATASET
+from include.assets import CURATED_DATASET, RAW_DATA
 
 DEFAULTS = {
     "owner": "ml-platform",
@@ -46,7 +47,8 @@ PARAMS = {
 
 @dag(
     dag_id="prepare_dataset",
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+                                 assets=RAW_DATA),
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     max_active_runs=3,
@@ -57,12 +59,16 @@ PARAMS = {
 )
 def prepare_dataset():
     @task
-    def resolve_sources(params: dict, logical_date=None) -> list[str]:
-        from include.data.catalog import resolve_sources
+    def resolve_sources(params: dict, logical_date=None, triggering_asset_events=None) -> list[str]:
+        from include.data.catalog import landed_sources, resolve_sources
         from include.settings import get_settings
 
-        return resolve_sources(get_settings().data_root, params["partition"], params["source_uris"],
-                               logical_date)
+        data_root = get_settings().data_root
+        landed = [e.extra.get("payload") for events in (triggering_asset_events or {}).values() for e in events
+                  if e.extra.get("from_trigger")]
+        if landed and not (params["partition"] or params["source_uris"]):
+            return landed_sources(data_root, landed)
+        return resolve_sources(data_root, params["partition"], params["source_uris"], logical_date)
 
     @task(multiple_outputs=False, execution_timeout=timedelta(hours=2))
     def curate(sources: list[str], params: dict, run_id: str) -> dict:

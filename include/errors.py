@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 
 class InputError(AirflowFailException, ValueError):
     """A parameter, source or setting the run cannot use; nothing was written."""
+
+
+class NothingToDo(AirflowSkipException):
+    """The run has nothing to work on (no new data, nothing new to train): it skips, it does not fail."""

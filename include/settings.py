@@ -30,6 +30,16 @@ def _uri(name: str, value: str, schemes: tuple[str, ...]) -> str:
     return value.rstrip("/")
 
 
+def _int(name: str, value: str, minimum: int = 1) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise SettingsError(f"{name}={value!r}: expected a whole number >= {minimum}")
+    return number
+
+
 def _k8s_name(name: str, value: str) -> str:
     import re
 
@@ -55,6 +65,9 @@ class Settings:
     checkpoint_root: str = ""  # a shared filesystem; default: <repo>/.data/checkpoints or /checkpoints (FSx)
     trainer_image: str = "ghcr.io/llmops-finetune/nemo-trainer:0.1.0"
     evaluator_image: str = "ghcr.io/llmops-finetune/evaluator:0.1.0"
+    # SQS queue URL receiving the data bucket's ObjectCreated notifications; empty: no event-driven curation.
+    raw_events_queue: str = ""
+    raw_events_poll_seconds: int = 30
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -66,6 +79,8 @@ class Settings:
             object.__setattr__(self, "checkpoint_root", default)
         if not self.checkpoint_root.startswith("/"):
             raise SettingsError(f"LLMOPS_CHECKPOINT_ROOT={self.checkpoint_root!r}: expected an absolute path")
+        if self.raw_events_queue:
+            _uri("LLMOPS_RAW_EVENTS_QUEUE", self.raw_events_queue, ("https", "http"))
         for f in ("training_namespace", "serving_namespace", "training_pool", "experiment_pool",
                   "inference_pool"):
             _k8s_name(f"LLMOPS_{f.upper()}", getattr(self, f))
@@ -78,7 +93,7 @@ class Settings:
         for f in fields(cls):
             raw = env.get(f"LLMOPS_{f.name.upper()}", "").strip()
             if raw:
-                values[f.name] = raw
+                values[f.name] = _int(f"LLMOPS_{f.name.upper()}", raw) if f.type in (int, "int") else raw
         return cls(**values)
 
     @property

@@ -8,14 +8,16 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from datetime import UTC, datetime
 
 from include.data.pipeline import EVAL_FILE, QUARANTINE_FILE, SPLIT_FILES, PrepConfig, curate
-from include.errors import InputError
+from include.errors import InputError, NothingToDo
 from include.storage import MANIFEST, is_published, publish_dir, read_json, storage_path
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+log = logging.getLogger(__name__)
 
 
 def curated_root(data_root: str) -> str:
@@ -44,6 +46,21 @@ def resolve_sources(data_root: str, partition: str | None, source_uris: list[str
     if not storage_path(uri).exists():
         raise InputError(f"no raw partition at {uri}")
     return [uri]
+
+
+def landed_sources(data_root: str, payloads: list[dict]) -> list[str]:
+    """The raw partitions that S3 notifications (raw-data asset events) announce; every other message is
+    logged and dropped. A run whose messages announce nothing skips (NothingToDo)."""
+    from include.data.notifications import landed_partitions
+
+    days, dropped = landed_partitions(payloads, data_root)
+    for reason in dropped:
+        log.warning("dropped notification %s", reason)
+    if not days:
+        raise NothingToDo(f"no new raw partition announced ({len(dropped)} message(s) dropped): nothing to curate")
+    sources = [resolve_sources(data_root, day, None, None)[0] for day in days]
+    log.info("curating %d partition(s) that landed: %s", len(days), ", ".join(days))
+    return sources
 
 
 def staging_uri(data_root: str, run_id: str) -> str:

@@ -12,8 +12,10 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, task
+from llmops_operators.sensors import PartitionSensor
 
 from include.assets import CURATED_DATASET, RAW_DATA
+from include.settings import get_settings
 
 DEFAULTS = {
     "owner": "ml-platform",
@@ -99,7 +101,10 @@ def prepare_dataset():
         outlet_events[CURATED_DATASET].extra = asset_extra(live)
         return asset_extra(live)
 
-    publish(curate(resolve_sources()))
+    wait = PartitionSensor(task_id="wait_for_partition", wait_seconds=get_settings().partition_wait_seconds)
+    sources = resolve_sources()
+    wait >> sources
+    publish(curate(sources))
 
 
 prepare_dataset()

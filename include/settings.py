@@ -68,6 +68,8 @@ class Settings:
     # SQS queue URL receiving the data bucket's ObjectCreated notifications; empty: no event-driven curation.
     raw_events_queue: str = ""
     raw_events_poll_seconds: int = 30
+    # How long a nightly prepare_dataset run waits (deferred) for its day's raw partition.
+    partition_wait_seconds: int = 6 * 3600
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:

@@ -1,7 +1,8 @@
 """prepare_dataset: raw partitions -> a versioned, validated fine-tuning dataset.
 
 Nightly on the partition of the run's logical date (the day the data interval covers), backfillable per day,
-and triggerable from the UI for any partition or explicit source URIs. Publishing the version
+triggerable from the UI for any partition or explicit source URIs, and started by new raw files landing
+(events on the raw-data asset: S3 notifications through SQS, or any producer's outlet). Publishing the version
 emits an event on the curated-dataset asset, which is what retraining listens to.
 """
 
@@ -10,9 +11,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, task
+from llmops_operators.sensors import PartitionSensor
 
-from include.assets import CURATED_DATASET
+from include.assets import CURATED_DATASET, RAW_DATA
+from include.settings import get_settings
 
 DEFAULTS = {
     "owner": "ml-platform",
@@ -46,7 +49,8 @@ PARAMS = {
 
 @dag(
     dag_id="prepare_dataset",
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+                                 assets=RAW_DATA),
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     max_active_runs=3,
@@ -57,10 +61,10 @@ PARAMS = {
 )
 def prepare_dataset():
     @task
-    def resolve_sources(params: dict, logical_date=None) -> list[str]:
+    def resolve_sources(params: dict, logical_date=None, triggering_asset_events=None) -> list[str]:
         from include.lifecycle.dataset import resolve_sources
 
-        return resolve_sources(params, logical_date)
+        return resolve_sources(params, logical_date, triggering_asset_events)
 
     @task(multiple_outputs=False, execution_timeout=timedelta(hours=2))
     def curate(sources: list[str], params: dict, run_id: str) -> dict:
@@ -76,7 +80,10 @@ def prepare_dataset():
         outlet_events[CURATED_DATASET].extra = extra
         return extra
 
-    publish(curate(resolve_sources()))
+    wait = PartitionSensor(task_id="wait_for_partition", wait_seconds=get_settings().partition_wait_seconds)
+    sources = resolve_sources()
+    wait >> sources
+    publish(curate(sources))
 
 
 prepare_dataset()

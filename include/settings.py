@@ -30,6 +30,16 @@ def _uri(name: str, value: str, schemes: tuple[str, ...]) -> str:
     return value.rstrip("/")
 
 
+def _int(name: str, value: str, minimum: int = 1) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise SettingsError(f"{name}={value!r}: expected a whole number >= {minimum}")
+    return number
+
+
 def _k8s_name(name: str, value: str) -> str:
     import re
 
@@ -58,6 +68,11 @@ class Settings:
     windows_file: str = ""  # off-hours windows and admission budgets; default include/scheduling/windows.yaml
     # How often the offhours DAG admits and stops runs; default: every minute locally, every 5 on eks.
     offhours_cron: str = ""
+    # SQS queue URL receiving the data bucket's ObjectCreated notifications; empty: no event-driven curation.
+    raw_events_queue: str = ""
+    raw_events_poll_seconds: int = 30
+    # How long a nightly prepare_dataset run waits (deferred) for its day's raw partition.
+    partition_wait_seconds: int = 6 * 3600
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -71,6 +86,8 @@ class Settings:
             object.__setattr__(self, "offhours_cron", "*/5 * * * *" if self.profile == "eks" else "* * * * *")
         if not self.checkpoint_root.startswith("/"):
             raise SettingsError(f"LLMOPS_CHECKPOINT_ROOT={self.checkpoint_root!r}: expected an absolute path")
+        if self.raw_events_queue:
+            _uri("LLMOPS_RAW_EVENTS_QUEUE", self.raw_events_queue, ("https", "http"))
         for f in ("training_namespace", "serving_namespace", "training_pool", "experiment_pool",
                   "inference_pool"):
             _k8s_name(f"LLMOPS_{f.upper()}", getattr(self, f))
@@ -90,7 +107,7 @@ class Settings:
         for f in fields(cls):
             raw = env.get(f"LLMOPS_{f.name.upper()}", "").strip()
             if raw:
-                values[f.name] = raw
+                values[f.name] = _int(f"LLMOPS_{f.name.upper()}", raw) if f.type in (int, "int") else raw
         return cls(**values)
 
     @property

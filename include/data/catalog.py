@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from datetime import UTC, datetime
 
@@ -17,6 +18,7 @@ from include.storage.objectstore import MANIFEST, is_published, publish_staged, 
 from include.validation import is_dataset_version
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+log = logging.getLogger(__name__)
 
 
 def curated_root(data_root: str) -> str:
@@ -45,6 +47,22 @@ def resolve_sources(data_root: str, partition: str | None, source_uris: list[str
     if not storage_path(uri).exists():
         raise InputError(f"no raw partition at {uri}")
     return [uri]
+
+
+def landed_sources(data_root: str, payloads: list[dict]) -> list[str]:
+    """The raw partitions that S3 notifications (raw-data asset events) announce; every other message is
+    logged and dropped. Empty when the messages announce nothing."""
+    from include.data.notifications import landed_partitions
+
+    days, dropped = landed_partitions(payloads, data_root)
+    for reason in dropped:
+        log.warning("dropped notification %s", reason)
+    if not days:
+        log.warning("no new raw partition announced (%d message(s) dropped)", len(dropped))
+        return []
+    sources = [resolve_sources(data_root, day, None, None)[0] for day in days]
+    log.info("curating %d partition(s) that landed: %s", len(days), ", ".join(days))
+    return sources
 
 
 def staging_uri(data_root: str, run_id: str) -> str:

@@ -5,15 +5,26 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from include.lifecycle.failfast import fail_fast
+from include.lifecycle.failfast import NothingToDo, fail_fast
 from include.settings import get_settings
 
 
 @fail_fast
-def resolve_sources(params: dict[str, Any], logical_date=None) -> list[str]:
+def resolve_sources(params: dict[str, Any], logical_date=None, triggering_asset_events=None) -> list[str]:
+    """Explicit params win; an asset-triggered run curates the partitions its S3 notifications announce
+    (and skips when they announce none); otherwise the partition of the logical date."""
+    from include.data.catalog import landed_sources
     from include.data.catalog import resolve_sources as resolve
 
-    return resolve(get_settings().data_root, params["partition"], params["source_uris"], logical_date)
+    data_root = get_settings().data_root
+    landed = [e.extra.get("payload") for events in (triggering_asset_events or {}).values() for e in events
+              if e.extra.get("from_trigger")]
+    if landed and not (params["partition"] or params["source_uris"]):
+        sources = landed_sources(data_root, landed)
+        if not sources:
+            raise NothingToDo(f"{len(landed)} notification batch(es) announced no new raw partition: nothing to curate")
+        return sources
+    return resolve(data_root, params["partition"], params["source_uris"], logical_date)
 
 
 @fail_fast

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import TypeVar
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from include.errors import InputError
 
@@ -30,3 +30,7 @@ def fail_fast(fn: F) -> F:
             raise InputFailure(str(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+class NothingToDo(AirflowSkipException):
+    """The run has nothing to work on (no new data, nothing new to train): it skips, it does not fail."""

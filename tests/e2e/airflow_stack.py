@@ -133,7 +133,7 @@ class AirflowStack:
             )
             log.close()  # the child holds its own descriptor
         if "api-server" in self.components:
-            self.wait_until(self._api_healthy, timeout=120, what="the API server to answer /execution/health")
+            self.wait_until(self._api_healthy, timeout=300, what="the API server to answer /execution/health")
 
     def stop(self, grace: float = 15.0) -> None:
         for proc in self.procs.values():

@@ -25,6 +25,9 @@ def test_environment_overrides_and_trailing_slashes():
         ({"LLMOPS_PROFILE": "eks", "LLMOPS_DATA_ROOT": "file:///data"}, "with scheme s3://"),
         ({"LLMOPS_DATA_ROOT": "s3://"}, "expected a URI"),
         ({"LLMOPS_TRAINING_NAMESPACE": "Team_A"}, "LLMOPS_TRAINING_NAMESPACE='Team_A': not a valid Kubernetes name"),
+        ({"LLMOPS_RAW_EVENTS_QUEUE": "my-queue"}, "LLMOPS_RAW_EVENTS_QUEUE='my-queue': expected a URI"),
+        ({"LLMOPS_RAW_EVENTS_POLL_SECONDS": "soon"}, "LLMOPS_RAW_EVENTS_POLL_SECONDS='soon': expected a whole number"),
+        ({"LLMOPS_RAW_EVENTS_POLL_SECONDS": "0"}, "expected a whole number >= 1"),
     ],
 )
 def test_bad_values_fail_with_the_variable_name(env, message):

@@ -1,6 +1,6 @@
 """A local model server: one process per model version, an OpenAI-style API and vLLM's metrics.
 
-Serves the tiny model from its registered weights (`include.training.tiny.load_model`, greedy
+Serves the tiny model from its registered weights (`include.tinylm.load_model`, greedy
 decoding as the evaluator does) through `/v1/completions`, `/v1/chat/completions`, `/v1/models`
 and `/health`, and exports on `/metrics` the names and labels vLLM exports, so the analysis runs
 the same PromQL here and on eks:
@@ -42,9 +42,9 @@ class Engine:
     """The model plus its metrics and fault knobs; thread-safe."""
 
     def __init__(self, model_dir: str, served_name: str, *, seed: int = 0):
-        from include.training import tiny
+        from include.tinylm import load_model
 
-        self.model = tiny.load_model(model_dir)
+        self.model = load_model(model_dir)
         self.served_name = served_name
         self.created = int(time.time())
         self.lock = threading.Lock()

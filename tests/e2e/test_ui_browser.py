@@ -51,8 +51,11 @@ class Page:
         self.d, self.wait = driver, WebDriverWait(driver, timeout)
 
     def until(self, fn):
-        from selenium.common.exceptions import (ElementClickInterceptedException, ElementNotInteractableException,
-                                                StaleElementReferenceException)
+        from selenium.common.exceptions import (
+            ElementClickInterceptedException,
+            ElementNotInteractableException,
+            StaleElementReferenceException,
+        )
 
         def attempt(_):
             try:

@@ -8,6 +8,7 @@ the form and the code cannot disagree. Plain Python: the images import it and ha
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -95,4 +96,17 @@ def check_all(rules: Mapping[str, Rule], values: Mapping[str, Any], *, required:
                 raise InputError(f"{key}: required; expected {rule.accepted()}")
             continue
         out[key] = rule.check(values[key])
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` merged into a copy of `base`: dicts recurse, anything else replaces; None deletes."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
     return out

@@ -16,7 +16,6 @@ metric's result does not depend on which other metrics are in the policy or in w
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 import zlib
@@ -27,25 +26,13 @@ from typing import Any
 import yaml
 
 from include.errors import InputError
+from include.validation import deep_merge
 
 POLICY_PATH = Path(__file__).with_name("policy.yaml")
 TOP_KEYS = {"version", "confidence", "n_bootstrap", "seed", "margin", "min_pairs", "metrics", "profile"}
 METRIC_KEYS = {"floor", "margin", "required"}
 # Upper bound on one bootstrap draw (resamples x samples) so memory stays flat on large eval sets.
 _CHUNK_ELEMENTS = 4_000_000
-
-
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """`over` merged into a copy of `base`: dicts recurse, anything else replaces; None deletes."""
-    out = copy.deepcopy(dict(base))
-    for key, value in over.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def load_policy(overrides: Mapping[str, Any] | None = None, *, profile: str | None = None,

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from include.validation import deep_merge
+
 POLICY_PATH = Path(__file__).with_name("policy.yaml")
 SUCCESSFUL, FAILED, INCONCLUSIVE, ERROR, RUNNING = "Successful", "Failed", "Inconclusive", "Error", "Running"
 _SEVERITY = {FAILED: 4, ERROR: 3, INCONCLUSIVE: 2, RUNNING: 1, SUCCESSFUL: 0}
@@ -37,18 +39,6 @@ MIN_INTERVAL_S = 5
 
 class PolicyError(ValueError):
     """The analysis policy cannot run; the message names the field and what it accepts."""
-
-
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,8 @@ def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def analysis_policy(req: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
     """policy.yaml + the form's interval/count/thresholds + the run's own overrides."""
-    from include.serving.analysis import deep_merge, load_policy
+    from include.serving.analysis import load_policy
+    from include.validation import deep_merge
 
     form = {"defaults": {"interval": req["interval_s"], "count": req["count"]},
             "thresholds": {"max_error_rate": req["max_error_rate"], "max_latency_ratio": req["max_latency_ratio"]},

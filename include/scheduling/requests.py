@@ -22,10 +22,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from include.scheduling.admission import Request, request_from_plan
+from include.training.restarts import STOP_REQUEST_FILE
 
 STATES = ("waiting", "admitted", "stopped", "done", "failed", "refused")
 ADMITTED_PREFIX = "offhours__"
-STOP_MARKER = ".offhours-stop.json"
+STOP_MARKER = STOP_REQUEST_FILE
 
 
 def request_id(dag_id: str, run_id: str) -> str:

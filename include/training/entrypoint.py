@@ -150,9 +150,6 @@ def _parse_args(argv: list[str] | None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from include.storage.files import use_plain_fsspec
-
-    use_plain_fsspec()  # a rank is a process of its own: credentials from its environment, not a task
     try:
         plan = validate_plan(_parse_args(argv))
         env = RankEnv.from_environ()
@@ -176,4 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from include.storage.files import use_plain_fsspec
+
+    use_plain_fsspec()  # a rank is a process of its own: credentials from its environment, not a task
     sys.exit(main())

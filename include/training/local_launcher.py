@@ -37,7 +37,13 @@ import psutil
 
 from include.training.plan import validate_plan
 from include.training.rendezvous import WAIT_TIMEOUT_ENV
-from include.training.restarts import PEER_LOST_EXIT_CODE, USER_ERROR_EXIT_CODE, RestartPolicy, restart_policy
+from include.training.restarts import (
+    PEER_LOST_EXIT_CODE,
+    STOP_REQUEST_FILE,
+    USER_ERROR_EXIT_CODE,
+    RestartPolicy,
+    restart_policy,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT_MODULE = "include.training.entrypoint"
@@ -261,7 +267,7 @@ def launch(
         try:
             result = _attempt(argv, nprocs, base, checkpoint_dir, deadline, attempt, log_dir, on_started)
         except _AttemptFailed as failed:
-            why = _give_up_reason(failed, attempt, policy, bound, deadline)
+            why = _give_up_reason(failed, attempt, policy, bound, deadline, checkpoint_dir)
             if why:
                 raise LaunchError(f"training failed: {why}; last attempt: {failed.summary()}", failed.failures,
                                   attempt) from None
@@ -279,8 +285,11 @@ def launch(
 
 
 def _give_up_reason(failed: _AttemptFailed, attempt: int, policy: RestartPolicy, bound: float,
-                    deadline: float) -> str | None:
+                    deadline: float, checkpoint_dir: str) -> str | None:
     """Why this failure ends the run, or None to restart."""
+    stop_request = Path(checkpoint_dir) / STOP_REQUEST_FILE
+    if stop_request.is_file():
+        return f"stopped on request ({stop_request.read_text().strip()}); not restarted"
     if failed.timed_out:
         return f"the wall-clock bound of {bound:.0f}s (max_wall_s) ran out in attempt {attempt}"
     if any(f.returncode == USER_ERROR_EXIT_CODE and not f.terminated_by_launcher for f in failed.failures):

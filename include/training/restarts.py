@@ -48,6 +48,9 @@ from include.errors import InputError
 
 PEER_LOST_EXIT_CODE = 75  # sysexits EX_TEMPFAIL: "temporary failure, retry"
 MAX_BACKOFF_S = 300.0  # exponential backoff is capped here
+# Written into the checkpoint dir by whoever stops a run on purpose (the off-hours window close):
+# the ranks' SIGTERM is then a request, not a failure, and the launcher does not restart them.
+STOP_REQUEST_FILE = ".offhours-stop.json"
 
 RESTART_KEYS = ("max_restarts", "restart_backoff_s", "max_wall_s", "rendezvous_timeout_s")
 

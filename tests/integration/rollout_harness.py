@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from include.serving import route as rt
+from include import tinylm
 from include.training import tiny
 
 MODEL = "llmops-assistant"
@@ -35,7 +36,7 @@ EVAL = [
     ])
 ]
 # Small enough to fit the eval answers in seconds on a CPU; prompts + answers fit the window untruncated.
-SMALL = tiny.TinyConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
+SMALL = tinylm.TinyConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
                         max_position_embeddings=128)
 
 
@@ -59,10 +60,10 @@ def export_model(path: Path, *, seed: int, train_steps: int = 0, mute: bool = Fa
     from include.evaluation.generate import build_prompt
 
     torch.manual_seed(seed)
-    model = tiny.TinyByteLM(SMALL)
+    model = tinylm.TinyByteLM(SMALL)
     if mute:
         with torch.no_grad():
-            eos = model.embed.weight[tiny.EOS_ID]
+            eos = model.embed.weight[tinylm.EOS_ID]
             model.norm.weight.zero_()
             model.norm.bias.copy_(10 * eos / eos.norm())
     if train_steps:
@@ -77,7 +78,7 @@ def export_model(path: Path, *, seed: int, train_steps: int = 0, mute: bool = Fa
             loss.backward()
             opt.step()
         model.eval()
-    return "file://" + str(tiny.export_model(model, path))
+    return "file://" + str(tinylm.export_model(model, path))
 
 
 def register(client, version_sources: list[str], artifacts: Path) -> None:

@@ -15,14 +15,14 @@ from include.serving import envoy, loadgen, metrics, processes, prometheus_local
 from include.serving import route as rt
 from include.serving.router import LocalRouter
 from include.settings import Settings
-from include.training import tiny
+from include import tinylm
 
 MODEL = "llmops-assistant"
 
 
 def export_tiny(path: Path, seed: int) -> str:
     torch.manual_seed(seed)
-    return "file://" + str(tiny.export_model(tiny.TinyByteLM(tiny.TinyConfig(max_position_embeddings=64)), path))
+    return "file://" + str(tinylm.export_model(tinylm.TinyByteLM(tinylm.TinyConfig(max_position_embeddings=64)), path))
 
 
 @dataclass

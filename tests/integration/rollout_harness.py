@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from include.serving import route as rt
 from include import tinylm
+from include.serving import route as rt
 from include.training import tiny
 
 MODEL = "llmops-assistant"

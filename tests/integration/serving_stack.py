@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
+from include import tinylm
 from include.serving import envoy, loadgen, metrics, processes, prometheus_local, servers
 from include.serving import route as rt
 from include.serving.router import LocalRouter
 from include.settings import Settings
-from include import tinylm
 
 MODEL = "llmops-assistant"
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from include.cluster.preflight import as_manifest
 from include.evaluation.k8s_pod import manifest as evaluator_manifest
 from include.settings import Settings
 from include.training.k8s_job import render
@@ -21,7 +20,7 @@ SETTINGS = Settings(profile="eks", data_root="s3://llmops-data/prod")
 
 def trainer_pod(nodes: int = 4) -> tuple[dict, dict]:
     p = train_plan(nodes=nodes)
-    return as_manifest(render(p, SETTINGS).job)["spec"]["template"]["spec"], p
+    return render(p, SETTINGS).child_job()["spec"]["template"]["spec"], p
 
 
 def evaluator_pod() -> tuple[dict, dict]:

@@ -65,6 +65,7 @@ class Settings:
     checkpoint_root: str = ""  # a shared filesystem; default: <repo>/.data/checkpoints or /checkpoints (FSx)
     trainer_image: str = "ghcr.io/llmops-finetune/nemo-trainer:0.1.0"
     evaluator_image: str = "ghcr.io/llmops-finetune/evaluator:0.1.0"
+    serving_image: str = "ghcr.io/llmops-finetune/vllm:0.1.0"  # images/vllm: upstream vLLM as a non-root user
     windows_file: str = ""  # off-hours windows and admission budgets; default include/scheduling/windows.yaml
     # How often the offhours DAG admits and stops runs; default: every minute locally, every 5 on eks.
     offhours_cron: str = ""
@@ -93,7 +94,8 @@ class Settings:
             _k8s_name(f"LLMOPS_{f.upper()}", getattr(self, f))
         from include.images import check_reference
 
-        for f in ("trainer_image", "evaluator_image"):  # name@sha256:<digest> (deploy this) or name:tag
+        # name@sha256:<digest> (deploy this) or name:tag
+        for f in ("trainer_image", "evaluator_image", "serving_image"):
             try:
                 check_reference(f"LLMOPS_{f.upper()}", getattr(self, f))
             except ValueError as exc:

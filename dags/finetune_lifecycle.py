@@ -2,11 +2,11 @@
 
 Starts nightly, when prepare_dataset publishes a new curated version (asset event), or from the UI
 trigger form. Bad params are refused by the form's schema, then by `validate_params`, before
-anything is planned or launched. On eks the trainer is a NeMo Indexed Job on a Karpenter GPU pool;
-on local the same entrypoint runs as local ranks. The candidate then answers the evaluation set and
-RAGAS scores it; the gate compares it with floors and with the champion's per-sample scores, and
-only a passing candidate is registered in MLflow (weights stay where training wrote them). Task ids
-and XComs are the same on both profiles.
+anything is planned or launched. On eks the trainer is a NeMo JobSet (one Indexed Job,
+all-or-nothing restarts) on a Karpenter GPU pool; on local the same entrypoint runs as local ranks.
+The candidate then answers the evaluation set and RAGAS scores it; the gate compares it with floors
+and with the champion's per-sample scores, and only a passing candidate is registered in MLflow
+(weights stay where training wrote them). Task ids and XComs are the same on both profiles.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ PARAMS = {
     ),
     **section(
         "Compute",
-        nodes=ruled("nodes", DEFAULT["nodes"], title="Nodes", description="Indexed Job completions (local: ranks)."),
+        nodes=ruled("nodes", DEFAULT["nodes"], title="Nodes", description="Nodes: one pod each (local: ranks)."),
         gpus_per_node=ruled("gpus_per_node", DEFAULT["gpus_per_node"], title="GPUs per node"),
         tensor_parallel=ruled("tensor_parallel", 1, title="Tensor parallel"),
         pipeline_parallel=ruled("pipeline_parallel", 1, title="Pipeline parallel"),

@@ -1,33 +1,25 @@
 """Render the NeMo launch for one training plan: a JobSet of one Indexed Job, plus its NetworkPolicy.
 
-Why this shape (include/training/restarts.py has the decision, kubernetes.io "Job with Pod-to-Pod
-Communication" and the JobSet docs the mechanics):
-- JobSet (`jobset.x-k8s.io/v1alpha2`) with one replicatedJob, `node`, of one Indexed Job with
-  completions = parallelism = nodes: pod i is node rank i, from its completion index (downward
-  API). The child Job has backoffLimit 0 and a podFailurePolicy, so any failed or lost rank fails
-  it at once, and the JobSet's failurePolicy (`maxRestarts` = the plan's max_restarts,
-  BlockingRecreate) recreates the whole group from the last complete checkpoint. No rank ever
-  waits on a peer that has finished, and losing pod 0 costs one restart, not a retry per index;
-  a spot reclaim (DisruptionTarget) restarts without spending the budget, a bad plan (exit code 2)
-  fails the JobSet at once. torchrun's own --max-restarts is 0: restarts belong to the JobSet.
-- DNS: with `network.enableDNSHostnames` the JobSet controller creates a headless Service named
-  `network.subdomain` (here the JobSet's name; publishNotReadyAddresses, owned by the JobSet and
-  deleted with it) and gives each pod the hostname `<jobset>-<replicatedJob>-<jobIndex>-<podIndex>`.
-  Rank 0 is therefore `MASTER_ADDR=<jobset>-node-0-0.<jobset>.<ns>.svc`, known before pod 0 exists
-  (not `hostname -i`, which made every pod of the seed's Job think it was rank 0);
-  `NODE_RANK` is the pod's `batch.kubernetes.io/job-completion-index` annotation.
-- Rank order: node 0 (completion index 0) hosts the c10d store; torch numbers the other nodes by
-  their sorted FQDNs (include/training/rendezvous.py, `group_rank_order`), not by index.
+Why this shape (the decision is in include/training/restarts.py):
+- JobSet (`jobset.x-k8s.io/v1alpha2`), one replicatedJob `node` of one Indexed Job with
+  completions = parallelism = nodes: pod i is node rank i, from its completion index. The child
+  Job has backoffLimit 0 and a podFailurePolicy, so any failed or lost rank fails it at once, and
+  the JobSet's failurePolicy (maxRestarts = the plan's max_restarts, BlockingRecreate) recreates
+  the whole group from the last complete checkpoint: no rank waits on a peer that has finished,
+  losing pod 0 costs one restart. A spot reclaim restarts without spending the budget, a bad plan
+  (exit code 2) fails the JobSet at once. torchrun's own --max-restarts is 0.
+- DNS: with `network.enableDNSHostnames` the JobSet controller creates the headless Service
+  `network.subdomain` (= the JobSet's name; not-ready addresses published; deleted with the JobSet)
+  and names pods `<jobset>-<replicatedJob>-<jobIndex>-<podIndex>`, so rank 0 is
+  `MASTER_ADDR=<jobset>-node-0-0.<jobset>.<ns>.svc` before pod 0 exists (never `hostname -i`), and
+  NODE_RANK is the pod's completion-index annotation. Node 0 hosts the c10d store; torch numbers
+  the other nodes by sorted FQDN (include/training/rendezvous.py, `group_rank_order`).
 - torchrun's arguments and the plan (one JSON argument) are an argv list: no shell ever runs.
 
-Placement comes from include/cluster/pools.py (the NodePools in k8s/): node selector, exactly the
-pool's tolerations, its priority class, and GPU/EFA requests equal to what the instance type
-offers. The child Job the controller will create is checked by include/cluster/preflight.py
-before anything is returned.
-
-Names derive from (dag_id, run_id) only, so a task retry renders the same JobSet and re-attaches
-to the one already running instead of launching a second training run. The pods carry the run
-label `llmops.io/job=<jobset>`; the run's NetworkPolicy (include/cluster/network.py) selects it.
+Placement comes from include/cluster/pools.py (the NodePools in k8s/); the child Job the controller
+will create is checked by include/cluster/preflight.py before anything is returned. Names derive
+from (dag_id, run_id) only, so a task retry renders the same JobSet and re-attaches to it. Pods carry
+the run label `llmops.io/job=<jobset>`, which the run's NetworkPolicy (cluster/network.py) selects.
 """
 
 from __future__ import annotations
@@ -77,8 +69,6 @@ from include.training.restarts import (
     restart_policy,
 )
 
-# Jobs are named `job-<dag slug>-<hash>`: KubernetesJobOperator prefixes "job-" to the name it is
-# given, so the rendered Job already carries its final name (plugins/ strips it for the provider).
 # JobSets are named `train-<dag slug>-<hash>`; the headless Service (the pods' subdomain) and the
 # run's NetworkPolicy carry the same name.
 JOB_PREFIX = "train"
@@ -127,22 +117,14 @@ def jobset_name(dag_id: str, run_id: str) -> str:
 
 
 def pod_host_prefix(name: str, job_index: int = 0) -> str:
-    """Pod i of child Job `job_index` has the hostname `<prefix>-i` (JobSet's pod naming)."""
+    """Child Job `job_index`'s name, `<jobset>-<replicatedJob>-<index>`; its pod i has the hostname `<prefix>-i`."""
     return f"{name}-{REPLICATED_JOB}-{job_index}"
-
-
-def child_job_name(name: str, job_index: int = 0) -> str:
-    """The name the JobSet controller gives child Job `job_index`: `<jobset>-<replicatedJob>-<index>`."""
-    return pod_host_prefix(name, job_index)
 
 
 @dataclass(frozen=True)
 class TrainingLaunch:
-    """What one training run sends to the cluster, and where it goes.
-
-    `jobset` is the manifest Airflow creates; `job_template` the child Job spec inside it (kubernetes
-    client models); `network_policy` the run's ingress policy, created before the JobSet.
-    """
+    """What one run sends to the cluster: the JobSet manifest, its child Job template (client models)
+    and the run's NetworkPolicy (created before the JobSet); and where it goes."""
 
     jobset: dict
     job_template: V1JobTemplateSpec
@@ -171,7 +153,7 @@ class TrainingLaunch:
         """The batch/v1 Job the JobSet controller creates from the template (what runs the pods):
         for placement preflight, admission and checkov, which know Jobs but not JobSets."""
         template = as_manifest(self.job_template)
-        name = child_job_name(self.name)
+        name = pod_host_prefix(self.name)  # the child Job's name
         labels = {**template["metadata"].get("labels", {}), JOBSET_NAME_LABEL: self.name}
         return {"apiVersion": "batch/v1", "kind": "Job",
                 "metadata": {"name": name, "namespace": self.namespace, "labels": labels,
@@ -326,8 +308,7 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
     annotations = {
         "llmops.io/dag-id": str(plan["dag_id"]),
         "llmops.io/run-id": str(plan["run_id"]),
-        "llmops.io/run-name": str(plan["run_name"]),
-        # The restart budget this run was launched with (also in the plan, hence in MLflow).
+        "llmops.io/run-name": str(plan["run_name"]),  # and the restart budget (also in the plan, in MLflow):
         "llmops.io/max-restarts": str(restarts.max_restarts),
         "llmops.io/max-wall-s": str(int(restarts.max_wall_s)),
     }
@@ -373,9 +354,7 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
         instance_type=instance.name,
         # OnRootMismatch: no recursive chown of a large FSx volume on every start
         fs_group_change_policy="OnRootMismatch",
-        # The JobSet controller sets subdomain (= network.subdomain) and the pod hostnames itself;
-        # set here too, so the template alone says where rank 0's DNS name comes from.
-        subdomain=name,
+        subdomain=name,  # the JobSet controller sets it too (= network.subdomain)
         affinity=affinity,
         termination_grace_period_seconds=TERMINATION_GRACE_S,
     )
@@ -385,10 +364,7 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
             completion_mode="Indexed",
             completions=nodes,
             parallelism=nodes,
-            # Any failed pod fails the child Job at once, and the JobSet restarts the whole group
-            # (include/training/restarts.py); the rules mark disruptions and bad plans for the
-            # JobSet's failure policy.
-            backoff_limit=0,
+            backoff_limit=0,  # any failed pod fails the child Job; the JobSet restarts the group
             pod_replacement_policy="Failed",  # never two pods of one rank at once
             pod_failure_policy=child_job_pod_failure_policy(),
             template=V1PodTemplateSpec(

@@ -98,8 +98,8 @@ def wait_for_master(
         waited = clock() - start
         if waited >= timeout_s:
             raise TimeoutError(
-                f"{host} did not resolve within {timeout_s:.0f}s: pod 0 of the Job is not running "
-                "(still pending on capacity?) or its headless Service is missing"
+                f"{host} did not resolve within {timeout_s:.0f}s: pod 0 of the JobSet is not running "
+                "(still pending on capacity?) or the JobSet's headless Service is missing"
             )
         sleep(min(delay, max(timeout_s - waited, 0.0)))
         delay = min(delay * 2, max_interval_s)

@@ -33,7 +33,8 @@ def test_inconclusive_canary_waits_for_approval_then_aborts_on_timeout(airflow_s
     root = processes.run_dir(data.as_uri())
     stack = airflow_stack(env={"LLMOPS_PROFILE": "local", "LLMOPS_DATA_ROOT": data.as_uri(),
                                "LLMOPS_MLFLOW_TRACKING_URI": tracking,
-                               "LLMOPS_APPROVAL_TIMEOUT_SECONDS": str(APPROVAL_TIMEOUT_S)})
+                               "LLMOPS_APPROVAL_TIMEOUT_SECONDS": str(APPROVAL_TIMEOUT_S)},
+                          components=("dag-processor", "scheduler", "triggerer", "api-server"))
     try:
         stack.wait_for_dag("rollout_model")
         stack.airflow("dags", "unpause", "rollout_model")

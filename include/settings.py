@@ -74,6 +74,9 @@ class Settings:
     raw_events_poll_seconds: int = 30
     # How long a nightly prepare_dataset run waits (deferred) for its day's raw partition.
     partition_wait_seconds: int = 6 * 3600
+    # How long an inconclusive canary waits for a person's promote/abort before it aborts;
+    # default: 2 minutes locally, an hour on eks.
+    approval_timeout_seconds: int = 0
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -83,6 +86,11 @@ class Settings:
         if not self.checkpoint_root:
             default = "/checkpoints" if self.profile == "eks" else str(PROJECT_ROOT / ".data" / "checkpoints")
             object.__setattr__(self, "checkpoint_root", default)
+        if not self.approval_timeout_seconds:
+            object.__setattr__(self, "approval_timeout_seconds", 3600 if self.profile == "eks" else 120)
+        if self.approval_timeout_seconds < 10:
+            raise SettingsError(f"LLMOPS_APPROVAL_TIMEOUT_SECONDS={self.approval_timeout_seconds}: expected at "
+                                "least 10 seconds")
         if not self.offhours_cron:
             object.__setattr__(self, "offhours_cron", "*/5 * * * *" if self.profile == "eks" else "* * * * *")
         if not self.checkpoint_root.startswith("/"):

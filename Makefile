@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test ui lint bench clean
+.PHONY: install run test ui mlflow lint bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)
 
 ui: $(STAMP)
 	bash scripts/ui.sh
+
+mlflow: $(STAMP)
+	bash -c 'source scripts/env.sh && exec mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$${LLMOPS_MLFLOW_TRACKING_URI:-sqlite:///$$LLMOPS_ROOT/.mlflow/mlflow.db}"'
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

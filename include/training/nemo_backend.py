@@ -188,12 +188,14 @@ def ensure_base_checkpoint(
 
 
 def _step_metrics_callback(plan: dict[str, Any], state: dict[str, Any]):  # pragma: no cover
-    """Write the same metrics.jsonl series as the tiny backend, from global rank 0."""
+    """Write the same metrics.jsonl series and stdout progress lines as the tiny backend, from global rank 0."""
     from lightning.pytorch.callbacks import Callback
 
+    from include.training.progress import TrainingProgress
     from include.training.tiny import MetricsLog
 
     log = MetricsLog(run_dir(plan) / "metrics.jsonl")
+    progress: dict[str, TrainingProgress] = {}
 
     class StepMetrics(Callback):
         def on_train_start(self, trainer, pl_module):
@@ -201,6 +203,7 @@ def _step_metrics_callback(plan: dict[str, Any], state: dict[str, Any]):  # prag
             state["started"] = time.monotonic()
             if trainer.is_global_zero:
                 log.truncate_after(trainer.global_step)
+                progress["rank0"] = TrainingProgress(plan["max_steps"], trainer.global_step)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             loss = trainer.callback_metrics.get("reduced_train_loss")
@@ -215,6 +218,12 @@ def _step_metrics_callback(plan: dict[str, Any], state: dict[str, Any]):  # prag
                     "time": round(time.time(), 3),
                 }
             )
+            if "rank0" in progress:
+                progress["rank0"].step(trainer.global_step, float(loss), tokens=state["tokens_per_step"], lr=lr)
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            if trainer.is_global_zero and "rank0" in progress:
+                progress["rank0"].checkpoint(trainer.global_step, run_dir(plan) / "checkpoints")
 
     return StepMetrics()
 

@@ -31,14 +31,16 @@ _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def progress_interval_s(environ: Mapping[str, str] | None = None) -> float:
-    """Seconds between progress lines: LLMOPS_PROGRESS_INTERVAL_S, else DEFAULT_PROGRESS_INTERVAL_S."""
+def progress_interval_s(environ: Mapping[str, str] | None = None,
+                        default: float = DEFAULT_PROGRESS_INTERVAL_S) -> float:
+    """Seconds between progress lines: LLMOPS_PROGRESS_INTERVAL_S, else `default` (5 s; a long NeMo run
+    passes a longer one)."""
     raw = (os.environ if environ is None else environ).get(PROGRESS_INTERVAL_ENV, "").strip()
     try:
-        value = float(raw) if raw else DEFAULT_PROGRESS_INTERVAL_S
+        value = float(raw) if raw else default
     except ValueError:
-        return DEFAULT_PROGRESS_INTERVAL_S
-    return value if value >= 0 else DEFAULT_PROGRESS_INTERVAL_S
+        return default
+    return value if value >= 0 else default
 
 
 def printable(text: str) -> str:

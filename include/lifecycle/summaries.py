@@ -56,6 +56,16 @@ def dataset_chosen(dataset: Mapping[str, Any]) -> str:
                      + ", ".join(f"{k} {v}" for k, v in splits.items()) + f") at {dataset.get('uri')}")
 
 
+def planned(out: Mapping[str, Any]) -> str:
+    """'plan: run ft-3a79, 2 nodes x 1 GPUs (local, production pool), 240 steps of 16 x 256 tokens,
+    tiny backend; estimate 0 GPU-h $0.00'."""
+    p, e = out["plan"], out.get("estimate") or {}
+    return printable(f"plan: run {p['run_name']}, {p['nodes']} nodes x {p['gpus_per_node']} GPUs "
+                     f"({p.get('instance_type')}, {p.get('pool')} pool), {p['max_steps']} steps of "
+                     f"{p.get('global_batch_size')} x {p.get('seq_length')} tokens, {p['backend']} backend; "
+                     f"estimate {number(e.get('gpu_hours', 0.0))} GPU-h ${e.get('cost_usd', 0.0):,.2f}")
+
+
 def trained(result: Mapping[str, Any] | None) -> str:
     """The training task's last line, from rank 0's result (None: nothing launched)."""
     if not result:

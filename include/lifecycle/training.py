@@ -48,10 +48,13 @@ def resolve_dataset(params: Mapping[str, Any], triggering_asset_events: Mapping 
 def plan(params: Mapping[str, Any], dataset: Mapping[str, Any], dag_id: str, run_id: str,
          settings: Settings | None = None) -> dict[str, Any]:
     """{"plan", "estimate"}: the flat plan every launcher takes, and its GPU-hours and cost."""
+    from include.lifecycle.summaries import planned
     from include.training.planning import build_plan
 
     settings = settings or get_settings()
-    return build_plan(params, dataset, settings, dag_id, run_id, container_jobs(settings))
+    out = build_plan(params, dataset, settings, dag_id, run_id, container_jobs(settings))
+    log.info("%s", planned(out))
+    return out
 
 
 @fail_fast

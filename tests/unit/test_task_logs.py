@@ -247,3 +247,18 @@ def test_forward_lines_copies_a_pipe_to_a_file_and_a_callback_line_by_line(tmp_p
     assert not thread.is_alive() and isinstance(thread, threading.Thread)
     assert got == ["a!", "b"]
     assert (tmp_path / "out.log").read_bytes().startswith(b"a\x1b[1m!")
+
+
+def test_plan_summary_on_a_real_eks_plan():
+    from include.lifecycle.training import plan as build_plan
+    from include.settings import Settings
+
+    params = {"base_model": "llama31_8b", "method": "lora", "lora_rank": 16, "max_steps": 1000,
+              "learning_rate": 1e-4, "nodes": 2, "gpus_per_node": 8, "tensor_parallel": 1, "pipeline_parallel": 1,
+              "pool": "production", "checkpoint_interval": 200, "dry_run": False}
+    dataset = {"version": "0123456789abcdef", "uri": "s3://bucket/llmops/curated/0123456789abcdef"}
+    out = build_plan(params, dataset, "finetune_lifecycle", "manual__1",
+                     Settings(profile="eks", data_root="s3://bucket/llmops"))
+    line = summaries.planned(out)
+    assert re.fullmatch(r"plan: run ft-\w+, 2 nodes x 8 GPUs \(p[\w.]+, production pool\), 1000 steps of "
+                        r"\d+ x \d+ tokens, nemo backend; estimate [\d.]+ GPU-h \$[\d,.]+", line), line

@@ -5,6 +5,7 @@ These start real trainer processes (two ranks, one CPU thread each) and finish i
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -171,6 +172,7 @@ def test_launcher_passes_hostile_values_only_as_single_argv_items(tmp_path, monk
         def __init__(self, args, **kwargs):
             calls.append((args, kwargs))
             self.pid = 1000 + len(calls)
+            self.stdout, self.stderr = io.BytesIO(), io.BytesIO()  # rank 0's pipes: the launcher forwards them
             if kwargs["env"]["RANK"] == "0":
                 Path(kwargs["env"]["LLMOPS_XCOM_PATH"]).write_text('{"ok": true}')
 

@@ -213,7 +213,7 @@ def test_rouge_tokenizer_message_is_logged_once_and_scoring_reports_samples(monk
 
 def test_mlflow_configured_before_the_registry_is_reached_loses_its_stderr_handler(monkeypatch):
     """A library imported MLflow first, so it put its own stderr handler on its loggers: undone.
-    (tests/integration/test_task_logs.py runs a registry call in a fresh process and reads its stderr.)"""
+    (tests/integration/test_library_noise.py runs a registry call in a fresh process and reads its stderr.)"""
     from mlflow.utils import logging_utils
 
     for key in ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MLFLOW_CONFIGURE_LOGGING"):

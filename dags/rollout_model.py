@@ -109,11 +109,7 @@ def rollout_model():
 
         if plan["noop"]:
             return {"phase": "noop"}
-        out = sync_aliases(plan)
-        print(f"rollout of {plan['model']} v{plan['canary']['version']}: {out['phase']}; "
-              f"champion {out['champion']}, challenger {out['challenger']}"
-              + (f"; reason: {out['reason']}" if out.get("reason") else ""))
-        return out
+        return sync_aliases(plan)  # logs "rollout of <model> v<N>: <phase>; champion ..., challenger ..."
 
     req = validate_params()
     plan = resolve(req)

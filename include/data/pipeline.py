@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import logging
 import multiprocessing
 import time
 from collections import Counter, defaultdict, deque
@@ -29,9 +30,10 @@ from include.data.clean import clean_record
 from include.data.dedup import ExactDeduplicator, NearDuplicateIndex, content_hash, normalized_utf8
 from include.data.pii import may_contain_pii, redact
 from include.data.records import SCHEMA_VERSION, Record, Rejected, normalize
-from include.data.sources import list_files, parse_batch, read_batches
+from include.data.sources import RawLines, list_files, parse_batch, read_batches
 from include.data.writers import HashingWriter, eval_line, json_line, train_line
 from include.errors import InputError
+from include.logs import Progress
 from include.prompts import format_prompt
 
 if TYPE_CHECKING:
@@ -44,6 +46,7 @@ SPLITS = ("train", "validation", "test")
 SPLIT_FILES = {"train": "training.jsonl", "validation": "validation.jsonl", "test": "test.jsonl"}
 EVAL_FILE = "eval.jsonl"  # the test split in RAGAS' columns
 QUARANTINE_FILE = "quarantine.jsonl"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,18 @@ class Curator:
         self.seconds: defaultdict[str, float] = defaultdict(float)
         self.exact = ExactDeduplicator()
         self.near = NearDuplicateIndex(config.dedup_threshold, config.num_perm) if config.near_dedup else None
+        # Progress: records so far, and the share of the input bytes read (for the ETA: the records to come
+        # are not known before they are read). A Parquet file counts when it is done.
+        self.progress = Progress("curate", "records", emit=log.info)
+        self.bytes_total = self.bytes_done = 0
+
+    def report(self, force: bool = False) -> str | None:
+        c = self.counts
+        fraction = min(self.bytes_done / self.bytes_total, 1.0) if self.bytes_total else None
+        return self.progress.update(c["read"], {"written": c["written"], "quarantined": c["quarantined"],
+                                                "exact duplicates": c["exact_duplicates"],
+                                                "near duplicates": c["near_duplicates"]},
+                                    force=force, fraction=fraction)
 
     @contextmanager
     def _pool(self) -> Generator[ProcessPoolExecutor | None, None, None]:
@@ -115,6 +130,8 @@ class Curator:
         names = {**SPLIT_FILES, "eval": EVAL_FILE, "quarantine": QUARANTINE_FILE}
         self._out = {key: HashingWriter(self.staging / name) for key, name in names.items()}
         sources = []
+        sizes = [_size(p) for p in paths]
+        self.bytes_total = sum(sizes)
         # A full collection walks every live container, the growing dedup sets included, for no
         # gain: the stream makes no reference cycles. Young generations are still collected.
         thresholds = gc.get_threshold()
@@ -122,10 +139,12 @@ class Curator:
         gc.set_threshold(thresholds[0], thresholds[1], 1 << 30)
         try:
             with self._pool() as pool:
-                for path in paths:
+                for i, path in enumerate(paths):
                     before = self.counts["read"]
                     self._run_path(path, pool)
+                    self.bytes_done = sum(sizes[:i + 1])
                     sources.append({"uri": str(path), "records": self.counts["read"] - before})
+                self.report(force=True)
         finally:
             gc.set_threshold(*thresholds)
             gc.unfreeze()
@@ -161,6 +180,8 @@ class Curator:
             seconds["read"] += time.perf_counter() - start
             if batch is None:
                 break
+            if isinstance(batch, RawLines):
+                self.bytes_done += len(batch.data) + len(batch.numbers)  # the lines and their newlines
             if pool is None:
                 self._commit(_prepare(self.config, source, batch))
                 continue
@@ -208,6 +229,7 @@ class Curator:
                 out["eval"].write(eval_lines[i])
         self.counts["written"] += len(unique)
         self.seconds["split_write"] += time.perf_counter() - start
+        self.report()
 
 
 @dataclass
@@ -310,6 +332,13 @@ def _prepare(config: PrepConfig, source: str, batch: list) -> _Prepared:
         seconds["near_dedup"] = time.perf_counter() - start
     return _Prepared(counts, quarantined, pii, seconds, quarantine_lines, keys, band_keys, splits, lines,
                      eval_lines)
+
+
+def _size(path: ObjectStoragePath) -> int:
+    try:
+        return int(path.stat().st_size)
+    except (OSError, AttributeError, TypeError, ValueError):
+        return 0
 
 
 @lru_cache(maxsize=4)

@@ -86,8 +86,11 @@ def greedy_batch(model: Any, prompts: Sequence[str], max_new_tokens: int,
     """
     import torch
 
+    from include.logs import Progress
     from include.tinylm import BOS_ID, EOS_ID, PAD_ID, decode_ids, encode_text, prompt_text
 
+    progress = Progress("generation", "samples", total=len(prompts), emit=log.info)  # answered, of all
+    answered = 0
     window = model.config.max_position_embeddings
     seqs = [[BOS_ID, *encode_text(prompt_text(p))] for p in prompts]
     outputs: list[list[int]] = [[] for _ in prompts]
@@ -100,6 +103,7 @@ def greedy_batch(model: Any, prompts: Sequence[str], max_new_tokens: int,
             members = groups[length]
             for start in range(0, len(members), batch_size):
                 active = members[start:start + batch_size]
+                answered += len(active)
                 for _ in range(max_new_tokens):
                     if not active:
                         break
@@ -116,6 +120,7 @@ def greedy_batch(model: Any, prompts: Sequence[str], max_new_tokens: int,
                         outputs[i].append(nxt)
                         still.append(i)
                     active = still
+                progress.update(answered)
     return [decode_ids(o) for o in outputs]
 
 

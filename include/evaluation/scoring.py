@@ -66,6 +66,9 @@ def metric_names(metrics_profile: str) -> tuple[str, ...]:
 
 
 def _ragas_env() -> None:
+    from include.logs import quiet_libraries
+
+    quiet_libraries()  # rouge_score's "Using default tokenizer." once, not once per sample
     os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -260,10 +263,22 @@ def _run_direct(metric_objs: list[Any], rows: list[dict], run_config: Any) -> li
 
     from ragas.dataset_schema import SingleTurnSample
 
+    from include.logs import Progress
+
     for metric in metric_objs:
         metric.init(run_config)
     samples = [SingleTurnSample(**row) for row in rows]
     failures: dict[str, int] = {}
+    # "scoring: 12 of 27 samples (44%), 3.1 samples/s, ETA 5 s" every progress interval, and at the end
+    progress = Progress("scoring", "samples", total=len(samples), emit=log.info)
+    pending = [len(metric_objs)] * len(samples)
+    scored = [0]
+
+    def sample_done(index: int) -> None:
+        pending[index] -= 1
+        if not pending[index]:
+            scored[0] += 1
+            progress.update(scored[0], {"failed metric calls": sum(failures.values()) or None})
 
     async def run_all() -> list[Any]:
         gate = asyncio.Semaphore(run_config.max_workers)
@@ -278,6 +293,8 @@ def _run_direct(metric_objs: list[Any], rows: list[dict], run_config: Any) -> li
                         log.warning("%s failed on sample %d: %s: %s", metric.name, index, type(exc).__name__,
                                     str(exc)[:300])
                     return math.nan
+                finally:
+                    sample_done(index)
 
         return await asyncio.gather(*(one(m, s, i) for i, s in enumerate(samples) for m in metric_objs))
 

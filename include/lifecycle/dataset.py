@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any
 
 from include.lifecycle.failfast import NothingToDo, fail_fast
 from include.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 @fail_fast
@@ -31,11 +35,15 @@ def resolve_sources(params: dict[str, Any], logical_date=None, triggering_asset_
 def curate(sources: list[str], params: dict[str, Any], run_id: str) -> dict:
     from include.data.catalog import stage
     from include.data.pipeline import PrepConfig
+    from include.lifecycle.summaries import curated
 
     config = PrepConfig(redact_pii=params["redact_pii"], near_dedup=params["near_dedup"],
                         dedup_threshold=params["dedup_threshold"], max_tokens=params["max_tokens"],
                         workers=min(2, os.cpu_count() or 1))
-    return stage(get_settings().data_root, sources, config, run_id)
+    started = time.monotonic()
+    manifest = stage(get_settings().data_root, sources, config, run_id)
+    log.info("%s", curated(manifest, time.monotonic() - started))
+    return manifest
 
 
 @fail_fast
@@ -45,9 +53,11 @@ def publish(manifest: dict, run_id: str, attempt_key: str) -> dict:
 
     from include.data.catalog import asset_extra, summary
     from include.data.catalog import publish as publish_version
+    from include.lifecycle.summaries import published
 
     live, ours = publish_version(get_settings().data_root, manifest, run_id, attempt_key)
-    print(summary(live))
+    log.info("%s", summary(live))
+    log.info("%s", published(live, ours))
     if not ours:
         raise AirflowSkipException(
             f"version {live['version']} was already published by run {live['run_id']}; no new asset event"

@@ -7,12 +7,16 @@ champion's scores on an eval set are computed once and kept on its model version
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 
 from include.compute import container_jobs
+from include.lifecycle import summaries
 from include.lifecycle.failfast import fail_fast
 from include.settings import PROJECT_ROOT, Settings
+
+log = logging.getLogger(__name__)
 
 
 def evaluation_uri(settings: Settings, plan: dict, role: str) -> str:
@@ -52,6 +56,9 @@ def eval_jobs(plan: dict, result: dict, dataset: dict, settings: Settings) -> di
     if champion is not None and scores is None:
         jobs["champion"] = make(champion.source, dataset["uri"],
                                 evaluation_uri(settings, plan, f"champion-v{champion.version}"))
+    log.info("evaluation: candidate %s%s", result["model_uri"],
+             "" if champion is None else f"; champion v{champion.version} " + (
+                 "scores on record for this dataset" if jobs["champion"] is None else "to be scored too"))
     return jobs
 
 
@@ -93,6 +100,8 @@ def gate(plan: dict, dataset: dict, jobs: dict, policy_overrides: dict | None, s
     means = {f"eval.{m}": v["candidate_mean"] for m, v in decision["metrics"].items()
              if v["candidate_mean"] is not None}
     reg.log_training(run, {}, [], means)
+    champion = reg.champion(settings.registered_model_name) if decision["champion_present"] else None
+    log.info("%s", summaries.gate(decision, f"{out}/report.html", champion.version if champion else None))
     return {"passed": decision["passed"], "reasons": decision["reasons"], "means": means,
             "champion_present": decision["champion_present"], "mlflow_run_id": run,
             "report_uri": f"{out}/report.html"}
@@ -116,8 +125,10 @@ def register(plan: dict, result: dict, dataset: dict, decision: dict, promote: b
     reg.tag_accepted(run)
     reg.finish_run(run)
     champion = reg.champion(name)
-    return {"model_name": name, "version": version, "source": result["model_uri"], "promoted": promote,
-            "champion": champion.version if champion else None, "previous_champion": previous}
+    out = {"model_name": name, "version": version, "source": result["model_uri"], "promoted": promote,
+           "champion": champion.version if champion else None, "previous_champion": previous}
+    log.info("%s", summaries.registered(out))
+    return out
 
 
 def reject(decision: dict) -> dict:
@@ -125,4 +136,6 @@ def reject(decision: dict) -> dict:
 
     reg.tag_rejected(decision["mlflow_run_id"], decision["reasons"])
     reg.finish_run(decision["mlflow_run_id"])
-    return {"rejected": True, "reasons": decision["reasons"]}
+    out = {"rejected": True, "reasons": decision["reasons"]}
+    log.info("%s", summaries.rejected(out))
+    return out

@@ -49,6 +49,9 @@ _SERIES_SKIP = {"step", "time", "timestamp", "epoch_time"}
 
 def get_client(tracking_uri: str | None = None) -> MlflowClient:
     """A client for `tracking_uri` (default: settings); creates a local SQLite store's directory."""
+    from include.logs import quiet_libraries
+
+    quiet_libraries()  # before MLflow's first import: its messages go through logging, no progress bars
     from mlflow import MlflowClient
 
     if tracking_uri is None:

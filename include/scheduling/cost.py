@@ -8,7 +8,10 @@ failure or a spot interruption was paid for too.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def node_price(plan: dict[str, Any]) -> float:
@@ -70,7 +73,7 @@ def log_actual_cost(plan: dict[str, Any], estimate: dict[str, Any], result: dict
         req_id = str(plan["run_id"]).removeprefix(ADMITTED_PREFIX)
         if store.get(req_id) is not None:  # training is over: its GPUs leave the pool's budget now
             store.transition(req_id, "done", "training finished", actual=actual)
-    print(f"Run {plan['run_name']}: actual {actual['gpu_hours']:.3f} GPU-h, ${actual['cost_usd']:,.2f} "
+    log.info(f"Run {plan['run_name']}: actual {actual['gpu_hours']:.3f} GPU-h, ${actual['cost_usd']:,.2f} "
           f"(estimated {est.gpu_hours:.3f} GPU-h, ${est.cost_usd:,.2f}; GPU-h error "
           f"{metrics['cost.gpu_hours_error_pct']}%)")
     return {"estimated": {"gpu_hours": est.gpu_hours, "cost_usd": est.cost_usd}, "actual": actual, **metrics}

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from include.scheduling.admission import Request, request_from_plan
 from include.training.restarts import STOP_REQUEST_FILE
+
+log = logging.getLogger(__name__)
 
 STATES = ("waiting", "admitted", "stopped", "done", "failed", "refused")
 ADMITTED_PREFIX = "offhours__"
@@ -117,7 +120,7 @@ def run_now_or_queue(plan: dict[str, Any], estimate: dict[str, Any], params: dic
                                 created_at=now or datetime.now(UTC), conf=conf,
                                 local_seconds_per_step=schedule.admission["local_seconds_per_step"])
     record = RequestStore.for_settings(settings).add(request)
-    print(f"Queued off-hours request {req_id} ({record['state']}): {request.gpus} GPUs, "
+    log.info(f"Queued off-hours request {req_id} ({record['state']}): {request.gpus} GPUs, "
           f"{request.gpu_hours:.2f} GPU-h, ${request.cost_usd:,.2f} estimated, priority {request.priority}; "
           f"the off-hours DAG triggers run {admitted_run_id(req_id)} when a window admits it")
     return False

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def dagrun_state(run_id: str, dag_id: str = "finetune_lifecycle") -> str | None:
@@ -29,7 +32,7 @@ def run_tick(dry_run: bool, now: datetime | None = None, state_of=dagrun_state) 
                   RequestStore.for_settings(settings), settings, state_of, dry_run=dry_run)
     phases = [f"{k} " + (f"open until {v['closes']}" if v["open"] else f"closed, next {v['next_open']}")
               for k, v in result["windows"].items()]
-    print(f"windows: {'; '.join(phases)}; admitted {len(result['triggers'])}, stopped {len(result['stopped'])}")
+    log.info(f"windows: {'; '.join(phases)}; admitted {len(result['triggers'])}, stopped {len(result['stopped'])}")
     return result
 
 
@@ -46,7 +49,7 @@ def write_report(result: dict[str, Any]) -> dict[str, Any]:
                          entry.get("cleanup"))
     uris = report.write(built, settings)
     t = built["totals"]
-    print(f"window {built['window']}: admitted {len(built['admitted'])}, waiting {len(built['waiting'])}, "
+    log.info(f"window {built['window']}: admitted {len(built['admitted'])}, waiting {len(built['waiting'])}, "
           f"refused {len(built['refused'])}; estimated {t['estimated_gpu_hours']} GPU-h ${t['estimated_cost_usd']}, "
           f"actual {t['actual_gpu_hours']} GPU-h ${t['actual_cost_usd']}; report {uris['html']}")
     return {**uris, "totals": t}

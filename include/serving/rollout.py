@@ -303,5 +303,14 @@ def sync_aliases(plan: Mapping[str, Any], settings: Settings | None = None, clie
         c.set_model_version_tag(plan["model"], version, "llmops.rollout_reason", st.get("reason", "")[:5000])
     champ = reg.champion(plan["model"], client=c)
     chal = reg.challenger(plan["model"], client=c)
-    return {"phase": st.get("phase"), "champion": str(champ.version) if champ else None,
-            "challenger": str(chal.version) if chal else None, "reason": st.get("reason")}
+    out = {"phase": st.get("phase"), "champion": str(champ.version) if champ else None,
+           "challenger": str(chal.version) if chal else None, "reason": st.get("reason")}
+    log.info("%s", summary(plan, out))
+    return out
+
+
+def summary(plan: Mapping[str, Any], out: Mapping[str, Any]) -> str:
+    """The rollout's last line: 'rollout of <model> v<N>: Promoted; champion N, challenger None'."""
+    return (f"rollout of {plan['model']} v{plan['canary']['version']}: {out['phase']}; "
+            f"champion {out['champion']}, challenger {out['challenger']}"
+            + (f"; reason: {out['reason']}" if out.get("reason") else ""))

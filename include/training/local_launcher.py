@@ -11,6 +11,10 @@ the whole group again, up to the plan's restart budget, with backoff, within one
 restart costs at most one checkpoint interval, and no rank ever waits on a peer that has already
 exited. A bad plan (USER_ERROR_EXIT_CODE on any rank) is never restarted.
 
+Rank 0's stdout and stderr are forwarded line by line, as they come, to the logger
+`include.training.rank0` (stdout at INFO: its progress and checkpoint lines; stderr at WARNING), so a
+task log shows the run while it trains; every rank's output is also kept in files for failure tails.
+
 Each live rank is recorded in `<checkpoint_dir>/.ranks/rank-<i>.pid` (pid and start time) until the
 launcher has seen it exit. If the Airflow task is killed outright, the files outlive it and
 `stop_recorded_ranks` (the next launch, or the run's teardown) stops the orphans.
@@ -27,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +40,7 @@ from typing import Any
 
 import psutil
 
+from include.logs import forward_lines
 from include.training.plan import validate_plan
 from include.training.rendezvous import WAIT_TIMEOUT_ENV
 from include.training.restarts import (
@@ -54,6 +60,8 @@ RANKS_DIR = ".ranks"
 START_TIME_TOLERANCE_S = 0.5
 
 log = logging.getLogger(__name__)
+# Rank 0's stdout (progress lines, at INFO) and stderr (at WARNING), line by line as it runs: in a task, the task log.
+rank0_log = logging.getLogger("include.training.rank0")
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,13 @@ def _stop(procs: list[subprocess.Popen]) -> set[int]:
             procs[rank].kill()
             procs[rank].wait()
     return stopped
+
+
+def _drain(forwarders: list[threading.Thread], timeout: float = TERMINATE_GRACE_S) -> None:
+    """Wait (bounded: a grandchild may hold the pipe open) until rank 0's output is forwarded."""
+    deadline = time.monotonic() + timeout
+    for thread in forwarders:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def ranks_dir(checkpoint_dir: str | Path) -> Path:
@@ -321,22 +336,20 @@ def _attempt(
         port = free_port()  # a fresh store port per attempt: the last one may linger in TIME_WAIT
         procs: list[subprocess.Popen] = []
         logs: list[Path] = []
+        forwarders: list[threading.Thread] = []
         try:
             for rank in range(nprocs):
                 stem = f"attempt-{attempt}-rank-{rank}"
                 log_path = logdir / f"{stem}.stderr"
                 logs.append(log_path)
                 with log_path.open("wb") as err, (logdir / f"{stem}.stdout").open("wb") as out:
-                    procs.append(
-                        subprocess.Popen(
-                            argv,
-                            env=rank_environment(rank, nprocs, port, base, xcom),
-                            cwd=PROJECT_ROOT,
-                            stdin=subprocess.DEVNULL,
-                            stdout=out,
-                            stderr=err,
-                        )
-                    )
+                    piped = subprocess.PIPE if rank == 0 else None  # rank 0's lines also go to rank0_log
+                    procs.append(subprocess.Popen(argv, env=rank_environment(rank, nprocs, port, base, xcom),
+                                                  cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=piped or out,
+                                                  stderr=piped or err))
+                if piped:
+                    forwarders = [forward_lines(procs[0].stdout, out.name, rank0_log.info, "rank0-stdout"),
+                                  forward_lines(procs[0].stderr, err.name, rank0_log.warning, "rank0-stderr")]
                 record_rank(checkpoint_dir, rank, procs[-1].pid)
             if on_started is not None:
                 on_started({rank: p.pid for rank, p in enumerate(procs)})
@@ -355,11 +368,13 @@ def _attempt(
         except BaseException:
             _stop(procs)
             _forget_ranks(checkpoint_dir, len(procs))
+            _drain(forwarders)
             raise
 
         if failed_first or timed_out:
             stopped = _stop(procs)
             _forget_ranks(checkpoint_dir, nprocs)
+            _drain(forwarders)  # rank 0's last lines are in the task log and its stderr file before the tails
             failures = [
                 RankFailure(r, p.returncode, _tail(logs[r]), terminated_by_launcher=r in stopped)
                 for r, p in enumerate(procs)
@@ -368,6 +383,7 @@ def _attempt(
             raise _AttemptFailed(failures, timed_out)
 
         _forget_ranks(checkpoint_dir, nprocs)
+        _drain(forwarders)
         if not xcom.is_file():
             raise LaunchError(f"all ranks exited 0 but rank 0 wrote no result; stderr:\n{_tail(logs[0])}", [], attempt)
         return json.loads(xcom.read_text())

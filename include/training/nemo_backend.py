@@ -45,6 +45,9 @@ NEMO_MODELS: dict[str, NemoModel] = {
 # two fp32 moments 8 for every trained parameter). LoRA trains well under 1% of them.
 _FULL_BYTES_PER_PARAM = 16
 _FROZEN_BYTES_PER_PARAM = 2
+# Rank 0's progress lines in the pod log: a run of hours needs fewer than a local minute-long one
+# (LLMOPS_PROGRESS_INTERVAL_S in the pod's environment overrides it).
+NEMO_PROGRESS_INTERVAL_S = 60.0
 
 
 def estimated_training_memory_gb(base_model: str, method: str) -> float:
@@ -188,12 +191,15 @@ def ensure_base_checkpoint(
 
 
 def _step_metrics_callback(plan: dict[str, Any], state: dict[str, Any]):  # pragma: no cover
-    """Write the same metrics.jsonl series as the tiny backend, from global rank 0."""
+    """Write the same metrics.jsonl series and stdout progress lines as the tiny backend, from global rank 0."""
     from lightning.pytorch.callbacks import Callback
 
+    from include.logs import progress_interval_s
+    from include.training.progress import TrainingProgress
     from include.training.tiny import MetricsLog
 
     log = MetricsLog(run_dir(plan) / "metrics.jsonl")
+    progress: dict[str, TrainingProgress] = {}
 
     class StepMetrics(Callback):
         def on_train_start(self, trainer, pl_module):
@@ -201,6 +207,8 @@ def _step_metrics_callback(plan: dict[str, Any], state: dict[str, Any]):  # prag
             state["started"] = time.monotonic()
             if trainer.is_global_zero:
                 log.truncate_after(trainer.global_step)
+                progress["rank0"] = TrainingProgress(plan["max_steps"], trainer.global_step,
+                                                     interval_s=progress_interval_s(default=NEMO_PROGRESS_INTERVAL_S))
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             loss = trainer.callback_metrics.get("reduced_train_loss")
@@ -215,6 +223,12 @@ def _step_metrics_callback(plan: dict[str, Any], state: dict[str, Any]):  # prag
                     "time": round(time.time(), 3),
                 }
             )
+            if "rank0" in progress:
+                progress["rank0"].step(trainer.global_step, float(loss), tokens=state["tokens_per_step"], lr=lr)
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            if trainer.is_global_zero and "rank0" in progress:
+                progress["rank0"].checkpoint(trainer.global_step, run_dir(plan) / "checkpoints")
 
     return StepMetrics()
 

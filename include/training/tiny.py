@@ -27,6 +27,7 @@ from torch import nn
 
 from include.tinylm import TinyByteLM, TinyConfig, export_model
 from include.training import checkpoints
+from include.training.progress import TrainingProgress
 from include.training.tiny_data import IGNORE_INDEX, BatchPlan, collate, encode_example, read_records
 
 KEEP_CHECKPOINTS = 3
@@ -217,6 +218,7 @@ def _train(plan: dict[str, Any], env: Any, *, dataset_dir: Path, export_dir: Pat
 
     started = time.monotonic()
     last_ckpt = chosen
+    progress = TrainingProgress(max_steps, start_step) if rank == 0 else None
     for step in range(start_step + 1, max_steps + 1):
         lr = lr_at(step, max_steps, plan["learning_rate"])
         for group in optimizer.param_groups:
@@ -254,6 +256,7 @@ def _train(plan: dict[str, Any], env: Any, *, dataset_dir: Path, export_dir: Pat
                     "time": round(time.time(), 3),
                 }
             )
+            progress.step(step, step_loss, tokens=int(totals[2]), lr=lr)
 
         if step % plan["checkpoint_interval"] == 0 or step == max_steps:
             rngs = [None] * world
@@ -275,6 +278,7 @@ def _train(plan: dict[str, Any], env: Any, *, dataset_dir: Path, export_dir: Pat
                 )
                 prune_checkpoints(ckpt_root)
                 last_ckpt = str(path)
+                progress.checkpoint(step, path)
     train_seconds = time.monotonic() - started
 
     result: dict[str, Any] = {}

@@ -36,7 +36,11 @@ class LocalEvaluationOperator(BaseOperator):
             raise AirflowSkipException("nothing to evaluate: scores already on record")
         job = fail_fast(validate_job)(self.job)
         self.log.info("Evaluating %s on %s (%s)", job["model_uri"], job["eval_uri"], self.role)
-        return run_job(job)
+        result = run_job(job)
+        from include.lifecycle.summaries import evaluated
+
+        self.log.info("%s", evaluated(result, self.role, job["output_uri"]))
+        return result
 
 
 def evaluation_operator(**kwargs) -> BaseOperator:

@@ -41,8 +41,13 @@ class LocalTrainingJobOperator(BaseOperator):
         checked = fail_fast(trainer_plan)(self.plan)
         policy = fail_fast(restart_policy)(self.plan)
         nprocs = checked["nodes"] * checked["gpus_per_node"]
-        self.log.info("Launching %d local ranks of run %s (restart policy %s)", nprocs, checked["run_name"], policy)
-        return launch(checked, nprocs=nprocs, timeout=self.timeout_s, policy=policy)
+        self.log.info("Launching %d local ranks of run %s (restart policy %s); rank 0's progress follows",
+                      nprocs, checked["run_name"], policy)
+        result = launch(checked, nprocs=nprocs, timeout=self.timeout_s, policy=policy)
+        from include.lifecycle.summaries import trained
+
+        self.log.info("%s", trained(result))
+        return result
 
     def on_kill(self) -> None:
         from include.training.local_launcher import stop_recorded_ranks

@@ -5,6 +5,7 @@ These start real trainer processes (two ranks, one CPU thread each) and finish i
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -171,6 +172,7 @@ def test_launcher_passes_hostile_values_only_as_single_argv_items(tmp_path, monk
         def __init__(self, args, **kwargs):
             calls.append((args, kwargs))
             self.pid = 1000 + len(calls)
+            self.stdout, self.stderr = io.BytesIO(), io.BytesIO()  # rank 0's pipes: the launcher forwards them
             if kwargs["env"]["RANK"] == "0":
                 Path(kwargs["env"]["LLMOPS_XCOM_PATH"]).write_text('{"ok": true}')
 
@@ -230,3 +232,47 @@ def test_trainer_entrypoint_module_runs_as_a_program(tmp_path):
         check=False,
     )
     assert proc.returncode == 2 and "'run_name' is required" in proc.stderr
+
+
+def test_rank_zero_progress_streams_to_the_logger_while_it_trains(tmp_path):
+    """Rank 0's stdout reaches `include.training.rank0` line by line during the run (the task log on
+    local), not after it; rank 1's does not; the lines are plain text."""
+    import logging
+
+    import psutil
+
+    from include.lifecycle.summaries import trained
+    from include.logs import PROGRESS_INTERVAL_ENV
+
+    plan = make_plan(tmp_path, max_steps=30, checkpoint_interval=10)
+    pids: dict[int, int] = {}
+    seen: list[tuple[str, bool]] = []  # (line, rank 0 still running when it arrived)
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            proc = psutil.Process(pids[0]) if pids else None
+            alive = proc is not None and proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+            seen.append((record.getMessage(), alive))
+
+    logger = logging.getLogger("include.training.rank0")
+    handler, level = Handler(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        result = launch(plan, 2, timeout=120, on_started=pids.update, policy=NO_RESTARTS,
+                        env={**os.environ, PROGRESS_INTERVAL_ENV: "0"})
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    lines = [line for line, _ in seen]
+    steps = [line for line in lines if line.startswith("training: step ")]
+    assert len(steps) == 30, lines
+    assert re.fullmatch(r"training: step 10 of 30 \(33%\), [\d.]+ steps/s, ETA .+; loss [\d.]+, tokens/s \d+, lr .+",
+                        steps[9]), steps[9]
+    assert [line for line in lines if "checkpoint written" in line] == [
+        f"training: checkpoint written at step {s}: {tmp_path / 'checkpoints' / f'step-{s}'}" for s in (10, 20, 30)]
+    assert any(alive for line, alive in seen if line.startswith("training: step 1 of")), "forwarded only at exit"
+    assert any(line.startswith("tiny: rank 0 of 2") for line in lines)
+    assert not any("\r" in line or "\x1b" in line for line in lines)
+    assert trained(result).startswith("training: 30 steps on 2 ranks, loss ")

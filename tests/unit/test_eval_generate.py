@@ -38,6 +38,27 @@ def test_batched_greedy_equals_one_prompt_at_a_time(model):
     assert greedy_batch(model, prompts, 12, batch_size=64) == expected
 
 
+def test_batched_greedy_logs_samples_answered_of_the_total(model, monkeypatch):
+    import logging
+
+    monkeypatch.setenv("LLMOPS_PROGRESS_INTERVAL_S", "0")
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("include.evaluation.generate")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        greedy_batch(model, ["a?", "b?", "cc?", "dd?", "eee?"], 4, batch_size=2)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert [line.split(" (")[0] for line in lines] == [
+        "generation: 2 of 5 samples", "generation: 4 of 5 samples", "generation: 5 of 5 samples"]
+    assert lines[-1].startswith("generation: 5 of 5 samples (100%), ") and "ETA 0 s" in lines[-1]
+
+
 def test_local_generator_is_deterministic_and_bounded(tmp_path, model):
     out = tinylm.export_model(model, tmp_path / "model")
     gen = LocalTinyGenerator(out.as_uri(), max_new_tokens=8)

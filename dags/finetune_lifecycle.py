@@ -83,8 +83,6 @@ PARAMS = {
         gate_policy=Param({}, type="object", title="Gate policy overrides",
                           description="Merged over include/evaluation/policy.yaml; may only tighten it, e.g. "
                                       '{"confidence": 0.9, "metrics": {"rouge_score": {"floor": 0.3}}}.'),
-        promote=Param(DEFAULT["promote"], type="boolean", title="Promote to champion",
-                      description="Move the champion alias to the new version (until the canary stage decides)."),
     ),
 }
 
@@ -177,11 +175,11 @@ def finetune_lifecycle():
         return "register" if decision["passed"] else "reject"
 
     @task(multiple_outputs=False, outlets=[REGISTERED_MODEL])
-    def register(plan: dict, result: dict, dataset: dict, decision: dict, params: dict, outlet_events=None) -> dict:
+    def register(plan: dict, result: dict, dataset: dict, decision: dict, outlet_events=None) -> dict:
         from include.assets import registered_model_extra
         from include.lifecycle.release import register
 
-        out = register(plan, result, dataset, decision, params["promote"], get_settings())
+        out = register(plan, result, dataset, decision, get_settings())
         # The rollout (rollout_model) is scheduled on this event: it serves the new version as a canary.
         outlet_events[REGISTERED_MODEL].extra = registered_model_extra(
             model_name=out["model_name"], version=out["version"], source_uri=out["source"],

@@ -98,8 +98,12 @@ def gate(plan: dict, dataset: dict, jobs: dict, policy_overrides: dict | None, s
             "report_uri": f"{out}/report.html"}
 
 
-def register(plan: dict, result: dict, dataset: dict, decision: dict, promote: bool, settings: Settings) -> dict:
-    """Log the training to the run, register the weights where they lie, alias challenger (champion if asked)."""
+def register(plan: dict, result: dict, dataset: dict, decision: dict, settings: Settings) -> dict:
+    """Log the training to the run, register the weights where they lie, alias them `challenger`.
+
+    `champion` never moves here: only the rollout (rollout_model) promotes, once the canary has proved
+    the version under real traffic.
+    """
     from include.registry import mlflow_registry as reg
     from include.storage import files
 
@@ -112,12 +116,11 @@ def register(plan: dict, result: dict, dataset: dict, decision: dict, promote: b
     version = reg.register_candidate(name, result["model_uri"], run, lineage(plan, dataset, settings))
     scores = _scores(evaluation_uri(settings, plan, "candidate"))
     reg.set_eval_scores(name, version, dataset["version"], reg.log_eval_scores(run, dataset["version"], scores))
-    previous = reg.promote(name, version) if promote else None
     reg.tag_accepted(run)
     reg.finish_run(run)
     champion = reg.champion(name)
-    return {"model_name": name, "version": version, "source": result["model_uri"], "promoted": promote,
-            "champion": champion.version if champion else None, "previous_champion": previous}
+    return {"model_name": name, "version": version, "source": result["model_uri"],
+            "champion": champion.version if champion else None, "mlflow_run_id": run}
 
 
 def reject(decision: dict) -> dict:

@@ -32,7 +32,7 @@ def base_model_rule() -> Rule:
     return _enum("base_model", sorted(NEMO_MODELS))
 
 
-# What a trigger may set (besides base_model, dataset_version, dry_run, gate_policy, promote).
+# What a trigger may set (besides base_model, dataset_version, dry_run, gate_policy).
 PARAM_RULES: dict[str, Rule] = {
     "method": _enum("method", METHODS),
     "lora_rank": _int("lora_rank", 1, 512),
@@ -59,10 +59,10 @@ PLAN_RULES: dict[str, Rule] = {**{k: r for k, r in PARAM_RULES.items() if k != "
 PARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     # A byte-level model on CPU: short runs, a large LR, two local ranks.
     "tiny": {"base_model": "llama32_1b", "max_steps": 240, "learning_rate": 3e-3, "checkpoint_interval": 60,
-             "nodes": 2, "gpus_per_node": 1, "promote": True},
+             "nodes": 2, "gpus_per_node": 1},
     # An 8B-class LoRA fine-tune on one 8-GPU node.
     "nemo": {"base_model": "llama31_8b", "max_steps": 1000, "learning_rate": 1e-4, "checkpoint_interval": 200,
-             "nodes": 1, "gpus_per_node": 8, "promote": False},
+             "nodes": 1, "gpus_per_node": 8},
 }
 
 

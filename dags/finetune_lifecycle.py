@@ -107,10 +107,10 @@ def finetune_lifecycle():
         return validate_params(params)
 
     @task(multiple_outputs=False)
-    def resolve_dataset(params: dict, triggering_asset_events=None) -> dict:
+    def resolve_dataset(params: dict, triggering_asset_events=None, dag_run=None) -> dict:
         from include.lifecycle.training import resolve_dataset
 
-        return resolve_dataset(params, triggering_asset_events)
+        return resolve_dataset(params, triggering_asset_events, run_type=dag_run.run_type)
 
     @task(multiple_outputs=True)
     def plan(dataset: dict, params: dict, dag_run=None) -> dict:
@@ -164,7 +164,9 @@ def finetune_lifecycle():
 
         return eval_jobs(plan, result, dataset, get_settings())
 
-    @task(multiple_outputs=False, trigger_rule="none_failed")
+    # Runs when the champion's evaluation was skipped (scores on record), not when everything before
+    # it was (a run with nothing to train skips from resolve_dataset on).
+    @task(multiple_outputs=False, trigger_rule="none_failed_min_one_success")
     def gate(plan: dict, dataset: dict, jobs: dict, params: dict) -> dict:
         from include.lifecycle.release import gate
 

@@ -64,3 +64,11 @@ def test_good_values_pass(dags):
     assert validate(dags["prepare_dataset"], {"partition": "2026-11-01", "dedup_threshold": 0.9})["partition"]
     ok = validate(dags["finetune_lifecycle"], {"nodes": 4, "dataset_version": "0123456789abcdef", "pool": "experiment"})
     assert ok["nodes"] == 4
+
+
+def test_no_promote_param_and_a_skipped_run_skips_the_gate(dags):
+    dag = dags["finetune_lifecycle"]
+    assert "promote" not in dag.params, "only the rollout moves champion (issue 9)"
+    # The gate runs when the champion's evaluation skipped (scores on record), not when the whole run
+    # skipped from resolve_dataset on (nothing new to train).
+    assert dag.task_dict["gate"].trigger_rule == "none_failed_min_one_success"

@@ -24,6 +24,7 @@ from include.compute import container_jobs
 from include.scheduling.requests import hold_if_stopped
 from include.settings import get_settings
 from include.training.params import PARAM_DEFAULTS, param_schemas
+from include.validation import add_rule_words, with_words
 
 JOBS = container_jobs()  # the profile's container-job seam: its defaults, timeouts and trainer backend
 DEFAULT = PARAM_DEFAULTS[JOBS.trainer_backend]
@@ -42,18 +43,22 @@ def section(name: str, **params: Param) -> dict[str, Param]:
 
 
 def ruled(name: str, default, **ui) -> Param:
-    """A Param whose schema is the field's rule (include/training/params.py)."""
-    return Param(default, **RULES[name], **ui)
+    """A Param whose schema is the field's rule (include/training/params.py), its words included."""
+    schema = dict(RULES[name])
+    return with_words(Param(default, **{k: v for k, v in schema.items() if k != "description"}, **ui),
+                      schema["description"])
 
 
-PARAMS = {
+PARAMS = add_rule_words({
     **section(
         "Model and data",
         base_model=ruled("base_model", DEFAULT["base_model"], title="Base model",
                          description="NeMo recipe to fine-tune (the local profile trains a tiny byte-level model)."),
         dataset_version=ruled("dataset_version", None, title="Dataset version",
-                              description="Curated version to train on. Empty: the triggering asset event's, "
-                                          "else the latest published."),
+                              description="Optional. Curated version to train on, as prepare_dataset prints "
+                                          "it (e.g. 0123456789abcdef). Empty: the triggering asset event's, else "
+                                          "the latest published. A manual run trains it even if it was trained "
+                                          "before; nightly and asset-triggered runs skip then."),
         method=ruled("method", "lora", title="Method", description="LoRA adapters or full fine-tuning."),
         lora_rank=ruled("lora_rank", 16, title="LoRA rank"),
     ),
@@ -76,15 +81,16 @@ PARAMS = {
                       description="Plan and preflight only; launch nothing."),
         window=Param("now", enum=["now", "off-hours"], title="When to train",
                      description="off-hours: queue the priced plan; the offhours DAG admits it in a window."),
-        priority=Param(0, type="integer", minimum=0, maximum=100, title="Off-hours priority"),
+        priority=Param(0, type="integer", minimum=0, maximum=100, title="Off-hours priority",
+                       description="Higher is admitted first within a window."),
     ),
     **section(
         "Gate and registry",
-        gate_policy=Param({}, type="object", title="Gate policy overrides",
-                          description="Merged over include/evaluation/policy.yaml; may only tighten it, e.g. "
-                                      '{"confidence": 0.9, "metrics": {"rouge_score": {"floor": 0.3}}}.'),
+        gate_policy=Param({}, type=["null", "object"], title="Gate policy overrides",
+                          description="Optional. Merged over include/evaluation/policy.yaml; may only tighten it, "
+                                      'e.g. {"confidence": 0.9, "metrics": {"rouge_score": {"floor": 0.3}}}.'),
     ),
-}
+})
 
 
 @dag(

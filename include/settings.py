@@ -73,6 +73,8 @@ class Settings:
     raw_events_poll_seconds: int = 30
     # How long a nightly prepare_dataset run waits (deferred) for its day's raw partition.
     partition_wait_seconds: int = 6 * 3600
+    # How often that wait checks for the partition (in the triggerer).
+    partition_poke_seconds: int = 60
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:

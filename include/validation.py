@@ -60,6 +60,19 @@ class Rule:
         what = "an integer" if self.kind == "integer" else "a number"
         return f"{what} with {self.low} {'<' if self.open_low else '<='} value <= {self.high}"
 
+    def words(self) -> str:
+        """The rule as a sentence for a person (a form field's description, a refused value's hint)."""
+        def n(x: float) -> str:
+            return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+        if self.kind == "enum":
+            return "One of: " + ", ".join(str(c) for c in self.choices) + "."
+        if self.kind == "integer":
+            return f"A whole number from {n(self.low)} to {n(self.high)}."
+        if self.open_low:
+            return f"A number above {n(self.low)} and at most {n(self.high)}."
+        return f"A number from {n(self.low)} to {n(self.high)}."
+
     def check(self, value: Any, label: str | None = None) -> Any:
         """`value` if it is accepted, else InputError naming the field and what it accepts."""
         ok = True
@@ -79,10 +92,62 @@ class Rule:
     def schema(self) -> dict[str, Any]:
         """The JSON-schema fragment an Airflow Param takes for this rule."""
         if self.kind == "enum":
-            return {"enum": list(self.choices)}
+            return {"enum": list(self.choices), "description": self.words()}
         out: dict[str, Any] = {"type": self.kind, "maximum": self.high}
         out["exclusiveMinimum" if self.open_low else "minimum"] = self.low
+        out["description"] = self.words()  # in the schema too: a refused value's error quotes it
         return out
+
+
+def _num(x: Any) -> str:
+    return f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else f"{x:g}"
+
+
+def schema_words(schema: Mapping[str, Any]) -> str | None:
+    """A JSON-schema fragment's enum or numeric range in words; None for what words cannot be derived
+    from (a pattern says its rule in its own `description`)."""
+    if schema.get("description"):
+        return schema["description"]
+    if "enum" in schema:
+        return "One of: " + ", ".join(str(c) for c in schema["enum"]) + "."
+    low, high = schema.get("minimum"), schema.get("maximum")
+    above = schema.get("exclusiveMinimum")
+    if low is None and high is None and above is None:
+        return None
+    what = "A whole number" if "integer" in (schema.get("type") or ()) else "A number"
+    parts = []
+    if above is not None:
+        parts.append(f"above {_num(above)}")
+    if low is not None and high is not None:
+        return f"{what} from {_num(low)} to {_num(high)}."
+    if low is not None:
+        parts.append(f"at least {_num(low)}")
+    if high is not None:
+        parts.append(f"at most {_num(high)}")
+    return f"{what} {' and '.join(parts)}."
+
+
+def with_words(param: Any, words: str) -> Any:
+    """Set a Param's rule in words by hand (a pattern's words cannot be derived from the regex)."""
+    param.schema["description"] = words
+    return param
+
+
+def add_rule_words(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Give every trigger-form Param its rule in words (duck-typed `.schema`/`.description`: no Airflow here).
+
+    The words end the field's description (the form shows it under the field) and stand as the
+    schema's own `description`, which the API quotes when it refuses a value: a person reads
+    "One of: lora, full." or "16 lowercase hex digits", not only a regex.
+    """
+    for param in params.values():
+        words = schema_words(param.schema)
+        if not words:
+            continue
+        param.schema["description"] = words
+        if words not in (param.description or ""):
+            param.description = f"{param.description} {words}".strip() if param.description else words
+    return params
 
 
 def check_all(rules: Mapping[str, Rule], values: Mapping[str, Any], *, required: bool = True) -> dict[str, Any]:

@@ -66,6 +66,10 @@ PARAM_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Short enough to stay on one line where a refused value's error quotes the schema.
+DATASET_VERSION_WORDS = "Empty, or 16 lowercase hex digits."
+
+
 def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Each trigger field against its rule; InputError names the first bad field and its range."""
     checked = check_all({"base_model": base_model_rule(), **PARAM_RULES}, params)
@@ -80,5 +84,6 @@ def param_schemas() -> dict[str, dict[str, Any]]:
     return {
         "base_model": base_model_rule().schema(),
         **{key: rule.schema() for key, rule in PARAM_RULES.items()},
-        "dataset_version": {"type": ["null", "string"], "pattern": f"^{DATASET_VERSION_RE.pattern}$"},
+        "dataset_version": {"type": ["null", "string"], "pattern": f"^{DATASET_VERSION_RE.pattern}$",
+                            "description": DATASET_VERSION_WORDS},
     }

@@ -16,6 +16,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 from llmops_operators.evaluation import evaluation_operator
+from llmops_operators.links import DatasetManifestLink, GateReportLink, MlflowRunLink, ModelVersionLink, linked_task
 from llmops_operators.notifiers import GateRejectionNotifier
 from llmops_operators.training import training_job_operator
 
@@ -112,7 +113,7 @@ def finetune_lifecycle():
 
         return validate_params(params)
 
-    @task(multiple_outputs=False)
+    @linked_task(DatasetManifestLink, multiple_outputs=False)
     def resolve_dataset(params: dict, triggering_asset_events=None, dag_run=None) -> dict:
         from include.lifecycle.training import resolve_dataset
 
@@ -172,7 +173,7 @@ def finetune_lifecycle():
 
     # Runs when the champion's evaluation was skipped (scores on record), not when everything before
     # it was (a run with nothing to train skips from resolve_dataset on).
-    @task(multiple_outputs=False, trigger_rule="none_failed_min_one_success")
+    @linked_task(MlflowRunLink, GateReportLink, multiple_outputs=False, trigger_rule="none_failed_min_one_success")
     def gate(plan: dict, dataset: dict, jobs: dict, params: dict) -> dict:
         from include.lifecycle.release import gate
 
@@ -182,7 +183,7 @@ def finetune_lifecycle():
     def gate_decision(decision: dict) -> str:
         return "register" if decision["passed"] else "reject"
 
-    @task(multiple_outputs=False, outlets=[REGISTERED_MODEL])
+    @linked_task(ModelVersionLink, MlflowRunLink, multiple_outputs=False, outlets=[REGISTERED_MODEL])
     def register(plan: dict, result: dict, dataset: dict, decision: dict, outlet_events=None) -> dict:
         from include.assets import registered_model_extra
         from include.lifecycle.release import register
@@ -194,7 +195,8 @@ def finetune_lifecycle():
             dataset_version=dataset["version"], run_id=plan["run_id"])
         return out
 
-    @task(multiple_outputs=False, on_success_callback=[GateRejectionNotifier(decision_task_id="gate")])
+    @linked_task(MlflowRunLink, multiple_outputs=False,
+                 on_success_callback=[GateRejectionNotifier(decision_task_id="gate")])
     def reject(decision: dict) -> dict:
         from include.lifecycle.release import reject
 

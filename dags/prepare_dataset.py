@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, task
+from llmops_operators.links import DatasetManifestLink, linked_task
 from llmops_operators.sensors import PartitionSensor
 
 from include.assets import CURATED_DATASET, RAW_DATA
@@ -76,7 +77,7 @@ def prepare_dataset():
 
         return curate(sources, params, run_id)
 
-    @task(multiple_outputs=False, outlets=[CURATED_DATASET])
+    @linked_task(DatasetManifestLink, multiple_outputs=False, outlets=[CURATED_DATASET])
     def publish(manifest: dict, run_id: str, dag_run=None, outlet_events=None) -> dict:
         from include.lifecycle.dataset import publish
 

@@ -95,7 +95,7 @@ def gate(plan: dict, dataset: dict, jobs: dict, policy_overrides: dict | None, s
     reg.log_training(run, {}, [], means)
     return {"passed": decision["passed"], "reasons": decision["reasons"], "means": means,
             "champion_present": decision["champion_present"], "mlflow_run_id": run,
-            "report_uri": f"{out}/report.html"}
+            "mlflow_experiment_id": reg.experiment_of(run), "report_uri": f"{out}/report.html"}
 
 
 def register(plan: dict, result: dict, dataset: dict, decision: dict, settings: Settings) -> dict:
@@ -120,7 +120,8 @@ def register(plan: dict, result: dict, dataset: dict, decision: dict, settings: 
     reg.finish_run(run)
     champion = reg.champion(name)
     return {"model_name": name, "version": version, "source": result["model_uri"],
-            "champion": champion.version if champion else None, "mlflow_run_id": run}
+            "champion": champion.version if champion else None, "mlflow_run_id": run,
+            "mlflow_experiment_id": decision.get("mlflow_experiment_id")}
 
 
 def reject(decision: dict) -> dict:
@@ -128,4 +129,5 @@ def reject(decision: dict) -> dict:
 
     reg.tag_rejected(decision["mlflow_run_id"], decision["reasons"])
     reg.finish_run(decision["mlflow_run_id"])
-    return {"rejected": True, "reasons": decision["reasons"]}
+    return {"rejected": True, "reasons": decision["reasons"], "mlflow_run_id": decision["mlflow_run_id"],
+            "mlflow_experiment_id": decision.get("mlflow_experiment_id")}

@@ -48,6 +48,7 @@ from include.registry.tracking import (  # noqa: F401 - the adapter's one import
     _client,
     _error_code,
     decided_runs,
+    experiment_of,
     finish_run,
     flatten,
     get_client,

@@ -199,6 +199,11 @@ def decided_runs(experiment: str, dataset_version: str, *, base_model: str | Non
             and all(v is None or r.data.tags.get(k) in (None, v) for k, v in wanted.items())]
 
 
+def experiment_of(run_id: str, *, client: MlflowClient | None = None) -> str:
+    """The experiment id a run belongs to (for links to the run's page)."""
+    return _client(client).get_run(run_id).info.experiment_id
+
+
 def finish_run(run_id: str, status: str = "FINISHED", *, client: MlflowClient | None = None) -> None:
     """Mark the run terminated (FINISHED, FAILED or KILLED); a later retry sets it RUNNING again."""
     _client(client).set_terminated(run_id, status=status)

@@ -36,6 +36,8 @@ from include.compute.kubernetes import job_state
 from include.settings import get_settings
 from include.training.k8s_job import CONTAINER, JOB_LABEL, JOB_PREFIX, TrainingLaunch
 
+from .links import TrainingJobLink, TrainingPodsLink
+
 DELETE_POLL_S = 2.0
 
 
@@ -77,6 +79,7 @@ class KubernetesTrainingJobOperator(KubernetesJobOperator):
 
     template_fields: Sequence[str] = (*KubernetesJobOperator.template_fields, "plan")
     ui_color = "#d6e9f8"
+    operator_extra_links = (TrainingJobLink(), TrainingPodsLink())
 
     def __init__(
         self,

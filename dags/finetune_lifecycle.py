@@ -25,7 +25,7 @@ from include.compute import container_jobs
 from include.scheduling.requests import hold_if_stopped
 from include.settings import get_settings
 from include.training.params import PARAM_DEFAULTS, param_schemas
-from include.validation import add_rule_words, with_words
+from include.validation import add_rule_words
 
 JOBS = container_jobs()  # the profile's container-job seam: its defaults, timeouts and trainer backend
 DEFAULT = PARAM_DEFAULTS[JOBS.trainer_backend]
@@ -45,9 +45,7 @@ def section(name: str, **params: Param) -> dict[str, Param]:
 
 def ruled(name: str, default, **ui) -> Param:
     """A Param whose schema is the field's rule (include/training/params.py), its words included."""
-    schema = dict(RULES[name])
-    return with_words(Param(default, **{k: v for k, v in schema.items() if k != "description"}, **ui),
-                      schema["description"])
+    return Param(default, **RULES[name], **ui)
 
 
 PARAMS = add_rule_words({

@@ -17,7 +17,7 @@ from llmops_operators.sensors import PartitionSensor
 
 from include.assets import CURATED_DATASET, RAW_DATA
 from include.settings import get_settings
-from include.validation import add_rule_words, with_words
+from include.validation import RULE_KEY, add_rule_words, with_words
 
 DEFAULTS = {
     "owner": "ml-platform",
@@ -36,7 +36,7 @@ PARAMS = add_rule_words({
     "source_uris": with_words(Param(
         [], type=["null", "array"], maxItems=64, section="Source", title="Explicit source URIs",
         items={"type": "string", "pattern": r"^(file|s3)://(?!.*(^|/)\.\.(/|$))[^\s]+$", "maxLength": 1024,
-               "description": "file:// or s3:// under raw/, no spaces, no '..'"},
+               RULE_KEY: "file:// or s3:// under raw/, no spaces, no '..'"},
         description="Optional. Files or directories under <data root>/raw/, each an absolute file:// or s3:// "
                     "URI of at most 1,024 characters; they override the partition when given.",
     ), "Empty, or up to 64 URIs: file:// or s3:// under raw/, no spaces, no '..'"),

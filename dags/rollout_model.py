@@ -23,7 +23,7 @@ from llmops_operators.notifiers import RolloutAbortNotifier
 
 from include.assets import REGISTERED_MODEL
 from include.settings import get_settings
-from include.validation import add_rule_words, with_words
+from include.validation import RULE_KEY, add_rule_words, with_words
 
 LOCAL = get_settings().is_local
 APPROVAL_TIMEOUT = timedelta(minutes=2 if LOCAL else 60)
@@ -38,7 +38,7 @@ PARAMS = add_rule_words({
         "Empty, or a version number (digits only)."),
     "steps": with_words(Param(
         [10, 25, 50, 100], type="array", items={"type": "integer", "exclusiveMinimum": 0, "maximum": 100,
-                                            "description": "A weight in %, above 0, at most 100."},
+                                            RULE_KEY: "A weight in %, above 0, at most 100."},
         minItems=1, title="Steps (canary weight %)",
         description="Canary weights in percent, e.g. 10, 25, 50, 100."),
         "Increasing weights in %, each above 0, at most 100."),

@@ -19,6 +19,11 @@ from include.errors import InputError
 
 URI_SCHEMES = ("file", "s3")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# The schema key holding a field's rule in words. Not JSON Schema's `description`: Airflow rebuilds a
+# Param from its schema as keyword arguments, where `description` is the Param's own argument. An
+# unknown keyword is an annotation to JSON Schema (like Airflow's own `section`), and the API quotes
+# the failing schema, words included, when it refuses a value.
+RULE_KEY = "rule"
 DATASET_VERSION_RE = re.compile(r"[0-9a-f]{16}")  # catalog versions: 16 hex digits of a content hash
 
 
@@ -92,10 +97,10 @@ class Rule:
     def schema(self) -> dict[str, Any]:
         """The JSON-schema fragment an Airflow Param takes for this rule."""
         if self.kind == "enum":
-            return {"enum": list(self.choices), "description": self.words()}
+            return {"enum": list(self.choices), RULE_KEY: self.words()}
         out: dict[str, Any] = {"type": self.kind, "maximum": self.high}
         out["exclusiveMinimum" if self.open_low else "minimum"] = self.low
-        out["description"] = self.words()  # in the schema too: a refused value's error quotes it
+        out[RULE_KEY] = self.words()  # in the schema: a refused value's error quotes it
         return out
 
 
@@ -106,8 +111,8 @@ def _num(x: Any) -> str:
 def schema_words(schema: Mapping[str, Any]) -> str | None:
     """A JSON-schema fragment's enum or numeric range in words; None for what words cannot be derived
     from (a pattern says its rule in its own `description`)."""
-    if schema.get("description"):
-        return schema["description"]
+    if schema.get(RULE_KEY):
+        return schema[RULE_KEY]
     if "enum" in schema:
         return "One of: " + ", ".join(str(c) for c in schema["enum"]) + "."
     low, high = schema.get("minimum"), schema.get("maximum")
@@ -129,22 +134,22 @@ def schema_words(schema: Mapping[str, Any]) -> str | None:
 
 def with_words(param: Any, words: str) -> Any:
     """Set a Param's rule in words by hand (a pattern's words cannot be derived from the regex)."""
-    param.schema["description"] = words
+    param.schema[RULE_KEY] = words
     return param
 
 
 def add_rule_words(params: Mapping[str, Any]) -> Mapping[str, Any]:
     """Give every trigger-form Param its rule in words (duck-typed `.schema`/`.description`: no Airflow here).
 
-    The words end the field's description (the form shows it under the field) and stand as the
-    schema's own `description`, which the API quotes when it refuses a value: a person reads
+    The words end the field's description (the form shows it under the field) and stand in the
+    schema under RULE_KEY, which the API quotes when it refuses a value: a person reads
     "One of: lora, full." or "16 lowercase hex digits", not only a regex.
     """
     for param in params.values():
         words = schema_words(param.schema)
         if not words:
             continue
-        param.schema["description"] = words
+        param.schema[RULE_KEY] = words
         if words not in (param.description or ""):
             param.description = f"{param.description} {words}".strip() if param.description else words
     return params

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from include.errors import InputError
-from include.validation import DATASET_VERSION_RE, Rule, check_all, is_dataset_version
+from include.validation import DATASET_VERSION_RE, RULE_KEY, Rule, check_all, is_dataset_version
 
 METHODS = ("lora", "full")
 POOLS = ("production", "experiment")
@@ -85,5 +85,5 @@ def param_schemas() -> dict[str, dict[str, Any]]:
         "base_model": base_model_rule().schema(),
         **{key: rule.schema() for key, rule in PARAM_RULES.items()},
         "dataset_version": {"type": ["null", "string"], "pattern": f"^{DATASET_VERSION_RE.pattern}$",
-                            "description": DATASET_VERSION_WORDS},
+                            RULE_KEY: DATASET_VERSION_WORDS},
     }

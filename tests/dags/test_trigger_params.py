@@ -5,6 +5,8 @@ import copy
 import pytest
 from airflow.sdk.exceptions import ParamValidationError
 
+from include.validation import RULE_KEY
+
 
 @pytest.fixture(scope="module")
 def dags():
@@ -96,11 +98,11 @@ def test_every_rule_is_stated_in_words(dags):
         where = f"{dag_id}.{name}: {text!r}"
         for sub in (schema, schema.get("items") or {}):
             if "pattern" in sub:
-                assert sub.get("description") or schema.get("description"), f"{where}: a pattern without words"
+                assert sub.get(RULE_KEY) or schema.get(RULE_KEY), f"{where}: a pattern without words"
                 assert sub["pattern"] not in text, f"{where}: shows the regex"
         if any(k in schema for k in ("pattern", "enum", "minimum", "maximum", "exclusiveMinimum")) \
                 or "pattern" in (schema.get("items") or {}):
-            assert schema.get("description") and schema["description"] in text, where
+            assert schema.get(RULE_KEY) and schema[RULE_KEY] in text, where
         for choice in schema.get("enum", []):
             assert str(choice) in text, f"{where}: does not name {choice!r}"
         for bound in ("minimum", "maximum", "exclusiveMinimum"):
@@ -132,3 +134,18 @@ def test_a_refused_value_is_explained_in_words(dags, dag_id, conf, words):
     with pytest.raises(ParamValidationError) as err:
         validate(dags[dag_id], conf)
     assert words in str(err.value)
+
+
+def test_dags_survive_serialization_with_their_forms_and_links(dags):
+    """What the scheduler and the API server load: the serialized DAG, its Params rebuilt from their schemas."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    for dag_id in FORMS:
+        loaded = DagSerialization.from_dict(DagSerialization.to_dict(dags[dag_id]))
+        for name in dags[dag_id].params:
+            assert loaded.params.get_param(name).schema == dags[dag_id].params.get_param(name).schema, name
+        loaded.params.validate()
+    loaded = DagSerialization.from_dict(DagSerialization.to_dict(dags["finetune_lifecycle"]))
+    links = {t.task_id: sorted(t.extra_links) for t in loaded.tasks if t.extra_links}
+    assert links == {"resolve_dataset": ["Dataset manifest"], "gate": ["Gate report", "MLflow run"],
+                     "register": ["MLflow run", "Model version"], "reject": ["MLflow run"]}

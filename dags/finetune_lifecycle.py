@@ -1,12 +1,14 @@
 """finetune_lifecycle: a curated dataset version -> a fine-tuned, evaluated, registered model.
 
 Starts nightly, when prepare_dataset publishes a new curated version (asset event), or from the UI
-trigger form. Bad params are refused by the form's schema, then by `validate_params`, before
-anything is planned or launched. On eks the trainer is a NeMo Indexed Job on a Karpenter GPU pool;
-on local the same entrypoint runs as local ranks. The candidate then answers the evaluation set and
-RAGAS scores it; the gate compares it with floors and with the champion's per-sample scores, and
-only a passing candidate is registered in MLflow (weights stay where training wrote them). Task ids
-and XComs are the same on both profiles.
+trigger form. A nightly, asset-triggered or backfill run with nothing new (no version published, or
+the version already decided for the same base model and method) skips at resolve_dataset; a manual
+trigger is the explicit ask and trains (a missing version fails it). Bad params are refused by the
+form's schema, then by `validate_params`, before anything is planned or launched. On eks the trainer
+is a NeMo Indexed Job on a Karpenter GPU pool; on local the same entrypoint runs as local ranks. The
+candidate then answers the evaluation set and RAGAS scores it; the gate compares it with floors and
+with the champion's per-sample scores, and only a passing candidate is registered in MLflow (weights
+stay where training wrote them). Task ids and XComs are the same on both profiles.
 """
 
 from __future__ import annotations

@@ -67,16 +67,13 @@ class Rule:
 
     def words(self) -> str:
         """The rule as a sentence for a person (a form field's description, a refused value's hint)."""
-        def n(x: float) -> str:
-            return f"{x:,}" if isinstance(x, int) else f"{x:g}"
-
         if self.kind == "enum":
             return "One of: " + ", ".join(str(c) for c in self.choices) + "."
         if self.kind == "integer":
-            return f"A whole number from {n(self.low)} to {n(self.high)}."
+            return f"A whole number from {_num(self.low)} to {_num(self.high)}."
         if self.open_low:
-            return f"A number above {n(self.low)} and at most {n(self.high)}."
-        return f"A number from {n(self.low)} to {n(self.high)}."
+            return f"A number above {_num(self.low)} and at most {_num(self.high)}."
+        return f"A number from {_num(self.low)} to {_num(self.high)}."
 
     def check(self, value: Any, label: str | None = None) -> Any:
         """`value` if it is accepted, else InputError naming the field and what it accepts."""
@@ -110,7 +107,7 @@ def _num(x: Any) -> str:
 
 def schema_words(schema: Mapping[str, Any]) -> str | None:
     """A JSON-schema fragment's enum or numeric range in words; None for what words cannot be derived
-    from (a pattern says its rule in its own `description`)."""
+    from (a pattern's words are given by hand, `with_words`)."""
     if schema.get(RULE_KEY):
         return schema[RULE_KEY]
     if "enum" in schema:

@@ -5,10 +5,11 @@ trigger form. A nightly, asset-triggered or backfill run with nothing new (no ve
 the version already decided for the same base model and method) skips at resolve_dataset; a manual
 trigger is the explicit ask and trains (a missing version fails it). Bad params are refused by the
 form's schema, then by `validate_params`, before anything is planned or launched. On eks the trainer
-is a NeMo Indexed Job on a Karpenter GPU pool; on local the same entrypoint runs as local ranks. The
-candidate then answers the evaluation set and RAGAS scores it; the gate compares it with floors and
-with the champion's per-sample scores, and only a passing candidate is registered in MLflow (weights
-stay where training wrote them). Task ids and XComs are the same on both profiles.
+is a NeMo JobSet (one Indexed Job, all-or-nothing restarts) on a Karpenter GPU pool; on local the
+same entrypoint runs as local ranks. The candidate then answers the evaluation set and RAGAS scores
+it; the gate compares it with floors and with the champion's per-sample scores, and only a passing
+candidate is registered in MLflow (weights stay where training wrote them). Task ids and XComs are
+the same on both profiles.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ PARAMS = add_rule_words({
     ),
     **section(
         "Compute",
-        nodes=ruled("nodes", DEFAULT["nodes"], title="Nodes", description="Indexed Job completions (local: ranks)."),
+        nodes=ruled("nodes", DEFAULT["nodes"], title="Nodes", description="Nodes: one pod each (local: ranks)."),
         gpus_per_node=ruled("gpus_per_node", DEFAULT["gpus_per_node"], title="GPUs per node"),
         tensor_parallel=ruled("tensor_parallel", 1, title="Tensor parallel"),
         pipeline_parallel=ruled("pipeline_parallel", 1, title="Pipeline parallel"),

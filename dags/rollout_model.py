@@ -26,7 +26,7 @@ from include.settings import get_settings
 from include.validation import RULE_KEY, add_rule_words, with_words
 
 LOCAL = get_settings().is_local
-APPROVAL_TIMEOUT = timedelta(minutes=2 if LOCAL else 60)
+APPROVAL_TIMEOUT = timedelta(seconds=get_settings().approval_timeout_seconds)
 
 PARAMS = add_rule_words({
     "action": Param("rollout", enum=["rollout", "rollback"], title="Action",
@@ -51,8 +51,6 @@ PARAMS = add_rule_words({
                           title="Load generator rate (req/s, local; 0 = off)"),
     "ready_timeout_s": Param(120 if LOCAL else 1800, type="integer", minimum=10, maximum=7200,
                              title="Canary readiness deadline (s)"),
-    "approval_timeout_s": Param(int(APPROVAL_TIMEOUT.total_seconds()), type="integer", minimum=10,
-                                maximum=86400, title="Approval timeout (s), informational"),
     "scale_down_delay_s": Param(5 if LOCAL else 600, type="integer", minimum=0, maximum=86400,
                                 title="Scale-down delay (s)"),
     "analysis_policy": Param({}, type=["null", "object"], title="Analysis policy overrides",

@@ -11,7 +11,7 @@ link then shows disabled.
 - Storage: an s3:// object opens in the S3 console (`LLMOPS_S3_CONSOLE_URL`, a template with
   {bucket} and {key}: the AWS console by default, a MinIO console in docker compose); a file://
   object is linked as is.
-- Cluster console: `LLMOPS_K8S_CONSOLE_URL`, a template with {resource} (jobs or pods),
+- Cluster console: `LLMOPS_K8S_CONSOLE_URL`, a template with {resource} (jobsets or pods),
   {namespace}, {name} and {selector} (the label selector of the Job's pods, URL-encoded); unset:
   no cluster links.
 """
@@ -77,7 +77,7 @@ def manifest_uri(value: Mapping[str, Any] | None) -> str | None:
 
 
 def k8s_console_url(template: str | None, resource: str, namespace: str, name: str, selector: str = "") -> str | None:
-    """The cluster console's page for a resource (`jobs`) or a pod list (`pods` with a label selector)."""
+    """The cluster console's page for a resource (`jobsets`) or a pod list (`pods` with a label selector)."""
     if not template:
         return None
     return template.format(resource=resource, namespace=quote(namespace, safe=""), name=quote(name, safe=""),

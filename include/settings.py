@@ -65,6 +65,7 @@ class Settings:
     checkpoint_root: str = ""  # a shared filesystem; default: <repo>/.data/checkpoints or /checkpoints (FSx)
     trainer_image: str = "ghcr.io/llmops-finetune/nemo-trainer:0.1.0"
     evaluator_image: str = "ghcr.io/llmops-finetune/evaluator:0.1.0"
+    serving_image: str = "ghcr.io/llmops-finetune/vllm:0.1.0"  # images/vllm: upstream vLLM as a non-root user
     windows_file: str = ""  # off-hours windows and admission budgets; default include/scheduling/windows.yaml
     # How often the offhours DAG admits and stops runs; default: every minute locally, every 5 on eks.
     offhours_cron: str = ""
@@ -81,6 +82,9 @@ class Settings:
     partition_wait_seconds: int = 6 * 3600
     # How often that wait checks for the partition (in the triggerer).
     partition_poke_seconds: int = 60
+    # How long an inconclusive canary waits for a person's promote/abort before it aborts;
+    # default: 2 minutes locally, an hour on eks.
+    approval_timeout_seconds: int = 0
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -90,6 +94,11 @@ class Settings:
         if not self.checkpoint_root:
             default = "/checkpoints" if self.profile == "eks" else str(PROJECT_ROOT / ".data" / "checkpoints")
             object.__setattr__(self, "checkpoint_root", default)
+        if not self.approval_timeout_seconds:
+            object.__setattr__(self, "approval_timeout_seconds", 3600 if self.profile == "eks" else 120)
+        if self.approval_timeout_seconds < 10:
+            raise SettingsError(f"LLMOPS_APPROVAL_TIMEOUT_SECONDS={self.approval_timeout_seconds}: expected at "
+                                "least 10 seconds")
         if not self.offhours_cron:
             object.__setattr__(self, "offhours_cron", "*/5 * * * *" if self.profile == "eks" else "* * * * *")
         if not self.checkpoint_root.startswith("/"):
@@ -107,7 +116,8 @@ class Settings:
             _k8s_name(f"LLMOPS_{f.upper()}", getattr(self, f))
         from include.images import check_reference
 
-        for f in ("trainer_image", "evaluator_image"):  # name@sha256:<digest> (deploy this) or name:tag
+        # name@sha256:<digest> (deploy this) or name:tag
+        for f in ("trainer_image", "evaluator_image", "serving_image"):
             try:
                 check_reference(f"LLMOPS_{f.upper()}", getattr(self, f))
             except ValueError as exc:

@@ -25,8 +25,6 @@ CHECKOV = ROOT / ".tools" / "checkov" / "bin" / "checkov"
 
 def objects() -> dict[str, list[dict]]:
     sys.path.insert(0, str(ROOT))
-    from include.cluster.network import run_network_policy
-    from include.cluster.preflight import as_manifest
     from include.evaluation.job import validate_job
     from include.evaluation.k8s_pod import manifest as evaluator_manifest
     from include.settings import Settings
@@ -44,7 +42,8 @@ def objects() -> dict[str, list[dict]]:
                 "base_model": "llama31_8b", "dataset_uri": "s3://llmops-data/prod/curated/0123456789abcdef",
                 "output_uri": "s3://llmops-data/prod/models/scan", "checkpoint_dir": "/checkpoints/scan"}
         launch = render(plan, settings)
-        rendered += [*launch.manifests(), as_manifest(run_network_policy(launch.service))]
+        # checkov knows Jobs, not JobSets: scan the child Job the JobSet controller creates from it.
+        rendered += [*launch.manifests(), launch.child_job()]
     job = validate_job({"model_uri": "s3://llmops-data/prod/models/scan", "eval_uri":
                         "s3://llmops-data/prod/curated/0123456789abcdef", "output_uri":
                         "s3://llmops-data/prod/evaluations/scan/candidate", "generator": "vllm",

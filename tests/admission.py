@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import cel
 
 RESOURCES = {"Pod": ("", "pods"), "Service": ("", "services"), "Job": ("batch", "jobs"),
+             "JobSet": ("jobset.x-k8s.io", "jobsets"),
              "NetworkPolicy": ("networking.k8s.io", "networkpolicies")}
 
 

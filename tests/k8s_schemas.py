@@ -2,7 +2,7 @@
 
 Core kinds (Job, Service, Role, ...) go through `kubernetes_validate` in strict mode for
 KUBERNETES_VERSION, so an unknown or misspelt field fails as it would with kubectl's server-side
-field validation. Karpenter and Gateway API kinds go through the openAPIV3Schema of their CRD,
+field validation. Karpenter, Gateway API and JobSet kinds go through the openAPIV3Schema of their CRD,
 read from the shared CRDs directory (LLMOPS_CRDS_DIR, default ../shared/crds beside the repo;
 never copied into the repo), with unknown fields refused the same way. CEL rules
 (x-kubernetes-validations) are not evaluated: only the API server can.
@@ -91,7 +91,8 @@ def crd_schemas() -> dict[tuple[str, str], dict]:
     return schemas
 
 
-CRD_GROUPS = ("karpenter.sh", "karpenter.k8s.aws", "gateway.networking.k8s.io", "monitoring.coreos.com")
+CRD_GROUPS = ("karpenter.sh", "karpenter.k8s.aws", "gateway.networking.k8s.io", "monitoring.coreos.com",
+              "jobset.x-k8s.io")
 
 
 def _is_core(api_version: str) -> bool:

@@ -5,9 +5,9 @@
 | method                 | LocalJobs (compute/local.py)            | KubernetesJobs (compute/kubernetes.py)        |
 |------------------------|-----------------------------------------|-----------------------------------------------|
 | place(params, probs)   | ranks on this machine, CPU "instance"   | pool + instance type sized for the model      |
-| preflight(plan)        | ranks vs CPUs                           | render the Job, check it against the pools    |
-| setup_rendezvous       | 127.0.0.1, the launcher picks the port  | the headless Service naming pod 0             |
-| teardown_rendezvous    | stop rank processes a killed task left  | delete an orphaned Job, the Service           |
+| preflight(plan)        | ranks vs CPUs                           | render the JobSet, check it against the pools |
+| setup_rendezvous       | 127.0.0.1, the launcher picks the port  | the run's NetworkPolicy; rank 0's address     |
+| teardown_rendezvous    | stop rank processes a killed task left  | delete an orphaned JobSet, the policy         |
 | evaluation_job(...)    | tiny generator, non-LLM metrics         | vLLM generator, the LLM judge                 |
 
 Each also names its trainer backend ("tiny" / "nemo") and the operator kind plugins/ maps to an

@@ -1,12 +1,17 @@
-"""EKS profile of the container-job seam: pool placement, the rendered Job's preflight, the
-headless Service that gives pod 0 of the Indexed Job its DNS name with the run's NetworkPolicy
-(ingress only from the run's own pods; include/cluster/network.py), and the evaluator's job.
+"""EKS profile of the container-job seam: pool placement, the rendered JobSet's preflight, the
+run's NetworkPolicy (ingress only from the run's own pods; include/cluster/network.py), the JobSet
+reads and deletes every caller shares, and the evaluator's job.
 
-Both calls go through the Airflow Kubernetes connection (`settings.kubernetes_conn_id`) and are
-idempotent: a retried setup finds the Service already there (409), a repeated teardown finds it
-gone (404). Teardown also deletes the run's Job if it is still active: it runs only once training
-is over for good, so a Job still running then has no task watching it and only burns GPU nodes.
-Finished Jobs are left to their TTL, so their pods' logs stay readable.
+The headless Service that gives rank 0 its DNS name is the JobSet controller's (`network`), owned by
+the JobSet and deleted with it; Airflow creates only the NetworkPolicy before the launch
+(setup_rendezvous) and the JobSet itself (plugins/llmops_operators/k8s_training.py).
+
+Every call goes through the Airflow Kubernetes connection (`settings.kubernetes_conn_id`) and is
+idempotent: a retried setup finds the policy already there (409), a repeated teardown finds it
+gone (404). Teardown also deletes the run's JobSet if it is still active: it runs only once
+training is over for good (including after the training task's execution_timeout, the run's wall
+bound), so a JobSet still running then has no task watching it and only burns GPU nodes.
+Finished JobSets are left to their TTL, so their pods' logs stay readable.
 """
 
 from __future__ import annotations
@@ -16,9 +21,16 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from include.cluster.network import run_network_policy
 from include.settings import Settings, get_settings
-from include.training.k8s_job import job_name, render, rendezvous_service
+from include.training.k8s_job import (
+    JOBSET_GROUP,
+    JOBSET_PLURAL,
+    JOBSET_VERSION,
+    jobset_name,
+    pod_host_prefix,
+    render,
+    rendezvous_network_policy,
+)
 from include.training.rendezvous import master_address
 
 
@@ -39,8 +51,9 @@ class KubernetesJobs:
     def preflight(self, plan: Mapping[str, Any]) -> dict[str, Any]:
         """Render what would be launched (once) and check it against the cluster's pools."""
         launch = render(plan, self.settings)  # InputError (PreflightError among them) names what to fix
-        return {"profile": "eks", "job": launch.name, "namespace": launch.namespace, "pool": launch.pool.name,
-                "instance_type": launch.instance.name}
+        return {"profile": "eks", "jobset": launch.name, "namespace": launch.namespace, "pool": launch.pool.name,
+                "instance_type": launch.instance.name, "master_addr": launch.master_addr,
+                **launch.restarts.as_plan()}
 
     def setup_rendezvous(self, plan: Mapping[str, Any]) -> dict[str, Any]:
         return setup_rendezvous(plan, self.settings)
@@ -74,41 +87,94 @@ def _networking(hook):
     return NetworkingV1Api(hook.api_client)
 
 
-def job_state(job: Any) -> str:
-    """'succeeded', 'failed' or 'active' from a V1Job's conditions (status compared as the string 'True').
+TERMINAL = ("succeeded", "failed")
 
-    SuccessCriteriaMet / FailureTarget (Kubernetes 1.31+) mark a Job already decided but still
-    terminating its pods; they count as the outcome they announce.
+
+def jobset_progress(jobset: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a JobSet's status says, flat: state, restarts and its child Jobs' counts, the deciding message.
+
+    state: 'absent', 'deleting', 'succeeded' (condition Completed), 'failed' (condition Failed:
+    FailJobSet matched, or ReachedMaxRestarts), 'suspended', else 'active'. `restarts` counts every
+    group restart, `restarts_counted` those that spend failurePolicy.maxRestarts (a spot reclaim
+    does not).
     """
-    conditions = (job.status.conditions if job.status else None) or []
-    true = {c.type for c in conditions if str(c.status) == "True"}
-    if true & {"Failed", "FailureTarget"}:
-        return "failed"
-    if true & {"Complete", "SuccessCriteriaMet"}:
-        return "succeeded"
-    return "active"
+    if jobset is None:
+        return {"state": "absent", "restarts": 0, "restarts_counted": 0, "max_restarts": None,
+                "active": 0, "ready": 0, "succeeded": 0, "failed": 0, "reason": "", "message": ""}
+    status = jobset.get("status") or {}
+    spec = jobset.get("spec") or {}
+    true = {c.get("type"): c for c in status.get("conditions") or [] if str(c.get("status")) == "True"}
+    counts = {key: sum(int(r.get(key) or 0) for r in status.get("replicatedJobsStatus") or [])
+              for key in ("active", "ready", "succeeded", "failed")}
+    if (jobset.get("metadata") or {}).get("deletionTimestamp"):
+        state, decided = "deleting", {}
+    elif "Failed" in true or status.get("terminalState") == "Failed":
+        state, decided = "failed", true.get("Failed", {})
+    elif "Completed" in true or status.get("terminalState") == "Completed":
+        state, decided = "succeeded", true.get("Completed", {})
+    elif "Suspended" in true:
+        state, decided = "suspended", true["Suspended"]
+    else:
+        state, decided = "active", {}
+    return {"state": state, "restarts": int(status.get("restarts") or 0),
+            "restarts_counted": int(status.get("restartsCountTowardsMax") or 0),
+            "max_restarts": (spec.get("failurePolicy") or {}).get("maxRestarts"), **counts,
+            "reason": decided.get("reason", ""), "message": decided.get("message", "")}
+
+
+def describe_progress(name: str, namespace: str, progress: Mapping[str, Any]) -> str:
+    """One log line: state, restarts against the budget, the child Jobs' counts."""
+    budget = progress.get("max_restarts")
+    return (f"JobSet {namespace}/{name}: {progress['state']}; restarts {progress['restarts']} "
+            f"({progress['restarts_counted']} of max {budget if budget is not None else '?'} counted); "
+            f"jobs active={progress['active']} ready={progress['ready']} succeeded={progress['succeeded']} "
+            f"failed={progress['failed']}"
+            + (f"; {progress['reason']}: {progress['message']}" if progress.get("reason") else ""))
+
+
+def get_jobset(hook, name: str, namespace: str) -> dict | None:
+    """The JobSet (spec and status) or None when there is none."""
+    try:
+        return hook.get_custom_object(group=JOBSET_GROUP, version=JOBSET_VERSION, plural=JOBSET_PLURAL,
+                                      name=name, namespace=namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def delete_jobset(hook, name: str, namespace: str, propagation_policy: str = "Foreground") -> bool:
+    """Delete the JobSet with its child Jobs, pods and Service; False when it was already gone.
+
+    Foreground: the JobSet object stays (with a deletionTimestamp) until its pods are gone, so a
+    relaunch under the same name never overlaps the old pods (two rank 0s, one checkpoint dir).
+    """
+    try:
+        hook.delete_custom_object(group=JOBSET_GROUP, version=JOBSET_VERSION, plural=JOBSET_PLURAL,
+                                  name=name, namespace=namespace, propagation_policy=propagation_policy)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 def setup_rendezvous(plan: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
+    """The run's NetworkPolicy, before its pods exist; rank 0's address (its Service is the JobSet's)."""
     settings = settings or get_settings()
-    service = rendezvous_service(plan, settings)  # the Job is rendered by preflight and by the launch
-    name, namespace = service.metadata.name, service.metadata.namespace
+    policy = rendezvous_network_policy(plan, settings)  # the JobSet is rendered by preflight and by the launch
+    name, namespace = policy.metadata.name, policy.metadata.namespace
     hook = _hook(settings)
-    try:
-        hook.core_v1_client.create_namespaced_service(namespace=namespace, body=service)
+    try:  # the rendezvous port and NCCL accept only this run's pods (include/cluster/network.py)
+        _networking(hook).create_namespaced_network_policy(namespace=namespace, body=policy)
         created = True
     except ApiException as exc:
         if exc.status != 409:  # AlreadyExists: an earlier try made it; same name, same run
             raise
         created = False
-    try:  # the rendezvous port and NCCL accept only this run's pods (include/cluster/network.py)
-        _networking(hook).create_namespaced_network_policy(namespace=namespace, body=run_network_policy(service))
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
     return {
         "kind": "kubernetes",
-        "master_addr": master_address(name, name, namespace),
+        "master_addr": master_address(pod_host_prefix(name), name, namespace),
         "service": name,
         "namespace": namespace,
         "created": created,
@@ -118,26 +184,13 @@ def setup_rendezvous(plan: Mapping[str, Any], settings: Settings | None = None) 
 def teardown_rendezvous(plan: Mapping[str, Any], settings: Settings | None = None) -> None:
     """Names only, no validation: teardown must work even for a plan that never rendered."""
     settings = settings or get_settings()
-    name = job_name(str(plan["dag_id"]), str(plan["run_id"]))  # the Job's and the Service's
+    name = jobset_name(str(plan["dag_id"]), str(plan["run_id"]))  # the JobSet's and the policy's
     namespace = settings.training_namespace
     hook = _hook(settings)
+    if jobset_progress(get_jobset(hook, name, namespace))["state"] in ("active", "suspended"):
+        delete_jobset(hook, name, namespace)
     try:
-        job = hook.batch_v1_client.read_namespaced_job_status(name=name, namespace=namespace)
+        _networking(hook).delete_namespaced_network_policy(name=name, namespace=namespace)
     except ApiException as exc:
         if exc.status != 404:
             raise
-        job = None
-    if job is not None and job_state(job) == "active":
-        try:
-            hook.batch_v1_client.delete_namespaced_job(name=name, namespace=namespace,
-                                                       propagation_policy="Foreground")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-    for delete in (hook.core_v1_client.delete_namespaced_service,
-                   _networking(hook).delete_namespaced_network_policy):  # both named like the Job
-        try:
-            delete(name=name, namespace=namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise

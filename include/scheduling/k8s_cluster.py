@@ -1,10 +1,11 @@
-"""EKS side of the off-hours seam: Karpenter NodePools and NodeClaims, training Jobs and leftovers.
+"""EKS side of the off-hours seam: Karpenter NodePools and NodeClaims, training JobSets and leftovers.
 
-NodePools and NodeClaims are cluster-scoped custom objects (CustomObjectsApi on the hook's API
-client); Jobs, Services and pods go through the provider's KubernetesHook clients. The verbs used
-here are exactly those k8s/airflow/offhours-rbac.yaml grants (a test reads both):
-nodepools get/patch, nodeclaims list/delete; in llm-training jobs list/delete, services
-list/delete, pods list/delete.
+NodePools and NodeClaims are cluster-scoped custom objects, the training JobSets namespaced ones
+(CustomObjectsApi on the hook's API client, or the hook's custom-object helpers); pods go through
+the provider's KubernetesHook clients. The cluster-scoped verbs are exactly those
+k8s/airflow/offhours-rbac.yaml grants (nodepools get/patch, nodeclaims list/delete); in
+llm-training (k8s/training/rbac.yaml) jobsets list/delete and pods list/delete. A JobSet's child
+Jobs, pods and headless Service are owned by it: deleting the JobSet deletes them.
 
 Scale to zero follows Karpenter's rule: lowering `limits` never removes nodes, so the pool's
 limit goes to 0 first (nothing new launches) and then its NodeClaims are deleted, which drains
@@ -116,39 +117,30 @@ class EksCluster:
 
     # ---- leftovers in the training namespace ----
     def leftovers(self, now: datetime, running: set[str]) -> list[Action]:
-        from include.compute.kubernetes import job_state
-        from include.training.k8s_job import JOB_LABEL
+        from include.compute.kubernetes import jobset_progress
+        from include.training.k8s_job import JOBSET_GROUP, JOBSET_PLURAL, JOBSET_VERSION
 
         ns = self.settings.training_namespace
         ttl_h = float(self.schedule.cleanup["finished_job_ttl_hours"])
-        batch, core = self.hook.batch_v1_client, self.hook.core_v1_client
+        core = self.hook.core_v1_client
         actions = []
-        jobs = batch.list_namespaced_job(ns, label_selector=f"app.kubernetes.io/name={TRAINER_APP}").items
-        alive = set()
-        for job in jobs:
-            name = job.metadata.name
-            if job.metadata.deletion_timestamp:
-                continue  # already being deleted
-            state = job_state(job)
-            ended = max((_time(c.last_transition_time) for c in (job.status.conditions or [])
-                         if str(c.status) == "True" and c.last_transition_time), default=None)
-            ended = _time(job.status.completion_time) or ended
-            if state == "active" or ended is None or (now - ended).total_seconds() < ttl_h * 3600:
-                alive.add(name)
+        jobsets = self.custom.list_namespaced_custom_object(JOBSET_GROUP, JOBSET_VERSION, ns, JOBSET_PLURAL,
+                                                           label_selector=f"app.kubernetes.io/name={TRAINER_APP}")
+        for jobset in jobsets.get("items", []):
+            name = jobset["metadata"]["name"]
+            state = jobset_progress(jobset)["state"]
+            if state not in ("succeeded", "failed"):
+                continue  # running, suspended or already being deleted
+            ended = max((_time(c.get("lastTransitionTime")) for c in (jobset.get("status") or {}).get("conditions", [])
+                         if str(c.get("status")) == "True" and c.get("lastTransitionTime")), default=None)
+            if ended is None or (now - ended).total_seconds() < ttl_h * 3600:
                 continue
             age = (now - ended).total_seconds() / 3600
-            actions.append(Action("Job", name, "delete", f"{state} {age:.1f} h ago (> {ttl_h:g} h TTL; "
+            actions.append(Action("JobSet", name, "delete", f"{state} {age:.1f} h ago (> {ttl_h:g} h TTL; "
                                   "ttlSecondsAfterFinished should have removed it)", namespace=ns,
-                                  run=lambda n=name: _ignore_404(batch.delete_namespaced_job, n, ns,
-                                                                 propagation_policy="Background")))
-        for svc in core.list_namespaced_service(ns, label_selector=f"app.kubernetes.io/name={TRAINER_APP}").items:
-            name = svc.metadata.name
-            owner = (svc.spec.selector or {}).get(JOB_LABEL, name)
-            if svc.spec.cluster_ip == "None" and owner not in alive:
-                gone = "is gone" if owner not in {j.metadata.name for j in jobs} else "is being deleted"
-                actions.append(Action("Service", name, "delete", f"headless Service whose Job {owner} {gone}",
-                                      namespace=ns, run=lambda n=name: _ignore_404(
-                                          core.delete_namespaced_service, n, ns)))
+                                  run=lambda n=name: _ignore_404(
+                                      self.custom.delete_namespaced_custom_object, JOBSET_GROUP, JOBSET_VERSION,
+                                      ns, JOBSET_PLURAL, n, propagation_policy="Background")))
         pods = core.list_namespaced_pod(ns, label_selector=f"app.kubernetes.io/name={EVALUATOR_APP}").items
         for pod in pods:
             if pod.status and pod.status.phase in FINISHED_PHASES:
@@ -160,31 +152,32 @@ class EksCluster:
 
     # ---- runs ----
     def stop_run(self, record: dict[str, Any]) -> list[Action]:
-        """Delete the run's Job: its pods get SIGTERM and terminationGracePeriodSeconds to flush a
+        """Delete the run's JobSet: its pods get SIGTERM and terminationGracePeriodSeconds to flush a
         checkpoint. The marker in its checkpoint dir (shared FSx) stops task retries relaunching it."""
         from pathlib import Path
 
-        from include.training.k8s_job import job_name
+        from include.compute.kubernetes import delete_jobset
+        from include.training.k8s_job import jobset_name
 
         names = run_names(record)
-        name = job_name("finetune_lifecycle", names["run_id"])
+        name = jobset_name("finetune_lifecycle", names["run_id"])
         ns = self.settings.training_namespace
         ckpt = Path(self.settings.checkpoint_root) / names["run_name"]
 
         def stop() -> None:
             _mark_stopped(ckpt, "window closed")
-            _ignore_404(self.hook.batch_v1_client.delete_namespaced_job, name, ns, propagation_policy="Foreground")
+            delete_jobset(self.hook, name, ns)
 
-        return [Action("Job", name, "delete", "experiment run would overrun the window: pods get SIGTERM and "
+        return [Action("JobSet", name, "delete", "experiment run would overrun the window: pods get SIGTERM and "
                        "their grace period to checkpoint; resumes in the next window", namespace=ns,
                        gpus=int(record["request"]["gpus"]), run=stop)]
 
     def node_intervals(self, plan: dict[str, Any], result: dict[str, Any] | None) -> list[tuple[float, int]]:
-        """(seconds, GPUs) per pod of the run's Job, every attempt included: start to finish."""
+        """(seconds, GPUs) per pod of the run's JobSet, every restart included: start to finish."""
         from include.cluster.pools import get_instance_types
-        from include.training.k8s_job import JOB_LABEL, job_name
+        from include.training.k8s_job import JOB_LABEL, jobset_name
 
-        name = job_name(plan["dag_id"], plan["run_id"])
+        name = jobset_name(plan["dag_id"], plan["run_id"])
         gpus = get_instance_types()[plan["instance_type"]].gpus
         pods = self.hook.core_v1_client.list_namespaced_pod(self.settings.training_namespace,
                                                             label_selector=f"{JOB_LABEL}={name}").items

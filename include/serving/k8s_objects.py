@@ -15,14 +15,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from include.cluster.podspec import restricted_container, restricted_pod
+from include.cluster.podspec import RUN_AS_USER, restricted_container, restricted_pod
 from include.cluster.pools import GPU, get_pool
+from include.images import pull_policy
 from include.serving.route import SERVICE_PORT, route_name, served_name
 from include.settings import Settings, get_settings
 
-VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+# The server image is `settings.serving_image` (images/vllm: upstream vLLM plus the non-root user
+# RUN_AS_USER, which the pods run as). The adapter fetcher is upstream's; it runs as that uid too,
+# with HOME on /tmp and writing only the adapters emptyDir.
 AWS_CLI_IMAGE = "public.ecr.aws/aws-cli/aws-cli:2.31.0"
-RUN_AS_USER = 1000
 SERVICE_ACCOUNT = "vllm"  # IRSA / Pod Identity: read-only on the model bucket
 STARTUP_BUDGET_S = 1200  # pulling a multi-GB image and streaming weights: 20 minutes before giving up
 MAX_MODEL_LEN = 4096
@@ -72,7 +74,8 @@ def version_objects(model: str, version: str | int, source_uri: str, *, settings
     probe = {"port": "http"}
     container: dict[str, Any] = {
         "name": "vllm",
-        "image": VLLM_IMAGE,
+        "image": settings.serving_image,
+        "imagePullPolicy": pull_policy(settings.serving_image),  # IfNotPresent for a digest, Always for a tag
         "args": _args(name, source_uri, method, base_model_uri),
         "ports": [{"name": "http", "containerPort": SERVICE_PORT}],
         "env": [{"name": "HOME", "value": "/cache"}, {"name": "HF_HOME", "value": "/cache/hf"},

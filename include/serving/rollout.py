@@ -79,7 +79,6 @@ def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
         "probe_size": _int("probe_size", params.get("probe_size", 16), 0, 1000),
         "traffic_rate": _num("traffic_rate", params.get("traffic_rate", 20), 0.0, 500.0),
         "ready_timeout_s": _int("ready_timeout_s", params.get("ready_timeout_s", 900), 10, 7200),
-        "approval_timeout_s": _int("approval_timeout_s", params.get("approval_timeout_s", 1800), 10, 86400),
         "scale_down_delay_s": _int("scale_down_delay_s", params.get("scale_down_delay_s", 60), 0, 86400),
         "analysis_policy": policy,
     }

@@ -1,6 +1,6 @@
 """The trainer entrypoint: one program for both profiles.
 
-On EKS every process of every pod of the Indexed Job runs it under torchrun (NeMo backend); on the
+On EKS every process of every pod of the JobSet's Indexed Job runs it under torchrun (NeMo backend); on the
 local profile `local_launcher` starts N copies of it with the same rank environment (tiny backend).
 The plan arrives as one JSON argument and is validated before anything runs, so
 nothing a user typed is ever parsed by a shell or trusted unchecked.
@@ -67,7 +67,7 @@ class RankEnv:
             rank=read_int("RANK", 0),
             world_size=read_int("WORLD_SIZE", 1),
             local_rank=read_int("LOCAL_RANK", 0),
-            # The Indexed Job gives each pod its index; NODE_RANK is set from it in the pod spec.
+            # The (child) Indexed Job gives each pod its index; NODE_RANK is set from it in the pod spec.
             node_rank=read_int("NODE_RANK", 0, fallback="JOB_COMPLETION_INDEX"),
             master_addr=env.get("MASTER_ADDR") or "127.0.0.1",
             master_port=read_int("MASTER_PORT", 29500),

@@ -1,22 +1,25 @@
-"""Render the NeMo launch objects for one training plan: a headless Service and an Indexed Job.
+"""Render the NeMo launch for one training plan: a JobSet of one Indexed Job, plus its NetworkPolicy.
 
-Why this shape (kubernetes.io, "Job with Pod-to-Pod Communication"):
-- Indexed Job, completions = parallelism = nodes: pod i is node rank i, from its completion
-  index (downward API), so ranks are distinct and stable across retries of that index.
-- The pods set `subdomain` to a headless Service, which gives pod 0 the DNS name
-  `<job>-0.<svc>.<ns>.svc`: MASTER_ADDR is known before pod 0 even exists (not `hostname -i`,
-  which made every pod of the seed's Job think it was rank 0).
-- backoffLimitPerIndex + podFailurePolicy: a spot interruption or preemption (pod condition
-  DisruptionTarget) is ignored and only that index is retried, from the last checkpoint; an
-  invalid plan (the entrypoint's exit code) fails the whole Job at once instead of burning retries.
+Why this shape (the decision is in include/training/restarts.py):
+- JobSet (`jobset.x-k8s.io/v1alpha2`), one replicatedJob `node` of one Indexed Job with
+  completions = parallelism = nodes: pod i is node rank i, from its completion index. The child
+  Job has backoffLimit 0 and a podFailurePolicy, so any failed or lost rank fails it at once, and
+  the JobSet's failurePolicy (maxRestarts = the plan's max_restarts, BlockingRecreate) recreates
+  the whole group from the last complete checkpoint: no rank waits on a peer that has finished,
+  losing pod 0 costs one restart. A spot reclaim restarts without spending the budget, a bad plan
+  (exit code 2) fails the JobSet at once. torchrun's own --max-restarts is 0.
+- DNS: with `network.enableDNSHostnames` the JobSet controller creates the headless Service
+  `network.subdomain` (= the JobSet's name; not-ready addresses published; deleted with the JobSet)
+  and names pods `<jobset>-<replicatedJob>-<jobIndex>-<podIndex>`, so rank 0 is
+  `MASTER_ADDR=<jobset>-node-0-0.<jobset>.<ns>.svc` before pod 0 exists (never `hostname -i`), and
+  NODE_RANK is the pod's completion-index annotation. Node 0 hosts the c10d store; torch numbers
+  the other nodes by sorted FQDN (include/training/rendezvous.py, `group_rank_order`).
 - torchrun's arguments and the plan (one JSON argument) are an argv list: no shell ever runs.
 
-Placement comes from include/cluster/pools.py (the NodePools in k8s/): node selector, exactly the
-pool's tolerations, its priority class, and GPU/EFA requests equal to what the instance type
-offers. The rendered Job is checked by include/cluster/preflight.py before it is returned.
-
-Names derive from (dag_id, run_id) only, so a task retry renders the same Job and Service and
-re-attaches to the one already running instead of launching a second training run.
+Placement comes from include/cluster/pools.py (the NodePools in k8s/); the child Job the controller
+will create is checked by include/cluster/preflight.py before anything is returned. Names derive
+from (dag_id, run_id) only, so a task retry renders the same JobSet and re-attaches to it. Pods carry
+the run label `llmops.io/job=<jobset>`, which the run's NetworkPolicy (cluster/network.py) selects.
 """
 
 from __future__ import annotations
@@ -33,50 +36,56 @@ from kubernetes.client import (
     V1EmptyDirVolumeSource,
     V1EnvVar,
     V1EnvVarSource,
-    V1Job,
     V1JobSpec,
+    V1JobTemplateSpec,
     V1LabelSelector,
+    V1NetworkPolicy,
     V1ObjectFieldSelector,
     V1ObjectMeta,
     V1PersistentVolumeClaimVolumeSource,
     V1PodAffinity,
     V1PodAffinityTerm,
-    V1PodFailurePolicy,
-    V1PodFailurePolicyOnExitCodesRequirement,
-    V1PodFailurePolicyOnPodConditionsPattern,
-    V1PodFailurePolicyRule,
     V1PodTemplateSpec,
     V1ResourceRequirements,
     V1SecretKeySelector,
-    V1Service,
-    V1ServicePort,
-    V1ServiceSpec,
     V1Volume,
     V1VolumeMount,
 )
 
 from include.cluster import podspec
+from include.cluster.network import RUN_LABEL, run_network_policy
 from include.cluster.pools import EFA, GPU, PLAN_POOLS, InstanceType, Pool, pool_for_plan
 from include.cluster.preflight import as_manifest, check_pod_placement
-from include.container import USER_ERROR_EXIT_CODE
 from include.errors import InputError
 from include.images import check_reference, pull_policy
 from include.settings import Settings, get_settings
 from include.training.params import PARAM_RULES
 from include.training.plan import trainer_plan
 from include.training.rendezvous import DEFAULT_WAIT_TIMEOUT_S, WAIT_TIMEOUT_ENV, master_address
+from include.training.restarts import (
+    RestartPolicy,
+    child_job_pod_failure_policy,
+    jobset_failure_policy,
+    restart_policy,
+)
 
-# Jobs are named `job-<dag slug>-<hash>`: KubernetesJobOperator prefixes "job-" to the name it is
-# given, so the rendered Job already carries its final name (plugins/ strips it for the provider).
-JOB_PREFIX = "job"
-# Pod hostnames are `<job>-<index>` and must stay within 63 characters.
-MAX_NAME_LENGTH = 52
+# JobSets are named `train-<dag slug>-<hash>`; the headless Service (the pods' subdomain) and the
+# run's NetworkPolicy carry the same name.
+JOB_PREFIX = "train"
+REPLICATED_JOB = "node"  # the one replicatedJob: one pod per node
+# The JobSet webhook refuses a name whose longest pod name `<jobset>-node-0-<podIndex>-xxxxx`
+# exceeds 63 characters: 46 leaves room for 3-digit pod indexes (MAX_NODES is 64).
+MAX_NAME_LENGTH = 46
 HASH_LENGTH = 10
 
+JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL = "jobset.x-k8s.io", "v1alpha2", "jobsets"
+JOBSET_API_VERSION = f"{JOBSET_GROUP}/{JOBSET_VERSION}"
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"  # set by the JobSet controller on its Jobs and pods
 CONTAINER = "trainer"
 MASTER_PORT = 29500
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-JOB_LABEL = "llmops.io/job"
+COMPLETION_INDEX_LABEL = COMPLETION_INDEX_ANNOTATION  # the Job controller sets both on each pod (1.28+)
+JOB_LABEL = RUN_LABEL  # the run label `llmops.io/job=<jobset>`: every pod of the run, every restart attempt
 SERVICE_ACCOUNT = "nemo-trainer"  # k8s/training/serviceaccount.yaml
 CHECKPOINT_CLAIM = "llm-checkpoints"  # k8s/training/pvc.yaml
 CHECKPOINT_MOUNT = "/checkpoints"
@@ -88,46 +97,72 @@ HF_SECRET, HF_SECRET_KEY = "hf-token", "token"  # optional: only gated base mode
 HOME, XCOM_DIR, TMP = "/home/trainer", "/airflow/xcom", "/tmp"
 WRITABLE = {"checkpoints": CHECKPOINT_MOUNT, "home": HOME, "xcom": XCOM_DIR, "tmp": TMP}
 
-BACKOFF_LIMIT_PER_INDEX = 3
-TORCHRUN_MAX_RESTARTS = 3  # survivors re-rendezvous when one node is replaced
+TORCHRUN_MAX_RESTARTS = 0  # never restart one node's workers in place: the JobSet restarts the group
 RDZV_JOIN_TIMEOUT_S = 1800  # the last node may still be provisioning
 TERMINATION_GRACE_S = 90  # spot gives 2 minutes' notice; room to flush a checkpoint
 TTL_AFTER_FINISHED_S = 3 * 24 * 3600
 
-# Keys the launcher consumes; the rest of the plan goes to the trainer as its JSON argument.
 REQUIRED_KEYS = ("run_name", "dag_id", "run_id", "pool", "nodes", "gpus_per_node", "instance_type")
 
 
-def job_name(dag_id: str, run_id: str) -> str:
-    """Deterministic Job (and Service) name for a DAG run: `job-<dag slug>-<hash>`.
+def jobset_name(dag_id: str, run_id: str) -> str:
+    """Deterministic JobSet name for a DAG run: `train-<dag slug>-<hash>`.
 
-    A DNS-1035 label (valid for both the Job and the Service) of at most MAX_NAME_LENGTH chars;
-    the hash of (dag_id, run_id) keeps runs apart when the slug is truncated or the same.
+    A DNS-1035 label (valid for the JobSet, its Service and NetworkPolicy) of at most
+    MAX_NAME_LENGTH chars; the hash of (dag_id, run_id) keeps runs apart when the slug is
+    truncated or the same.
     """
     return podspec.hashed_name(JOB_PREFIX, dag_id, dag_id, run_id, max_length=MAX_NAME_LENGTH,
                                hash_length=HASH_LENGTH)
 
 
+def pod_host_prefix(name: str, job_index: int = 0) -> str:
+    """Child Job `job_index`'s name, `<jobset>-<replicatedJob>-<index>`; its pod i has the hostname `<prefix>-i`."""
+    return f"{name}-{REPLICATED_JOB}-{job_index}"
+
+
 @dataclass(frozen=True)
 class TrainingLaunch:
-    """What one training run sends to the cluster, and where it goes."""
+    """What one run sends to the cluster: the JobSet manifest, its child Job template (client models)
+    and the run's NetworkPolicy (created before the JobSet); and where it goes."""
 
-    job: V1Job
-    service: V1Service
+    jobset: dict
+    job_template: V1JobTemplateSpec
+    network_policy: V1NetworkPolicy
+    restarts: RestartPolicy
     pool: Pool
     instance: InstanceType
 
     @property
     def name(self) -> str:
-        return self.job.metadata.name
+        return self.jobset["metadata"]["name"]
 
     @property
     def namespace(self) -> str:
-        return self.job.metadata.namespace
+        return self.jobset["metadata"]["namespace"]
+
+    @property
+    def nodes(self) -> int:
+        return self.job_template.spec.parallelism
+
+    @property
+    def master_addr(self) -> str:
+        return master_address(pod_host_prefix(self.name), self.name, self.namespace)
+
+    def child_job(self) -> dict:
+        """The batch/v1 Job the JobSet controller creates from the template (what runs the pods):
+        for placement preflight, admission and checkov, which know Jobs but not JobSets."""
+        template = as_manifest(self.job_template)
+        name = pod_host_prefix(self.name)  # the child Job's name
+        labels = {**template["metadata"].get("labels", {}), JOBSET_NAME_LABEL: self.name}
+        return {"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": name, "namespace": self.namespace, "labels": labels,
+                             "annotations": template["metadata"].get("annotations", {})},
+                "spec": template["spec"]}
 
     def manifests(self) -> list[dict]:
-        """Service first: pod 0's DNS record needs it."""
-        return [as_manifest(self.service), as_manifest(self.job)]
+        """NetworkPolicy first: the run's pods are never reachable by anyone else, even briefly."""
+        return [as_manifest(self.network_policy), self.jobset]
 
 
 def _count(plan: Mapping[str, Any], key: str, problems: list[str]) -> int:
@@ -231,45 +266,33 @@ def _sizes(instance: InstanceType, gpus: int) -> tuple[str, str, str]:
     return str(cpu), f"{memory}Gi", f"{shm}Gi"
 
 
-def rendezvous_service(plan: Mapping[str, Any], settings: Settings | None = None) -> V1Service:
-    """The run's headless Service alone (names and labels only): what setup needs, without
-    rendering the Job again. Same object as `render(plan).service`."""
+def run_labels(plan: Mapping[str, Any], name: str, settings: Settings) -> dict[str, str]:
+    return podspec.labels("nemo-trainer", pool_for_plan(plan["pool"], settings), **{JOB_LABEL: name})
+
+
+def rendezvous_network_policy(plan: Mapping[str, Any], settings: Settings | None = None) -> V1NetworkPolicy:
+    """The run's NetworkPolicy alone (names and labels only): what setup creates before the launch,
+    without rendering the JobSet again. Same object as `render(plan).network_policy`."""
     settings = settings or get_settings()
     if plan.get("pool") not in PLAN_POOLS:
         raise InputError(f"pool={plan.get('pool')!r}: expected one of {', '.join(PLAN_POOLS)}")
-    name = job_name(str(plan["dag_id"]), str(plan["run_id"]))
-    labels = podspec.labels("nemo-trainer", pool_for_plan(plan["pool"], settings), **{JOB_LABEL: name})
-    return render_service(name, settings.training_namespace, labels)
-
-
-def render_service(name: str, namespace: str, labels: Mapping[str, str]) -> V1Service:
-    """Headless Service whose only job is DNS records for the Job's pods."""
-    return V1Service(
-        api_version="v1",
-        kind="Service",
-        metadata=V1ObjectMeta(name=name, namespace=namespace, labels=dict(labels)),
-        spec=V1ServiceSpec(
-            cluster_ip="None",
-            selector={JOB_LABEL: name},
-            # Pods are never "ready" (no probes matter here); rank 0 must resolve while starting.
-            publish_not_ready_addresses=True,
-            ports=[V1ServicePort(name="rdzv", port=MASTER_PORT, target_port=MASTER_PORT, protocol="TCP")],
-        ),
-    )
+    name = jobset_name(str(plan["dag_id"]), str(plan["run_id"]))
+    return run_network_policy(name, settings.training_namespace, run_labels(plan, name, settings))
 
 
 def render(plan: Mapping[str, Any], settings: Settings | None = None) -> TrainingLaunch:
-    """The Service and Indexed Job for `plan`; raise InputError (PreflightError among them) if it cannot run."""
+    """The JobSet and NetworkPolicy for `plan`; raise InputError (PreflightError among them) if it cannot run."""
     settings = settings or get_settings()
     pool, instance, image = _validate(plan, settings)
     nodes, gpus = plan["nodes"], plan["gpus_per_node"]
     namespace = settings.training_namespace
-    name = job_name(str(plan["dag_id"]), str(plan["run_id"]))
-    master = master_address(name, name, namespace)
+    name = jobset_name(str(plan["dag_id"]), str(plan["run_id"]))
+    master = master_address(pod_host_prefix(name), name, namespace)
     # The trainer's own validator, here too: a bad plan fails before any GPU node is provisioned, and
-    # the Job records every default it runs with. The pod validates again (the image may be newer).
+    # the JobSet records every default it runs with. The pod validates again (the image may be newer).
     try:
         checked = trainer_plan(plan)
+        restarts = restart_policy(plan)
     except InputError as exc:
         raise InputError(f"trainer plan: {exc}") from None
     try:
@@ -280,12 +303,14 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
     efa = instance.efa_interfaces if nodes > 1 else 0  # one node: NVLink only, no fabric needed
     cpu, memory, shm = _sizes(instance, gpus)
     devices = {GPU: str(gpus), **({EFA: str(efa)} if efa else {})}
-    labels = podspec.labels("nemo-trainer", pool, **{JOB_LABEL: name})
+    labels = run_labels(plan, name, settings)
     shm_volume, shm_mount = podspec.shm(shm)
     annotations = {
         "llmops.io/dag-id": str(plan["dag_id"]),
         "llmops.io/run-id": str(plan["run_id"]),
-        "llmops.io/run-name": str(plan["run_name"]),
+        "llmops.io/run-name": str(plan["run_name"]),  # and the restart budget (also in the plan, in MLflow):
+        "llmops.io/max-restarts": str(restarts.max_restarts),
+        "llmops.io/max-wall-s": str(int(restarts.max_wall_s)),
     }
 
     container = V1Container(
@@ -295,7 +320,7 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
         command=["python", "-m", "include.training.rendezvous"],
         args=torchrun_args(name, master, nodes, gpus, plan_json),
         env=[
-            *rendezvous_env(master, nodes, gpus, plan.get("rendezvous_timeout_s", DEFAULT_WAIT_TIMEOUT_S)),
+            *rendezvous_env(master, nodes, gpus, restarts.rendezvous_timeout_s),
             *nccl_env(instance, efa),
             V1EnvVar(name="LLMOPS_PROFILE", value="eks"),
             V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
@@ -329,34 +354,19 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
         instance_type=instance.name,
         # OnRootMismatch: no recursive chown of a large FSx volume on every start
         fs_group_change_policy="OnRootMismatch",
-        subdomain=name,
+        subdomain=name,  # the JobSet controller sets it too (= network.subdomain)
         affinity=affinity,
         termination_grace_period_seconds=TERMINATION_GRACE_S,
     )
-    job = V1Job(
-        api_version="batch/v1",
-        kind="Job",
-        metadata=V1ObjectMeta(name=name, namespace=namespace, labels=labels, annotations=annotations),
+    job_template = V1JobTemplateSpec(
+        metadata=V1ObjectMeta(labels=labels, annotations=annotations),
         spec=V1JobSpec(
             completion_mode="Indexed",
             completions=nodes,
             parallelism=nodes,
-            backoff_limit_per_index=BACKOFF_LIMIT_PER_INDEX,
-            max_failed_indexes=0,  # one rank failing for good ends the run; the others cannot finish
+            backoff_limit=0,  # any failed pod fails the child Job; the JobSet restarts the group
             pod_replacement_policy="Failed",  # never two pods of one rank at once
-            pod_failure_policy=V1PodFailurePolicy(rules=[
-                V1PodFailurePolicyRule(
-                    action="Ignore",
-                    on_pod_conditions=[V1PodFailurePolicyOnPodConditionsPattern(
-                        type="DisruptionTarget", status="True")],
-                ),
-                V1PodFailurePolicyRule(
-                    action="FailJob",
-                    on_exit_codes=V1PodFailurePolicyOnExitCodesRequirement(
-                        operator="In", values=[USER_ERROR_EXIT_CODE]),
-                ),
-            ]),
-            ttl_seconds_after_finished=TTL_AFTER_FINISHED_S,
+            pod_failure_policy=child_job_pod_failure_policy(),
             template=V1PodTemplateSpec(
                 metadata=V1ObjectMeta(
                     labels=labels,
@@ -366,6 +376,22 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
             ),
         ),
     )
-    check_pod_placement(job, pool)
-    return TrainingLaunch(job=job, service=render_service(name, namespace, labels), pool=pool,
-                          instance=instance)
+    jobset = {
+        "apiVersion": JOBSET_API_VERSION,
+        "kind": "JobSet",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels), "annotations": annotations},
+        "spec": {
+            # The controller creates the headless Service `name` (publishing not-ready pods, so rank 0
+            # resolves while it starts) and names pods <name>-node-0-<i>.<name>.
+            "network": {"enableDNSHostnames": True, "subdomain": name, "publishNotReadyAddresses": True},
+            "replicatedJobs": [{"name": REPLICATED_JOB, "replicas": 1, "template": as_manifest(job_template)}],
+            "successPolicy": {"operator": "All", "targetReplicatedJobs": [REPLICATED_JOB]},
+            "failurePolicy": jobset_failure_policy(restarts),
+            "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
+        },
+    }
+    launch = TrainingLaunch(jobset=jobset, job_template=job_template,
+                            network_policy=run_network_policy(name, namespace, labels), restarts=restarts,
+                            pool=pool, instance=instance)
+    check_pod_placement(launch.child_job(), pool)
+    return launch

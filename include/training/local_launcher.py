@@ -1,6 +1,6 @@
-"""Run the trainer entrypoint as N local processes, the way an Indexed Job plus torchrun would.
+"""Run the trainer entrypoint as N local processes, the way the JobSet's Indexed Job plus torchrun would.
 
-Each process gets the rank environment a pod of the Indexed Job gets (RANK, WORLD_SIZE,
+Each process gets the rank environment a pod of the (JobSet's) Indexed Job gets (RANK, WORLD_SIZE,
 NODE_RANK = JOB_COMPLETION_INDEX, MASTER_ADDR, MASTER_PORT), so the local profile exercises the
 same entrypoint, rendezvous and failure handling as EKS. The plan travels as one argv item of
 JSON: no shell, so no value in it can become a command.

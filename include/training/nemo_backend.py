@@ -1,4 +1,4 @@
-"""The EKS backend: NeMo 2 fine-tuning recipes, run inside the Indexed Job under torchrun.
+"""The EKS backend: NeMo 2 fine-tuning recipes, run inside the JobSet's Indexed Job under torchrun.
 
 Everything that imports NeMo is inside functions, and nothing else in the project imports this
 module's NeMo paths: the Airflow image and the tests have no NeMo. What the tests check is

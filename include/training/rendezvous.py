@@ -1,7 +1,9 @@
 """Rank 0's stable address, and the pod launcher that waits for it before torchrun starts.
 
-An Indexed Job pod is named `<job>-<index>`, and with `subdomain: <service>` on a headless Service
-it gets the DNS name `<job>-<index>.<service>.<namespace>.svc`. So every pod knows rank 0's address
+A training pod of the run's JobSet has the hostname `<jobset>-node-0-<index>` (the JobSet's pod
+naming: `<jobset>-<replicatedJob>-<jobIndex>-<podIndex>`; call `<jobset>-node-0` the host prefix),
+and with `subdomain: <jobset>` on the headless Service the JobSet controller creates it gets the DNS
+name `<prefix>-<index>.<jobset>.<namespace>.svc`. So every pod knows rank 0's address
 before rank 0 exists (MASTER_ADDR), but the record appears only once pod 0 is created: a worker
 whose node came up first must retry the lookup instead of failing its first connect.
 
@@ -12,7 +14,7 @@ The pod's command is `python -m include.training.rendezvous <torchrun arguments>
    index) instead of letting torch guess it by comparing DNS answers with local addresses;
 3. run torchrun in-process and exit with the failing worker's own exit code. torchrun itself
    always exits 1 when a worker fails, which would hide the entrypoint's "bad plan" code from the
-   Job's podFailurePolicy (that code fails the Job at once instead of retrying the index).
+   child Job's podFailurePolicy (that code fails the JobSet at once instead of restarting it).
 Arguments are an argv list end to end: no shell ever sees the plan.
 
 Readiness: a DNS answer is not a store. Pod 0's record appears as soon as it has an IP, often
@@ -25,9 +27,9 @@ locally). A rank that gives up exits with PEER_LOST_EXIT_CODE, so the group rest
 
 Rank order. Node 0 (completion index 0) hosts the c10d store: `is_host` pins that. Global ranks
 are torch's, not ours: the c10d rendezvous sorts the participating nodes by descriptor
-(`<fqdn>_<pid>_<n>`, the pod's FQDN `<job>-<index>.<service>...`) and numbers them in that
+(`<fqdn>_<pid>_<n>`, the pod's FQDN `<prefix>-<index>.<service>...`) and numbers them in that
 order (`group_rank`), then RANK = group_rank x nproc_per_node + local_rank. The sort is by string,
-so group rank equals the completion index only up to 10 nodes (`<job>-10` sorts before `<job>-2`);
+so group rank equals the completion index only up to 10 nodes (`<prefix>-10` sorts before `<prefix>-2`);
 `group_rank_order` states it and a test checks it against torch's own code. Nothing depends on
 RANK 0 living on pod 0: RANK 0 writes checkpoints and results to shared storage from any node.
 Locally, the launcher sets RANK = NODE_RANK = the process index, with the store in rank 0.
@@ -52,9 +54,10 @@ class StoreUnavailable(TimeoutError):
     """Rank 0's store did not accept a connection in time: a lost peer, not this rank's fault."""
 
 
-def master_address(job: str, service: str, namespace: str) -> str:
-    """DNS name of pod 0 of an Indexed Job whose pods set `subdomain: <service>`."""
-    return f"{job}-0.{service}.{namespace}.svc"
+def master_address(host_prefix: str, service: str, namespace: str) -> str:
+    """DNS name of pod 0 when pod i has the hostname `<host_prefix>-i` and `subdomain: <service>`
+    (the JobSet's `<jobset>-node-0`, or a plain Indexed Job's own name)."""
+    return f"{host_prefix}-0.{service}.{namespace}.svc"
 
 
 def node_rank(environ: dict[str, str] | None = None) -> int:
@@ -95,8 +98,8 @@ def wait_for_master(
         waited = clock() - start
         if waited >= timeout_s:
             raise TimeoutError(
-                f"{host} did not resolve within {timeout_s:.0f}s: pod 0 of the Job is not running "
-                "(still pending on capacity?) or its headless Service is missing"
+                f"{host} did not resolve within {timeout_s:.0f}s: pod 0 of the JobSet is not running "
+                "(still pending on capacity?) or the JobSet's headless Service is missing"
             )
         sleep(min(delay, max(timeout_s - waited, 0.0)))
         delay = min(delay * 2, max_interval_s)
@@ -150,13 +153,13 @@ def wait_for_store(
         delay = min(delay * 2, max_interval_s)
 
 
-def group_rank_order(job: str, service: str, namespace: str, nodes: int) -> list[int]:
+def group_rank_order(host_prefix: str, service: str, namespace: str, nodes: int) -> list[int]:
     """Completion indexes in torch's group-rank order: element g is the index of group rank g.
 
     torch's c10d rendezvous numbers nodes in sorted order of their descriptors, whose first
     field is the FQDN; for one pod per node that is a plain string sort of the pod FQDNs.
     """
-    fqdn = [f"{job}-{i}.{service}.{namespace}.svc.cluster.local" for i in range(nodes)]
+    fqdn = [f"{host_prefix}-{i}.{service}.{namespace}.svc.cluster.local" for i in range(nodes)]
     return sorted(range(nodes), key=lambda i: fqdn[i])
 
 

@@ -33,7 +33,9 @@ We choose JobSet; the local launcher (include/training/local_launcher.py) runs t
 process, with the same budget, backoff and bound. torchrun's own `--max-restarts` must be 0 under
 either design: an in-place torchrun restart is exactly the per-rank retry this replaces.
 The total wall-clock bound is not a JobSet field (a child Job's activeDeadlineSeconds restarts with
-it): the Airflow task's execution_timeout enforces it, and its on_kill deletes the JobSet.
+it): the training task's deferral timeout (max_wall_s) and execution_timeout enforce it; its on_kill
+deletes the JobSet, and so does the DAG's teardown when the task timed out while deferred.
+The renderer is include/training/k8s_job.py, the operator plugins/llmops_operators/k8s_training.py.
 """
 
 from __future__ import annotations

@@ -1,83 +1,110 @@
-"""KubernetesJobOperator for the NeMo Indexed Job, made safe to retry.
+"""Launch the run's training JobSet and wait for it, safe to retry (eks profile).
 
-The Job and its pods come from `include.training.k8s_job.render(plan)`; this class only decides
-what to do with the Job of that name, since names derive from (dag_id, run_id):
+The JobSet comes from `include.training.k8s_job.render(plan)`; Airflow has no JobSet operator, so
+this one creates and watches the custom object through the provider's KubernetesHook
+(`create_custom_object`, `get_custom_object`, `delete_custom_object`). Its name derives from
+(dag_id, run_id), so what to do depends on the JobSet of that name:
 
-- absent: create it (the provider's normal path), then defer until it finishes;
-- active: re-attach, i.e. defer on it exactly as after a create; a retried task (worker lost,
+- absent: create it, then wait;
+- active: re-attach, i.e. wait on it exactly as after a create: a retried task (worker lost,
   triggerer restarted) never starts a second training run beside the first;
 - succeeded: nothing to wait for; the result is already in storage;
-- failed (or still being deleted): delete it with Foreground propagation, wait until it is gone,
-  create a fresh one. It resumes from the checkpoints on the shared volume.
+- failed or being deleted: a person cleared the task to try again: delete it (Foreground, so the
+  old pods are gone first), wait until the name is free, create a fresh one. It resumes from the
+  checkpoints on the shared volume.
 
-Provider behaviour this relies on or works around (apache-airflow-providers-cncf-kubernetes 10.x):
-- execute() builds the Job from the operator's own attributes over `full_job_spec`, prefixes
-  "job-" to `name`, and sets `self.job` from `create_job()`'s return; `create_job` is therefore
-  the one place to swap "create" for "use the existing one".
-- hook.create_job() retries a 409 as if it were transient; create_job() here calls the API once.
-- get_pods() lists pods a few times back to back and fails if the Job controller has not created
-  them yet (apache/airflow#70585); here it waits for them, selecting by the Job's own label.
-- do_xcom_push doubles as the sidecar switch and the return-value push: it stays False (no
-  sidecar), so results are read from storage with `include.compute.read_result`.
+Waiting holds no worker slot: the task defers to `JobSetTrigger`, which polls the JobSet from the
+triggerer and logs a progress line (state, restarts against the budget, child Jobs' counts) at
+every change. With deferrable=False it polls in the worker instead, with the same lines. Restarts
+are the JobSet controller's (failurePolicy.maxRestarts of the plan's restart policy): a JobSet
+that ends Failed has spent its budget or failed a bad plan, so the task fails without an Airflow
+retry (AirflowFailException) and says why: the JobSet's condition, the restart count, the tail
+of rank 0's log. The wall-clock bound is the plan's max_wall_s: the deferral's timeout, and the
+task's execution_timeout; `on_kill` (and the DAG's teardown, when the task times out deferred)
+deletes the JobSet.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
-from airflow.providers.cncf.kubernetes.operators.job import KubernetesJobOperator
-from airflow.providers.common.compat.sdk import AirflowException
-from kubernetes.client import models as k8s
+from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook, KubernetesHook
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+from airflow.sdk import BaseOperator
+from airflow.triggers.base import BaseTrigger, TriggerEvent
 from kubernetes.client.exceptions import ApiException
 
-from include.compute.kubernetes import job_state
+from include.compute.kubernetes import TERMINAL, delete_jobset, describe_progress, get_jobset, jobset_progress
 from include.settings import get_settings
-from include.training.k8s_job import CONTAINER, JOB_LABEL, JOB_PREFIX, TrainingLaunch
+from include.training.k8s_job import (
+    COMPLETION_INDEX_LABEL,
+    CONTAINER,
+    JOB_LABEL,
+    JOBSET_GROUP,
+    JOBSET_PLURAL,
+    JOBSET_VERSION,
+    TrainingLaunch,
+)
 
 from .links import TrainingJobLink, TrainingPodsLink
 
 DELETE_POLL_S = 2.0
+POLL_INTERVAL_S = 60.0  # a training run takes hours; a minute's delay in noticing its end is nothing
+LOG_TAIL_LINES = 50
 
 
-def constant_kwargs() -> dict[str, Any]:
-    """KubernetesJobOperator arguments every training launch shares."""
-    settings = get_settings()
-    return {
-        "kubernetes_conn_id": settings.kubernetes_conn_id,
-        "namespace": settings.training_namespace,
-        "base_container_name": CONTAINER,
-        "random_name_suffix": False,
-        "wait_until_job_complete": True,
-        "deferrable": True,
-        # Pods stay until the Job's TTL so a failed rank's log can still be read.
-        "on_finish_action": "keep_pod",
-    }
+class JobSetTrigger(BaseTrigger):
+    """Poll one JobSet from the triggerer until it succeeds or fails; log every change of progress."""
+
+    def __init__(self, name: str, namespace: str, kubernetes_conn_id: str | None,
+                 poll_interval_s: float = POLL_INTERVAL_S) -> None:
+        super().__init__()
+        self.name, self.namespace = name, namespace
+        self.kubernetes_conn_id = kubernetes_conn_id
+        self.poll_interval_s = poll_interval_s
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
+                {"name": self.name, "namespace": self.namespace, "kubernetes_conn_id": self.kubernetes_conn_id,
+                 "poll_interval_s": self.poll_interval_s})
+
+    async def read(self) -> dict | None:
+        """The JobSet, or None once it is gone (404)."""
+        from kubernetes_asyncio import client as async_client
+
+        hook = AsyncKubernetesHook(conn_id=self.kubernetes_conn_id)
+        async with hook.get_conn() as api:
+            try:
+                return await async_client.CustomObjectsApi(api).get_namespaced_custom_object(
+                    group=JOBSET_GROUP, version=JOBSET_VERSION, namespace=self.namespace, plural=JOBSET_PLURAL,
+                    name=self.name)
+            except async_client.ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        last = None
+        while True:
+            progress = jobset_progress(await self.read())
+            line = describe_progress(self.name, self.namespace, progress)
+            if line != last:
+                self.log.info("%s", line)
+                last = line
+            if progress["state"] in (*TERMINAL, "absent"):
+                yield TriggerEvent({"name": self.name, "namespace": self.namespace, **progress})
+                return
+            await asyncio.sleep(self.poll_interval_s)
 
 
-def job_kwargs(launch: TrainingLaunch) -> dict[str, Any]:
-    """Arguments that make KubernetesJobOperator submit exactly the rendered Job.
+class KubernetesTrainingJobOperator(BaseOperator):
+    """Launch (or re-attach to) the run's training JobSet and wait for it, in the triggerer by default."""
 
-    The provider rebuilds the Job from its own parameters over `full_job_spec`: it prefixes "job-"
-    to `name` (the rendered name already carries it, since MASTER_ADDR contains it), would add a
-    random suffix, and its default parallelism=1 would win over ours, so those are pinned here.
-    """
-    nodes = launch.job.spec.parallelism
-    return {
-        "name": launch.name.removeprefix(f"{JOB_PREFIX}-"),
-        "namespace": launch.namespace,
-        "full_job_spec": launch.job,
-        "parallelism": nodes,
-        "completions": nodes,
-        "completion_mode": "Indexed",
-    }
-
-
-class KubernetesTrainingJobOperator(KubernetesJobOperator):
-    """Launch (or re-attach to) the run's NeMo Indexed Job and wait for it in the triggerer."""
-
-    template_fields: Sequence[str] = (*KubernetesJobOperator.template_fields, "plan")
+    template_fields: Sequence[str] = ("plan",)
     ui_color = "#d6e9f8"
     operator_extra_links = (TrainingJobLink(), TrainingPodsLink())
 
@@ -85,19 +112,27 @@ class KubernetesTrainingJobOperator(KubernetesJobOperator):
         self,
         *,
         plan: Mapping[str, Any] | Any,
-        pod_discovery_timeout_s: float = 300,
-        job_deletion_timeout_s: float = 900,
+        kubernetes_conn_id: str | None = None,
+        deferrable: bool = True,
+        poll_interval_s: float = POLL_INTERVAL_S,
+        deletion_timeout_s: float = 900,
+        log_tail_lines: int = LOG_TAIL_LINES,
         **kwargs,
     ) -> None:
-        # Constants of every training launch, set here so templates and retries see them; the plan
-        # arrives through XCom, so only the plan-dependent rest (job_kwargs) is set in execute().
-        super().__init__(**{**constant_kwargs(), **kwargs, "do_xcom_push": False})
+        super().__init__(**kwargs)
         self.plan = plan
-        self.pod_discovery_timeout_s = pod_discovery_timeout_s
-        self.job_deletion_timeout_s = job_deletion_timeout_s
-        self._existing_job: k8s.V1Job | None = None
+        self.kubernetes_conn_id = kubernetes_conn_id or get_settings().kubernetes_conn_id
+        self.deferrable = deferrable
+        self.poll_interval_s = poll_interval_s
+        self.deletion_timeout_s = deletion_timeout_s
+        self.log_tail_lines = log_tail_lines
+        self._launched: tuple[str, str] | None = None  # (name, namespace) once created or attached
 
-    # ---- plan -> operator ----
+    @property
+    def hook(self) -> KubernetesHook:
+        return KubernetesHook(conn_id=self.kubernetes_conn_id)
+
+    # ---- plan -> JobSet ----
 
     def _render(self) -> TrainingLaunch:
         from include.lifecycle.failfast import fail_fast
@@ -106,7 +141,7 @@ class KubernetesTrainingJobOperator(KubernetesJobOperator):
         return fail_fast(render)(self.plan)  # a bad plan: a retry cannot fix it
 
     def result_published(self) -> bool:
-        """The run already finished (its Job may be gone after its TTL): never train it twice."""
+        """The run already finished (its JobSet may be gone after its TTL): never train it twice."""
         from include.compute import result_uri
         from include.storage.objectstore import storage_path
 
@@ -117,94 +152,124 @@ class KubernetesTrainingJobOperator(KubernetesJobOperator):
             self.log.info("Run %s already published its result; nothing to launch", self.plan["run_name"])
             return None
         launch = self._render()
-        for key, value in job_kwargs(launch).items():
-            setattr(self, key, value)
+        name, namespace = launch.name, launch.namespace
+        ti = context["ti"]
+        ti.xcom_push(key="jobset_name", value=name)
+        ti.xcom_push(key="jobset_namespace", value=namespace)
+        policy = launch.restarts
+        self.log.info("Training JobSet %s/%s: %d node(s); restart budget %d (backoff %gs, wall bound %gs); "
+                      "rank 0 at %s", namespace, name, launch.nodes, policy.max_restarts,
+                      policy.restart_backoff_s, policy.max_wall_s, launch.master_addr)
 
-        existing = self._read_job(launch.name, launch.namespace)
-        state = job_state(existing) if existing is not None else "absent"
-        if existing is not None and existing.metadata.deletion_timestamp:
-            state = "deleting"
-        self.log.info("Training Job %s/%s: %s", launch.namespace, launch.name, state)
-
+        hook = self.hook
+        current = get_jobset(hook, name, namespace)
+        state = jobset_progress(current)["state"]
+        self.log.info("%s", describe_progress(name, namespace, jobset_progress(current)))
         if state == "succeeded":
-            ti = context["ti"]
-            ti.xcom_push(key="job_name", value=launch.name)
-            ti.xcom_push(key="job_namespace", value=launch.namespace)
-            ti.xcom_push(key="job", value=existing.to_dict())
             return None
         if state in ("failed", "deleting"):
-            self._delete_job(launch.name, launch.namespace)
-            existing = None
-        self._existing_job = existing
-        return super().execute(context)
+            self._delete_and_wait(hook, name, namespace)
+            current = None
+        if current is None:
+            self._create(hook, launch)
+        else:
+            self.log.info("Re-attaching to JobSet %s/%s (%s); not creating a second one", namespace, name, state)
+        self._launched = (name, namespace)
 
-    # ---- provider seams ----
+        if self.deferrable:
+            self.defer(trigger=JobSetTrigger(name, namespace, self.kubernetes_conn_id, self.poll_interval_s),
+                       method_name="execute_complete", timeout=timedelta(seconds=policy.max_wall_s))
+        return self.execute_complete(context, self._poll(hook, name, namespace, policy.max_wall_s))
 
-    def create_job(self, job_request_obj: k8s.V1Job) -> k8s.V1Job:
-        """Create the Job, or hand back the one already running for this run (re-attach)."""
-        if self._existing_job is not None:
-            self.log.info("Re-attaching to running Job %s", self._existing_job.metadata.name)
-            return self._existing_job
-        name, namespace = job_request_obj.metadata.name, job_request_obj.metadata.namespace
-        # Not hook.create_job: its retry counts 409 as transient and backs off ~15 s before
-        # surfacing an AlreadyExists that no retry can change.
-        body = self.job_client.api_client.sanitize_for_serialization(job_request_obj)
+    def _create(self, hook: KubernetesHook, launch: TrainingLaunch) -> None:
+        name, namespace = launch.name, launch.namespace
         try:
-            self.job_client.create_namespaced_job(namespace=namespace, body=body)
+            hook.create_custom_object(group=JOBSET_GROUP, version=JOBSET_VERSION, plural=JOBSET_PLURAL,
+                                      body=launch.jobset, namespace=namespace)
         except ApiException as exc:
             if exc.status != 409:
                 raise
             # Another try created it between our read and our create: that one is the run, unless it
-            # is already dead, in which case it is replaced like any failed Job.
-            current = self.hook.get_job_status(job_name=name, namespace=namespace)
-            if job_state(current) != "failed" and not current.metadata.deletion_timestamp:
-                self.log.info("Job %s appeared concurrently; re-attaching", name)
-                return current
-            self._delete_job(name, namespace)
-            self.job_client.create_namespaced_job(namespace=namespace, body=body)
-        self.log.info("Created Job %s/%s", namespace, name)
-        return job_request_obj
+            # is already dead, in which case it is replaced like any failed JobSet.
+            state = jobset_progress(get_jobset(hook, name, namespace))["state"]
+            if state not in ("failed", "deleting"):
+                self.log.info("JobSet %s/%s appeared concurrently (%s); re-attaching", namespace, name, state)
+                return
+            self._delete_and_wait(hook, name, namespace)
+            hook.create_custom_object(group=JOBSET_GROUP, version=JOBSET_VERSION, plural=JOBSET_PLURAL,
+                                      body=launch.jobset, namespace=namespace)
+        self.log.info("Created JobSet %s/%s", namespace, name)
 
-    def get_pods(self, pod_request_obj: k8s.V1Pod, context, *, exclude_checked: bool = True) -> Sequence[k8s.V1Pod]:
-        """The Job's pods, waiting for the Job controller to create them (one per node rank)."""
-        name, namespace = self.job.metadata.name, self.job.metadata.namespace
-        selector = f"{JOB_LABEL}={name}"
-        deadline = time.monotonic() + self.pod_discovery_timeout_s
+    def _poll(self, hook: KubernetesHook, name: str, namespace: str, timeout_s: float) -> dict[str, Any]:
+        """Bounded polling in the worker (deferrable=False): the same progress lines as the trigger."""
+        deadline = time.monotonic() + timeout_s
+        last = None
         while True:
-            pods = self.client.list_namespaced_pod(namespace=namespace, label_selector=selector).items
-            if len(pods) >= self.parallelism or (pods and time.monotonic() >= deadline):
-                self.log.info("Job %s has pods %s", name, sorted(p.metadata.name for p in pods))
-                return pods
+            progress = jobset_progress(get_jobset(hook, name, namespace))
+            line = describe_progress(name, namespace, progress)
+            if line != last:
+                self.log.info("%s", line)
+                last = line
+            if progress["state"] in (*TERMINAL, "absent"):
+                return {"name": name, "namespace": namespace, **progress}
+            if time.monotonic() >= deadline:
+                raise AirflowException(f"JobSet {namespace}/{name} still {progress['state']} after the wall bound "
+                                       f"{timeout_s:g}s ({line}); the DAG's teardown deletes it")
+            time.sleep(self.poll_interval_s)
+
+    def execute_complete(self, context, event: Mapping[str, Any]):
+        name, namespace = event["name"], event["namespace"]
+        self._launched = (name, namespace)
+        state = event["state"]
+        if state == "succeeded":
+            self.log.info("JobSet %s/%s succeeded after %d restart(s)", namespace, name, event["restarts"])
+            return None
+        if state == "absent":
+            raise AirflowException(f"JobSet {namespace}/{name} disappeared before it finished (deleted by someone "
+                                   "else, e.g. the off-hours window close); a retry relaunches it from the last "
+                                   "checkpoint")
+        tail = self.rank0_log_tail(name, namespace)
+        raise AirflowFailException(
+            f"JobSet {namespace}/{name} failed after {event['restarts']} restart(s) "
+            f"({event['restarts_counted']} of max {event['max_restarts']} counted): "
+            f"{event['reason'] or 'Failed'}: {event['message'] or 'no message'}. "
+            + (f"Rank 0's last log lines:\n{tail}" if tail else
+               f"Rank 0's log is not readable; see `kubectl -n {namespace} logs -l {JOB_LABEL}={name}`")
+        )
+
+    def rank0_log_tail(self, name: str, namespace: str) -> str:
+        """The last lines of the newest rank 0 pod's log ('' when there is none to read)."""
+        core = self.hook.core_v1_client
+        try:
+            pods = core.list_namespaced_pod(
+                namespace=namespace, label_selector=f"{JOB_LABEL}={name},{COMPLETION_INDEX_LABEL}=0").items
+            if not pods:
+                return ""
+            newest = max(pods, key=lambda p: p.metadata.creation_timestamp or 0)
+            text = core.read_namespaced_pod_log(name=newest.metadata.name, namespace=namespace, container=CONTAINER,
+                                                tail_lines=self.log_tail_lines)
+        except ApiException as exc:
+            self.log.warning("Could not read rank 0's log of JobSet %s/%s: %s", namespace, name, exc.reason)
+            return ""
+        return str(text or "").rstrip()
+
+    def _delete_and_wait(self, hook: KubernetesHook, name: str, namespace: str) -> None:
+        """Delete the JobSet (and its Jobs, pods and Service), and return once the name is free."""
+        self.log.info("Deleting JobSet %s/%s before relaunching it", namespace, name)
+        delete_jobset(hook, name, namespace)
+        deadline = time.monotonic() + self.deletion_timeout_s
+        while get_jobset(hook, name, namespace) is not None:
             if time.monotonic() >= deadline:
                 raise AirflowException(
-                    f"Job {namespace}/{name} has no pods after {self.pod_discovery_timeout_s}s "
-                    f"(label {selector}); see `kubectl describe job -n {namespace} {name}`"
-                )
-            time.sleep(self.startup_check_interval_seconds)
-
-    # ---- Kubernetes reads and deletes ----
-
-    def _read_job(self, name: str, namespace: str) -> k8s.V1Job | None:
-        try:
-            return self.hook.get_job_status(job_name=name, namespace=namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def _delete_job(self, name: str, namespace: str) -> None:
-        """Delete the failed Job and its pods, and return once the name is free again."""
-        self.log.info("Deleting failed Job %s/%s before relaunching it", namespace, name)
-        try:
-            self.job_client.delete_namespaced_job(name=name, namespace=namespace, propagation_policy="Foreground")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-        deadline = time.monotonic() + self.job_deletion_timeout_s
-        while self._read_job(name, namespace) is not None:
-            if time.monotonic() >= deadline:
-                raise AirflowException(
-                    f"Job {namespace}/{name} still exists {self.job_deletion_timeout_s}s after its deletion; "
+                    f"JobSet {namespace}/{name} still exists {self.deletion_timeout_s}s after its deletion; "
                     "its pods may be stuck terminating"
                 )
             time.sleep(DELETE_POLL_S)
+
+    def on_kill(self) -> None:
+        """The task is stopped (marked failed, timed out in the worker): stop the training run with it."""
+        if self._launched is None:
+            return
+        name, namespace = self._launched
+        self.log.info("Task killed: deleting JobSet %s/%s", namespace, name)
+        delete_jobset(self.hook, name, namespace)

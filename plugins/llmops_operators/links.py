@@ -1,5 +1,5 @@
 """Extra links from a task to what it made: the MLflow run, the model version, the gate report, the
-dataset manifest, and on eks the training Job and its pods in the cluster console.
+dataset manifest, and on eks the training JobSet and its pods in the cluster console.
 
 Airflow 3 computes an operator's links once, when the task ends, in the task's own process
 (`get_link(operator, ti_key=<the running task instance>)`), stores each under its `xcom_key`, and
@@ -111,10 +111,10 @@ class DatasetManifestLink(_ValueLink):
 
 
 class _TrainingJobLink(BaseOperatorLink):
-    """The run's training Job (name derived from dag_id and run_id, as the launcher names it)."""
+    """The run's training JobSet (named from dag_id and run_id, as the launcher names it) or its pods."""
 
     label: ClassVar[str] = ""
-    resource: ClassVar[str] = "jobs"
+    resource: ClassVar[str] = "jobsets"
 
     @property
     def name(self) -> str:
@@ -123,16 +123,16 @@ class _TrainingJobLink(BaseOperatorLink):
     def get_link(self, operator, *, ti_key) -> str:
         from include.links import k8s_console_url
         from include.settings import get_settings
-        from include.training.k8s_job import JOB_LABEL, job_name
+        from include.training.k8s_job import JOB_LABEL, jobset_name
 
         settings = get_settings()
-        name = job_name(ti_key.dag_id, ti_key.run_id)
+        name = jobset_name(ti_key.dag_id, ti_key.run_id)
         return k8s_console_url(settings.k8s_console_url, self.resource, settings.training_namespace, name,
                                selector=f"{JOB_LABEL}={name}") or ""
 
 
 class TrainingJobLink(_TrainingJobLink):
-    label = "Training Job"
+    label = "Training JobSet"
 
 
 class TrainingPodsLink(_TrainingJobLink):

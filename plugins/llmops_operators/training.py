@@ -1,4 +1,4 @@
-"""The training task on both profiles: N local processes, or an Indexed Job on EKS.
+"""The training task on both profiles: N local processes, or a JobSet on EKS.
 
 Both take the same flat plan (trainer keys plus dag_id, run_id, pool, instance_type, image) as a
 templated field, so the planning task's XCom can feed either. Results travel through storage

@@ -6,8 +6,6 @@ import copy
 
 import pytest
 
-from include.cluster.network import run_network_policy
-from include.cluster.preflight import as_manifest
 from include.evaluation.k8s_pod import JUDGE_SECRET
 from include.evaluation.k8s_pod import SERVICE_ACCOUNT as EVALUATOR_SA
 from include.evaluation.k8s_pod import manifest as evaluator_manifest
@@ -32,9 +30,14 @@ def objects() -> dict[str, dict]:
 
 ADMISSION = Admission(objects()["ValidatingAdmissionPolicy"], objects()["ValidatingAdmissionPolicyBinding"])
 LAUNCH = render(train_plan(), SETTINGS)
-SERVICE = as_manifest(LAUNCH.service)
-JOB = as_manifest(LAUNCH.job)
-POLICY = as_manifest(run_network_policy(LAUNCH.service))
+# The headless Service the JobSet controller creates for the run (its shape, for the Service rule
+# that stays as a second line: Airflow's Role grants no Services).
+SERVICE = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": LAUNCH.name, "namespace": LAUNCH.namespace},
+           "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                    "selector": {"jobset.sigs.k8s.io/jobset-name": LAUNCH.name}}}
+JOBSET = LAUNCH.jobset
+JOB = LAUNCH.child_job()
+POLICY = LAUNCH.manifests()[0]
 EVALUATOR = evaluator_manifest(eval_job(), SETTINGS)
 
 
@@ -54,13 +57,23 @@ def test_policy_and_binding_validate_against_the_1_32_schema():
     assert binding["spec"]["validationActions"] == ["Deny"]
 
 
-@pytest.mark.parametrize("name", ["service", "job-production", "job-experiment", "evaluator", "evaluator+irsa",
-                                  "network-policy"])
+@pytest.mark.parametrize("name", ["service", "jobset-production", "jobset-experiment", "job", "evaluator",
+                                  "evaluator+irsa", "network-policy"])
 def test_what_the_dags_render_is_admitted(name):
-    obj = {"service": SERVICE, "job-production": JOB,
-           "job-experiment": as_manifest(render(train_plan(pool="experiment"), SETTINGS).job),
+    obj = {"service": SERVICE, "jobset-production": JOBSET,
+           "jobset-experiment": render(train_plan(pool="experiment"), SETTINGS).jobset, "job": JOB,
            "evaluator": EVALUATOR, "evaluator+irsa": with_irsa(EVALUATOR), "network-policy": POLICY}[name]
     assert ADMISSION.review(obj, AIRFLOW) == []
+
+
+def test_the_policy_covers_every_kind_airflow_may_create():
+    """Each (group, resource) Airflow's Role may create is matched by the policy."""
+    from tests.unit.test_rbac_calls import role_grants
+
+    rules = objects()["ValidatingAdmissionPolicy"]["spec"]["matchConstraints"]["resourceRules"]
+    matched = {(g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
+    creatable = {(g, r) for g, r, v in role_grants() if v == "create"}
+    assert creatable and creatable <= matched
 
 
 def test_the_configured_registries_admit_the_default_images():
@@ -87,6 +100,7 @@ def _set(obj: dict, path: str, value) -> dict:
 
 POD = "spec"
 TEMPLATE = "spec.template.spec"
+RJ = "spec.replicatedJobs.0.template.spec.template.spec"
 HOSTILE = [
     ("LoadBalancer Service", _set(SERVICE, "spec.type", "LoadBalancer"), "headless ClusterIP"),
     ("NodePort Service", _set(SERVICE, "spec.type", "NodePort"), "headless ClusterIP"),
@@ -97,6 +111,18 @@ HOSTILE = [
     ("pod as airflow-worker", _set(EVALUATOR, f"{POD}.serviceAccountName", "airflow-worker"), "ServiceAccounts"),
     ("pod as default SA", _set(EVALUATOR, f"{POD}.serviceAccountName", None), "ServiceAccounts"),
     ("job as default SA", _set(JOB, f"{TEMPLATE}.serviceAccountName", "default"), "ServiceAccounts"),
+    ("jobset as default SA", _set(JOBSET, f"{RJ}.serviceAccountName", "default"), "ServiceAccounts"),
+    ("jobset with a second replicatedJob as airflow-worker", _set(JOBSET, "spec.replicatedJobs", [
+        JOBSET["spec"]["replicatedJobs"][0],
+        _set(JOBSET["spec"]["replicatedJobs"][0], "template.spec.template.spec.serviceAccountName",
+             "airflow-worker")]), "ServiceAccounts"),
+    ("jobset foreign image", _set(JOBSET, f"{RJ}.containers.0.image", "docker.io/evil/miner:1"), "registries"),
+    ("jobset secret volume", _set(JOBSET, f"{RJ}.volumes", [{"name": "s", "secret": {"secretName": "db"}}]),
+     "Secrets"),
+    ("jobset envFrom secret", _set(JOBSET, f"{RJ}.containers.0.envFrom", [{"secretRef": {"name": "db"}}]),
+     "Secrets"),
+    ("jobset creating PVCs", _set(JOBSET, "spec.volumeClaimPolicies", [{"templates": []}]), "JobSets"),
+    ("jobset taking another Service's name", _set(JOBSET, "spec.network.subdomain", "airflow-api"), "JobSets"),
     ("foreign image", _set(EVALUATOR, f"{POD}.containers.0.image", "docker.io/evil/miner:1"), "registries"),
     ("look-alike registry", _set(JOB, f"{TEMPLATE}.containers.0.image", "ghcr.io/llmops-finetune-evil/x:1"),
      "registries"),
@@ -114,7 +140,7 @@ HOSTILE = [
         {"namespaceSelector": {}, "podSelector": POLICY["spec"]["podSelector"]}]}]), "NetworkPolicy"),
     ("policy open to the internet", _set(POLICY, "spec.ingress", [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]),
      "NetworkPolicy"),
-    ("policy for another run", _set(POLICY, "metadata.name", "job-other-0123456789"), "NetworkPolicy"),
+    ("policy for another run", _set(POLICY, "metadata.name", "train-other-0123456789"), "NetworkPolicy"),
     ("policy selecting every pod", _set(POLICY, "spec.podSelector", {}), "NetworkPolicy"),
     ("policy opening egress", _set(_set(POLICY, "spec.policyTypes", ["Ingress", "Egress"]), "spec.egress",
                                    [{}]), "NetworkPolicy"),

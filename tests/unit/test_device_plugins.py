@@ -7,7 +7,6 @@ import pytest
 import yaml
 
 from include.cluster.pools import get_instance_types
-from include.cluster.preflight import as_manifest
 from include.evaluation.k8s_pod import manifest as evaluator_manifest
 from include.settings import Settings
 from include.training.k8s_job import render
@@ -117,7 +116,7 @@ def test_plugins_select_every_node_the_pools_launch(pool_name):
 
 @pytest.mark.parametrize("pool", sorted(INSTANCE))
 def test_rendered_training_pods_tolerate_their_pool(pool):
-    spec = as_manifest(render(train_plan(pool=pool), SETTINGS).job)["spec"]["template"]["spec"]
+    spec = render(train_plan(pool=pool), SETTINGS).child_job()["spec"]["template"]["spec"]
     pools = nodepools()
     target = next(name for name, p in pools.items() if any(affinity_admits(spec, n) for n in pool_nodes(p)))
     assert all(tolerates(spec["tolerations"], t) for t in taints(pools[target]))

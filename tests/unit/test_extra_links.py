@@ -139,18 +139,18 @@ def test_mlflow_run_gate_report_and_model_version_links(env, xcom, tmp_path):
     assert link(ModelVersionLink, "gate") == "", "the gate registers nothing"
 
 
-def test_training_job_links_follow_the_launcher_names(monkeypatch):
+def test_training_jobset_links_follow_the_launcher_names(monkeypatch):
     from llmops_operators.links import TrainingJobLink, TrainingPodsLink
 
-    from include.training.k8s_job import job_name
+    from include.training.k8s_job import jobset_name
 
     get_settings.cache_clear()
     monkeypatch.setenv("LLMOPS_K8S_CONSOLE_URL", "https://headlamp.example/c/main/{resource}/{namespace}/{name}"
                                                  "?labelSelector={selector}")
     try:
-        name = job_name("finetune_lifecycle", "scheduled__2026-11-02T02:00:00+00:00")
+        name = jobset_name("finetune_lifecycle", "scheduled__2026-11-02T02:00:00+00:00")
         assert link(TrainingJobLink, "launch_training") == (
-            f"https://headlamp.example/c/main/jobs/llm-training/{name}?labelSelector=llmops.io%2Fjob%3D{name}")
+            f"https://headlamp.example/c/main/jobsets/llm-training/{name}?labelSelector=llmops.io%2Fjob%3D{name}")
         assert link(TrainingPodsLink, "launch_training").startswith("https://headlamp.example/c/main/pods/")
         monkeypatch.delenv("LLMOPS_K8S_CONSOLE_URL")
         get_settings.cache_clear()
@@ -166,4 +166,4 @@ def test_the_plugin_registers_every_link_and_the_tasks_carry_theirs():
 
     assert {type(x) for x in llmops_plugin.LlmopsPlugin.operator_extra_links} == set(task_links.ALL_LINKS)
     assert all(not cls.operators for cls in task_links.ALL_LINKS), "no link is attached behind a task's back"
-    assert [x.name for x in KubernetesTrainingJobOperator.operator_extra_links] == ["Training Job", "Training pods"]
+    assert [x.name for x in KubernetesTrainingJobOperator.operator_extra_links] == ["Training JobSet", "Training pods"]

@@ -1,18 +1,19 @@
 """Each image and the pods that run it agree: user, environment, writable paths.
 
 Both sides are read, not restated: the image from images/<name>/Dockerfile and README.md
-(tests/image_contract.py), the pod from the renderers in include/.
+(tests/image_contract.py), the pod from the renderers in include/ (the trainer JobSet's child Job,
+the evaluator pod, the serving Deployment). Changing either side alone fails here.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from include.cluster.preflight import as_manifest
 from include.evaluation.k8s_pod import manifest as evaluator_manifest
+from include.serving.k8s_objects import version_objects
 from include.settings import Settings
 from include.training.k8s_job import render
-from tests.image_contract import read_image, under_a_mount
+from tests.image_contract import IMAGES, read_image, under_a_mount
 from tests.unit.test_eval_pod import job as eval_job
 from tests.unit.test_k8s_job import plan as train_plan
 
@@ -21,14 +22,39 @@ SETTINGS = Settings(profile="eks", data_root="s3://llmops-data/prod")
 
 def trainer_pod(nodes: int = 4) -> tuple[dict, dict]:
     p = train_plan(nodes=nodes)
-    return as_manifest(render(p, SETTINGS).job)["spec"]["template"]["spec"], p
+    return render(p, SETTINGS).child_job()["spec"]["template"]["spec"], p
 
 
 def evaluator_pod() -> tuple[dict, dict]:
     return evaluator_manifest(eval_job(), SETTINGS)["spec"], {}
 
 
-PODS = {"nemo-trainer": trainer_pod, "evaluator": evaluator_pod}
+def serving_pod(method: str = "full") -> tuple[dict, dict]:
+    objs = version_objects("llama-support", 7, "s3://llmops-data/prod/models/llama-support/7", settings=SETTINGS,
+                           method=method, base_model_uri="s3://llmops-data/prod/base/llama31_8b")
+    return objs["deployment"]["spec"]["template"]["spec"], {}
+
+
+PODS = {"nemo-trainer": trainer_pod, "evaluator": evaluator_pod, "vllm": serving_pod}
+# The setting naming each image: the rendered pod must run the project's image, not an upstream one
+# (upstream vLLM runs as root, which the pods' securityContext refuses).
+IMAGE_SETTINGS = {"nemo-trainer": "trainer_image", "evaluator": "evaluator_image", "vllm": "serving_image"}
+# Images that run outside llm-training/llm-serving pods (the Airflow and MLflow deployments).
+NOT_RENDERED = {"airflow", "mlflow"}
+
+
+def test_every_workload_image_is_paired_with_its_pods():
+    dockerfiles = {p.parent.name for p in IMAGES.glob("*/Dockerfile")}
+    assert dockerfiles - NOT_RENDERED == set(PODS) == set(IMAGE_SETTINGS)
+
+
+@pytest.mark.parametrize("image", sorted(PODS))
+def test_pod_runs_the_project_image(image):
+    spec, _ = PODS[image]()
+    reference = getattr(SETTINGS, IMAGE_SETTINGS[image])
+    assert spec["containers"][0]["image"] == reference
+    repository = reference.split("@")[0].rsplit(":", 1)[0]
+    assert repository.rsplit("/", 1)[-1] == image, f"{IMAGE_SETTINGS[image]}={reference!r} is not images/{image}"
 
 
 def pod_env(spec: dict) -> dict[str, dict]:
@@ -46,6 +72,16 @@ def test_pod_runs_as_the_image_user(image):
     assert spec["containers"][0]["securityContext"].get("runAsUser", contract.uid) == contract.uid
 
 
+def test_the_lora_servers_adapter_fetcher_runs_as_the_server_user():
+    """The init container (upstream aws-cli) inherits the pod's uid; it must not override it."""
+    spec, _ = serving_pod("lora")
+    uid = read_image("vllm").uid
+    assert spec["securityContext"]["runAsUser"] == uid
+    for container in spec["initContainers"]:
+        assert container["securityContext"].get("runAsUser", uid) == uid
+        assert container["securityContext"].get("runAsNonRoot", True) is True
+
+
 @pytest.mark.parametrize("image", sorted(PODS))
 def test_pod_sets_every_variable_the_image_readme_promises(image):
     contract = read_image(image)
@@ -54,7 +90,17 @@ def test_pod_sets_every_variable_the_image_readme_promises(image):
     assert not missing, f"{image}: README promises {sorted(missing)} but the rendered pod does not set them"
 
 
-@pytest.mark.parametrize("image", sorted(PODS))
+def test_the_servers_caches_are_volumes():
+    contract = read_image("vllm")
+    spec, _ = serving_pod()
+    mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    env = {**contract.env, **{k: e["value"] for k, e in pod_env(spec).items() if "value" in e}}
+    assert {"/cache", env["HOME"], env["HF_HOME"]} <= contract.writable_paths(env)
+    outside = sorted(p for p in contract.writable_paths(env) - {"/tmp"} if not under_a_mount(p, mounts))
+    assert not outside, f"vllm: {outside} would be written to the image's own filesystem"
+
+
+@pytest.mark.parametrize("image", ["evaluator", "nemo-trainer"])
 def test_every_writable_path_is_a_volume(image):
     contract = read_image(image)
     spec, plan = PODS[image]()

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from include.cluster.preflight import as_manifest
 from include.errors import InputError
 from include.evaluation.k8s_pod import SERVICE_ACCOUNT as EVALUATOR_SA
 from include.evaluation.k8s_pod import manifest as evaluator_manifest
@@ -60,7 +59,7 @@ def test_settings_accept_digests_and_name_the_variable_when_refusing():
 ])
 def test_rendered_pods_pull_by_the_reference_kind(trainer, evaluator, policy):
     settings = eks(trainer_image=trainer, evaluator_image=evaluator)
-    job = as_manifest(render(train_plan(image=trainer), settings).job)
+    job = render(train_plan(image=trainer), settings).child_job()
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert (container["image"], container["imagePullPolicy"]) == (trainer, policy)
     container = evaluator_manifest(eval_job(), settings)["spec"]["containers"][0]

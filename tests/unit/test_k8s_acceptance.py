@@ -4,10 +4,10 @@ project's pinned 1.33, and against the CRDs in ../shared/crds."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
-from include.cluster.network import run_network_policy
-from include.cluster.preflight import as_manifest
 from include.evaluation.k8s_pod import manifest as evaluator_manifest
 from include.settings import Settings
 from include.training.k8s_job import render
@@ -37,7 +37,7 @@ def rendered() -> list[dict]:
     out = []
     for pool, nodes in (("production", 4), ("production", 1), ("experiment", 2)):
         launch = render(train_plan(pool=pool, nodes=nodes), SETTINGS)
-        out += [*launch.manifests(), as_manifest(run_network_policy(launch.service))]
+        out += [*launch.manifests(), launch.child_job()]
     return [*out, evaluator_manifest(eval_job(), SETTINGS)]
 
 
@@ -61,13 +61,14 @@ def test_every_kustomized_object_validates(version):
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_rendered_object_validates(version):
     docs = rendered()
-    assert {d["kind"] for d in docs} == {"Service", "Job", "NetworkPolicy", "Pod"}
+    assert {d["kind"] for d in docs} == {"JobSet", "Job", "NetworkPolicy", "Pod"}
+    require_crds()  # the JobSet validates against its CRD
     errors = [e for d in docs for e in validation_errors(d, version)]
     assert not errors, "\n".join(errors)
 
 
 def test_the_validator_refuses_a_bad_network_policy_and_admission_policy():
-    policy = as_manifest(run_network_policy(render(train_plan(), SETTINGS).service))
+    policy = copy.deepcopy(render(train_plan(), SETTINGS).manifests()[0])
     policy["spec"]["ingress"][0]["form"] = policy["spec"]["ingress"][0].pop("from")
     assert any("form" in e for e in validation_errors(policy, "1.32"))
     vap = next(d for d in kustomized() if d["kind"] == "ValidatingAdmissionPolicy")

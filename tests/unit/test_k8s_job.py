@@ -1,11 +1,12 @@
-"""The rendered NeMo Job and headless Service: valid, rank-correct, shell-free, and in step with k8s/."""
+"""The rendered NeMo JobSet and NetworkPolicy: valid (the JobSet CRD), rank-correct, all-or-nothing,
+shell-free, and in step with k8s/."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import yaml
@@ -18,13 +19,17 @@ from include.settings import Settings
 from include.training.k8s_job import (
     CHECKPOINT_CLAIM,
     COMPLETION_INDEX_ANNOTATION,
+    JOB_LABEL,
+    JOBSET_NAME_LABEL,
     MAX_NAME_LENGTH,
     SERVICE_ACCOUNT,
-    job_name,
+    jobset_name,
     render,
 )
+from include.training.params import MAX_NODES
 from include.training.plan import trainer_plan
-from tests.k8s_schemas import REPO_ROOT, manifests_from_files, validate
+from include.training.restarts import PEER_LOST_EXIT_CODE, child_job_pod_failure_policy
+from tests.k8s_schemas import REPO_ROOT, manifests_from_files, require_crds, validate, validation_errors
 
 K8S = REPO_ROOT / "k8s"
 DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -42,8 +47,13 @@ def plan(pool: str = "production", nodes: int = 4, **extra) -> dict:
             **extra}
 
 
+def job_spec(launch) -> dict:
+    """The child Job spec inside the JobSet, as sent."""
+    return launch.jobset["spec"]["replicatedJobs"][0]["template"]["spec"]
+
+
 def pod_spec(launch) -> dict:
-    return as_manifest(launch.job)["spec"]["template"]["spec"]
+    return job_spec(launch)["template"]["spec"]
 
 
 def env_of(launch) -> dict:
@@ -57,16 +67,19 @@ def k8s_objects() -> dict[tuple[str, str], dict]:
 
 # ---- names ----
 
-def test_job_name_is_deterministic_and_distinct_per_run():
-    assert job_name("llm_finetune", "manual__1") == job_name("llm_finetune", "manual__1")
-    assert job_name("llm_finetune", "manual__1") != job_name("llm_finetune", "manual__2")
+def test_jobset_name_is_deterministic_and_distinct_per_run():
+    assert jobset_name("llm_finetune", "manual__1") == jobset_name("llm_finetune", "manual__1")
+    assert jobset_name("llm_finetune", "manual__1") != jobset_name("llm_finetune", "manual__2")
 
 
 @pytest.mark.parametrize("dag_id", ["llm_finetune", "X" * 200, "___", "9lives", "Ünïcode DAG!"])
-def test_job_name_is_a_short_dns_label(dag_id):
-    name = job_name(dag_id, "manual__2025-06-01T00:00:00+00:00")
+def test_jobset_name_is_a_short_dns_label(dag_id):
+    name = jobset_name(dag_id, "manual__2025-06-01T00:00:00+00:00")
     assert DNS_1035.fullmatch(name) and len(name) <= MAX_NAME_LENGTH
-    assert len(f"{name}-999") <= 63  # pod hostnames `<job>-<index>` stay valid labels
+    # The JobSet webhook's own rule: the longest pod name, with the Job controller's 5-char suffix,
+    # is a DNS-1035 label (<jobset>-<replicatedJob>-<jobIndex>-<podIndex>-xxxxx).
+    assert len(f"{name}-node-0-{MAX_NODES - 1}-abcde") <= 63
+    assert len(f"{name}-node-0-999-abcde") <= 63  # room for three-digit node counts
 
 
 def test_retry_renders_the_same_objects():
@@ -78,15 +91,30 @@ def test_retry_renders_the_same_objects():
 @pytest.mark.parametrize("pool", ["production", "experiment"])
 @pytest.mark.parametrize("nodes", [1, 4])
 def test_rendered_objects_validate(pool, nodes):
+    require_crds()
     launch = render(plan(pool, nodes))
-    service, job = launch.manifests()
-    validate(service)
+    policy, jobset = launch.manifests()
+    assert (policy["kind"], jobset["kind"]) == ("NetworkPolicy", "JobSet")
+    assert jobset["apiVersion"] == "jobset.x-k8s.io/v1alpha2"
+    validate(policy)
+    validate(jobset)  # against the JobSet CRD's schema, unknown fields refused
+    job = launch.child_job()  # the Job the JobSet controller creates from the template
     validate(job)
     # the pod each index becomes validates too
     pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": f"{launch.name}-0-abcde", **job["spec"]["template"]["metadata"]},
+           "metadata": {"name": f"{launch.name}-node-0-0-abcde", **job["spec"]["template"]["metadata"]},
            "spec": job["spec"]["template"]["spec"]}
     validate(pod)
+
+
+def test_the_jobset_schema_check_is_live():
+    """A misspelt field anywhere in the JobSet, down to its pod template, is refused."""
+    require_crds()
+    jobset = copy.deepcopy(render(plan()).jobset)
+    jobset["spec"]["failurePolicy"]["maxRestart"] = jobset["spec"]["failurePolicy"].pop("maxRestarts")
+    jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]["imagePolicy"] = "x"
+    errors = "\n".join(validation_errors(jobset))
+    assert "maxRestart" in errors and "imagePolicy" in errors
 
 
 # ---- rendezvous ----
@@ -94,18 +122,19 @@ def test_rendered_objects_validate(pool, nodes):
 @pytest.mark.parametrize("nodes", [1, 4])
 def test_rank_zero_has_a_stable_dns_name(nodes):
     launch = render(plan(nodes=nodes))
-    job, service, spec = as_manifest(launch.job), as_manifest(launch.service), pod_spec(launch)
-    ns = launch.namespace
-    assert job["spec"]["completionMode"] == "Indexed"
-    assert job["spec"]["completions"] == job["spec"]["parallelism"] == nodes
-    assert service["spec"]["clusterIP"] == "None"
-    assert service["spec"]["publishNotReadyAddresses"] is True
-    assert spec["subdomain"] == service["metadata"]["name"]
-    labels = job["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= labels.items()
-    # pod i is `<job>-i`; with the subdomain its name is <job>-i.<svc>.<ns>.svc
+    jobset, spec, job = launch.jobset, pod_spec(launch), job_spec(launch)
+    ns, name = launch.namespace, launch.name
+    assert [r["name"] for r in jobset["spec"]["replicatedJobs"]] == ["node"]
+    assert jobset["spec"]["replicatedJobs"][0]["replicas"] == 1
+    assert job["completionMode"] == "Indexed"
+    assert job["completions"] == job["parallelism"] == nodes
+    # The controller creates the headless Service `subdomain`, publishing not-ready pods.
+    assert jobset["spec"]["network"] == {"enableDNSHostnames": True, "subdomain": name,
+                                         "publishNotReadyAddresses": True}
+    assert spec["subdomain"] == name
+    # pod i of child Job 0 has the hostname <jobset>-node-0-i; rank 0 is <jobset>-node-0-0.<subdomain>
     env = env_of(launch)
-    assert env["MASTER_ADDR"] == f"{job['metadata']['name']}-0.{service['metadata']['name']}.{ns}.svc"
+    assert env["MASTER_ADDR"] == f"{name}-node-0-0.{name}.{ns}.svc" == launch.master_addr
     assert env["MASTER_PORT"] == "29500" and env["NNODES"] == str(nodes)
 
 
@@ -116,12 +145,22 @@ def test_every_index_gets_its_own_node_rank():
     key = re.fullmatch(r"metadata\.annotations\['(.+)'\]", field).group(1)
     assert key == COMPLETION_INDEX_ANNOTATION
     ranks, hosts = [], []
-    for index in range(4):  # what the Job controller stamps on pod `index`
+    for index in range(4):  # what the Job controller stamps on pod `index` of the one child Job
         pod_meta = {"annotations": {COMPLETION_INDEX_ANNOTATION: str(index)}}
         ranks.append(int(pod_meta["annotations"][key]))
-        hosts.append(f"{launch.name}-{index}.{launch.service.metadata.name}.{launch.namespace}.svc")
+        hosts.append(f"{launch.name}-node-0-{index}.{launch.name}.{launch.namespace}.svc")
     assert ranks == [0, 1, 2, 3]
     assert hosts[0] == env_of(launch)["MASTER_ADDR"] and len(set(hosts)) == 4
+
+
+def test_group_rank_order_follows_the_jobset_pod_names():
+    """torch orders nodes by FQDN: with JobSet's names, index order up to 10 nodes, not beyond."""
+    from include.training.k8s_job import pod_host_prefix
+    from include.training.rendezvous import group_rank_order
+
+    name = render(plan()).name
+    assert group_rank_order(pod_host_prefix(name), name, "llm-training", 4) == [0, 1, 2, 3]
+    assert group_rank_order(pod_host_prefix(name), name, "llm-training", 12)[:4] == [0, 1, 10, 11]
 
 
 def test_torchrun_is_an_argument_list_with_the_plan_as_one_item():
@@ -156,15 +195,43 @@ def test_torchrun_accepts_the_arguments():
     assert args.training_script_args[0] == "--plan"
     conf = dict(kv.split("=") for kv in args.rdzv_conf.split(","))
     assert int(conf["join_timeout"]) >= 900  # the last node may still be provisioning
+    assert args.max_restarts == 0  # restarts belong to the JobSet: never one node's workers in place
 
 
-def test_failure_policy_retries_interruptions_and_fails_user_errors():
-    spec = as_manifest(render(plan()).job)["spec"]
-    rules = spec["podFailurePolicy"]["rules"]
-    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
-    assert {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [USER_ERROR_EXIT_CODE]}} in rules
-    assert spec["backoffLimitPerIndex"] >= 1
-    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+# ---- all-or-nothing restarts ----
+
+def test_any_failed_pod_fails_the_child_job_at_once():
+    job = job_spec(render(plan()))
+    assert job["backoffLimit"] == 0 and "backoffLimitPerIndex" not in job
+    assert job["podFailurePolicy"] == child_job_pod_failure_policy()
+    assert job["podReplacementPolicy"] == "Failed"
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+    rules = job["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[1] == {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [USER_ERROR_EXIT_CODE]}}
+    assert "Ignore" not in {r["action"] for r in rules}  # nothing retries one index alone
+    assert PEER_LOST_EXIT_CODE not in rules[1]["onExitCodes"]["values"]  # a lost peer restarts the group
+
+
+def test_the_jobset_restarts_the_whole_group_within_the_plans_budget():
+    jobset = render(plan(max_restarts=5, restart_backoff_s=60.0, max_wall_s=36000.0)).jobset
+    policy = jobset["spec"]["failurePolicy"]
+    assert policy["maxRestarts"] == 5
+    assert policy["restartStrategy"] == "BlockingRecreate"  # old pods gone before new ones start
+    by_name = {r["name"]: r for r in policy["rules"]}
+    assert by_name["badPlan"]["action"] == "FailJobSet"
+    assert f"exit code {USER_ERROR_EXIT_CODE} matching FailJob rule at index 1" in \
+        by_name["badPlan"]["onJobFailureMessagePatterns"]
+    assert by_name["disruption"]["action"] == "RestartJobSetAndIgnoreMaxRestarts"
+    assert jobset["spec"]["successPolicy"] == {"operator": "All", "targetReplicatedJobs": ["node"]}
+    assert jobset["metadata"]["annotations"]["llmops.io/max-restarts"] == "5"
+    assert jobset["metadata"]["annotations"]["llmops.io/max-wall-s"] == "36000"
+
+
+def test_the_nemo_defaults_apply_without_restart_keys():
+    assert render(plan()).jobset["spec"]["failurePolicy"]["maxRestarts"] == 3
+    with pytest.raises(InputError, match="max_restarts"):
+        render(plan(max_restarts=-1))
 
 
 # ---- EFA / NCCL ----
@@ -215,7 +282,7 @@ def test_job_agrees_with_the_nodepool(pool, nodes):
     allowed = next(r["values"] for r in template["spec"]["requirements"]
                    if r["key"] == "node.kubernetes.io/instance-type")
     assert spec["nodeSelector"]["node.kubernetes.io/instance-type"] in allowed
-    assert launch.job.spec.template.metadata.labels["llmops.io/workload"] == \
+    assert launch.job_template.spec.template.metadata.labels["llmops.io/workload"] == \
         template["metadata"]["labels"]["llmops.io/workload"]
 
     instance = get_instance_types()[spec["nodeSelector"]["node.kubernetes.io/instance-type"]]
@@ -244,8 +311,8 @@ def test_job_uses_objects_that_exist_in_its_namespace():
 
 def test_pod_protections():
     launch = render(plan())
-    job, spec = as_manifest(launch.job), pod_spec(launch)
-    assert job["spec"]["template"]["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+    job, spec = job_spec(launch), pod_spec(launch)
+    assert job["template"]["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
     container = spec["containers"][0]
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -261,7 +328,7 @@ def test_pod_protections():
 
 def test_namespace_follows_settings():
     launch = render(plan(), Settings(training_namespace="ft-team-a"))
-    assert launch.namespace == launch.service.metadata.namespace == "ft-team-a"
+    assert launch.namespace == launch.network_policy.metadata.namespace == "ft-team-a"
     assert env_of(launch)["MASTER_ADDR"].endswith(".ft-team-a.svc")
 
 
@@ -300,43 +367,32 @@ def test_over_the_pool_limit_is_refused_before_submission():
         render(plan(nodes=9))
 
 
-# ---- what KubernetesJobOperator actually submits ----
+# ---- the run label: NetworkPolicy, affinity, logs ----
 
-def test_operator_submits_the_rendered_job():
-    job_module = pytest.importorskip("airflow.providers.cncf.kubernetes.operators.job")
-    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-
+def test_the_run_label_is_on_every_pod_and_the_policy_selects_it():
     launch = render(plan(nodes=4))
-    from llmops_operators.k8s_training import constant_kwargs, job_kwargs
-
-    operator = job_module.KubernetesJobOperator(task_id="train", **{**constant_kwargs(), **job_kwargs(launch)})
-    with mock.patch.object(KubernetesHook, "is_in_cluster", new_callable=mock.PropertyMock, return_value=True):
-        submitted = as_manifest(operator.build_job_request_obj(None))
-    expected = as_manifest(launch.job)
-    assert submitted["metadata"]["name"] == expected["metadata"]["name"]
-    assert {k: submitted["spec"][k] for k in ("parallelism", "completions", "completionMode",
-                                               "backoffLimitPerIndex", "podFailurePolicy")} == \
-        {k: expected["spec"][k] for k in ("parallelism", "completions", "completionMode",
-                                          "backoffLimitPerIndex", "podFailurePolicy")}
-    got, want = submitted["spec"]["template"]["spec"], expected["spec"]["template"]["spec"]
-    for key in ("nodeSelector", "tolerations", "subdomain", "priorityClassName", "serviceAccountName", "volumes"):
-        assert got[key] == want[key], key
-    assert len(got["containers"]) == 1
-    for key, value in want["containers"][0].items():
-        assert got["containers"][0][key] == value, key
+    labels = job_spec(launch)["template"]["metadata"]["labels"]
+    assert labels[JOB_LABEL] == launch.name
+    policy = as_manifest(launch.network_policy)
+    assert policy["metadata"]["name"] == launch.name
+    assert policy["spec"]["podSelector"] == {"matchLabels": {JOB_LABEL: launch.name}}
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {JOB_LABEL: launch.name}}}]}]
+    term = pod_spec(launch)["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["labelSelector"] == {"matchLabels": {JOB_LABEL: launch.name}}
+    assert launch.child_job()["metadata"]["labels"][JOBSET_NAME_LABEL] == launch.name
 
 
 def test_manifests_can_be_written_as_yaml(tmp_path: Path):
     """What a reviewer or `kubectl apply -f` would get."""
     out = tmp_path / "launch.yaml"
     out.write_text(yaml.safe_dump_all(render(plan()).manifests()))
-    assert [d["kind"] for d in yaml.safe_load_all(out.read_text())] == ["Service", "Job"]
+    assert [d["kind"] for d in yaml.safe_load_all(out.read_text())] == ["NetworkPolicy", "JobSet"]
 
 
-def test_the_rendezvous_service_alone_is_the_rendered_one():
-    """setup_rendezvous creates the Service without rendering the Job again: the same object."""
-    from include.training.k8s_job import rendezvous_service
+def test_the_network_policy_alone_is_the_rendered_one():
+    """setup_rendezvous creates the policy without rendering the JobSet again: the same object."""
+    from include.training.k8s_job import rendezvous_network_policy
 
-    assert as_manifest(rendezvous_service(plan())) == as_manifest(render(plan()).service)
+    assert as_manifest(rendezvous_network_policy(plan())) == as_manifest(render(plan()).network_policy)
     with pytest.raises(InputError, match="pool="):
-        rendezvous_service({**plan(), "pool": "inference"})
+        rendezvous_network_policy({**plan(), "pool": "inference"})

@@ -178,8 +178,8 @@ def test_airflow_role_is_least_privilege():
     granted = {(group, resource): set(rule["verbs"])
                for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
     allowed = {"create", "get", "list", "watch", "patch", "delete"}
-    assert set(granted) == {("batch", "jobs"), ("batch", "jobs/status"), ("", "pods"), ("", "pods/log"),
-                            ("", "services"), ("", "events"), ("networking.k8s.io", "networkpolicies")}
+    assert set(granted) == {("jobset.x-k8s.io", "jobsets"), ("", "pods"), ("", "pods/log"), ("", "events"),
+                            ("networking.k8s.io", "networkpolicies")}  # no Jobs, no Services: the JobSet controller's
     assert all(verbs <= allowed for verbs in granted.values())
     assert granted[("", "pods/log")] == {"get"} and granted[("", "events")] <= {"get", "list", "watch"}
     assert "*" not in str(role["rules"])

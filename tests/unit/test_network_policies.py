@@ -36,11 +36,11 @@ def launch(run_id: str):
 
 
 def trainer(launch_) -> Endpoint:
-    return Endpoint.pod(NS, as_manifest(launch_.job)["spec"]["template"]["metadata"]["labels"])
+    return Endpoint.pod(NS, launch_.child_job()["spec"]["template"]["metadata"]["labels"])
 
 
 RUN_A, RUN_B = launch("manual__a"), launch("manual__b")
-POLICIES = [*static_policies(), *(as_manifest(run_network_policy(r.service)) for r in (RUN_A, RUN_B))]
+POLICIES = [*static_policies(), *(as_manifest(r.network_policy) for r in (RUN_A, RUN_B))]
 EVALUATOR = Endpoint.pod(NS, evaluator_manifest(eval_job(), SETTINGS)["metadata"]["labels"])
 
 
@@ -51,9 +51,9 @@ def test_all_policies_validate_and_live_in_the_training_namespace():
 
 
 def test_the_rendezvous_port_is_the_one_the_pods_use():
-    container = as_manifest(RUN_A.job)["spec"]["template"]["spec"]["containers"][0]
+    container = RUN_A.child_job()["spec"]["template"]["spec"]["containers"][0]
     assert {p["containerPort"] for p in container["ports"]} == {MASTER_PORT}
-    assert f"--rdzv-endpoint={RUN_A.name}-0.{RUN_A.name}.{NS}.svc:{MASTER_PORT}" in container["args"]
+    assert f"--rdzv-endpoint={RUN_A.name}-node-0-0.{RUN_A.name}.{NS}.svc:{MASTER_PORT}" in container["args"]
 
 
 @pytest.mark.parametrize("port", [MASTER_PORT, 29501, 43817])  # c10d store, torchrun's worker store, NCCL
@@ -73,10 +73,11 @@ def test_without_its_policy_a_run_cannot_rendezvous():
     assert not connects(static_policies(), trainer(RUN_A), trainer(RUN_A), MASTER_PORT)
 
 
-def test_the_run_policy_selects_exactly_what_the_service_selects():
-    policy = as_manifest(run_network_policy(RUN_A.service))
-    selector = as_manifest(RUN_A.service)["spec"]["selector"]
-    assert policy["spec"]["podSelector"] == {"matchLabels": selector}
+def test_the_run_policy_selects_exactly_the_runs_pods():
+    policy = as_manifest(run_network_policy(RUN_A.name, NS))
+    assert policy["spec"] == as_manifest(RUN_A.network_policy)["spec"]
+    labels = RUN_A.child_job()["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     assert policy["metadata"]["name"] == RUN_A.name and "ports" not in policy["spec"]["ingress"][0]
 
 

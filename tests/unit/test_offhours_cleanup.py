@@ -2,7 +2,7 @@
 
 The Kubernetes side runs against the in-memory API server of the operator tests
 (tests/unit/test_training_operators.FakeCluster), extended here with Karpenter NodePools and
-NodeClaims (cluster-scoped custom objects), Job/Service listing and pod deletion. Every NodePool
+NodeClaims (cluster-scoped custom objects), JobSet listing and pod deletion. Every NodePool
 and NodeClaim it holds is validated against the Karpenter CRDs, after each patch too. The
 registry side is a real MLflow sqlite store with a champion and a challenger.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-from kubernetes.client import ApiClient, BatchV1Api, Configuration, CoreV1Api, CustomObjectsApi
+from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
 
 from include.scheduling import cleanup
 from include.scheduling.cluster import LocalCluster
@@ -26,7 +26,7 @@ from include.scheduling.k8s_cluster import EksCluster
 from include.scheduling.windows import load
 from include.settings import Settings
 from tests.k8s_schemas import REPO_ROOT, require_crds, validate
-from tests.unit.test_training_operators import FakeCluster, _api_error, _model
+from tests.unit.test_training_operators import FakeCluster, _api_error
 
 NOW = datetime(2026, 6, 2, 10, 0, tzinfo=UTC)
 NS = "llm-training"
@@ -34,7 +34,7 @@ NODEPOOLS = REPO_ROOT / "k8s" / "karpenter" / "nodepools.yaml"
 
 
 class KarpenterCluster(FakeCluster):
-    """FakeCluster plus cluster-scoped Karpenter objects, Job/Service lists and pod deletes."""
+    """FakeCluster plus cluster-scoped Karpenter objects, JobSet lists and pod deletes."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -81,19 +81,13 @@ class KarpenterCluster(FakeCluster):
         return {"kind": "Status", "status": "Success"}
 
     # -- namespaced lists and pod deletes --
-    def list_namespaced_job(self, namespace, label_selector="", **kwargs):
-        self.calls.append(("list_namespaced_job", {"namespace": namespace, "label_selector": label_selector}))
+    def list_namespaced_custom_object(self, group, version, namespace, plural, label_selector="", **kwargs):
+        self.calls.append(("list_namespaced_custom_object", {"namespace": namespace, "plural": plural,
+                                                             "label_selector": label_selector}))
         key, _, value = label_selector.partition("=")
-        items = [j for (ns, _), j in sorted(self.jobs.items())
+        items = [copy.deepcopy(j) for (ns, _), j in sorted(self.jobsets.items())
                  if ns == namespace and j["metadata"]["labels"].get(key) == value]
-        return _model({"items": items}, "V1JobList")
-
-    def list_namespaced_service(self, namespace, label_selector="", **kwargs):
-        self.calls.append(("list_namespaced_service", {"namespace": namespace, "label_selector": label_selector}))
-        key, _, value = label_selector.partition("=")
-        items = [s for (ns, _), s in sorted(self.services.items())
-                 if ns == namespace and s["metadata"]["labels"].get(key) == value]
-        return _model({"items": items}, "V1ServiceList")
+        return {"items": items}
 
     def delete_namespaced_pod(self, name, namespace, **kwargs):
         self.calls.append(("delete_namespaced_pod", {"name": name, "namespace": namespace}))
@@ -105,17 +99,15 @@ class KarpenterCluster(FakeCluster):
         raise _api_error(404, "NotFound")
 
     def deletions(self) -> set[tuple[str, str]]:
-        return {(m.split("_")[-1] if "custom" not in m else kw["plural"], kw["name"])
+        return {(m.split("_")[-1] if "custom" not in m else kw.get("plural", "jobsets"), kw["name"])
                 for m, kw in self.calls if m.startswith("delete_")}
 
 
 API_METHODS = {
-    BatchV1Api: ("create_namespaced_job", "read_namespaced_job_status", "delete_namespaced_job",
-                 "list_namespaced_job"),
-    CoreV1Api: ("list_namespaced_pod", "create_namespaced_service", "delete_namespaced_service",
-                "list_namespaced_service", "delete_namespaced_pod"),
+    CoreV1Api: ("list_namespaced_pod", "delete_namespaced_pod"),
     CustomObjectsApi: ("get_cluster_custom_object", "patch_cluster_custom_object", "list_cluster_custom_object",
-                       "delete_cluster_custom_object"),
+                       "delete_cluster_custom_object", "list_namespaced_custom_object", "get_namespaced_custom_object",
+                       "delete_namespaced_custom_object"),
 }
 
 
@@ -150,18 +142,14 @@ def nodeclaim(name: str, pool: str, itype: str, capacity: str) -> dict:
                                        "values": [itype]}]}}
 
 
-def job(name: str, condition: str | None, ended: datetime | None) -> dict:
-    status = {"active": 1} if condition is None else {
-        "conditions": [{"type": condition, "status": "True", "lastTransitionTime": ended.isoformat()}]}
+def jobset(name: str, condition: str | None, ended: datetime | None) -> dict:
+    status = {"replicatedJobsStatus": [{"name": "node", "active": 1}]} if condition is None else {
+        "conditions": [{"type": condition, "status": "True", "lastTransitionTime": ended.isoformat()}],
+        "terminalState": condition}
     labels = {"app.kubernetes.io/name": "nemo-trainer", "llmops.io/job": name}
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": NS, "labels": labels},
-            "spec": {"template": {"spec": {"containers": []}}}, "status": status}
-
-
-def service(name: str) -> dict:
-    labels = {"app.kubernetes.io/name": "nemo-trainer", "llmops.io/job": name}
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS, "labels": labels},
-            "spec": {"clusterIP": "None", "selector": {"llmops.io/job": name}}}
+    return {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+            "metadata": {"name": name, "namespace": NS, "labels": labels}, "spec": {"replicatedJobs": []},
+            "status": status}
 
 
 def eval_pod(name: str, phase: str) -> dict:
@@ -176,11 +164,9 @@ def seed_cluster(fake: KarpenterCluster) -> None:
     fake.add(nodeclaim("gpu-experiment-pool-b2", "gpu-experiment-pool", "g6e.12xlarge", "spot"))
     fake.add(nodeclaim("gpu-training-pool-c3", "gpu-training-pool", "p5.48xlarge", "on-demand"))
     old, recent = NOW - timedelta(days=5), NOW - timedelta(hours=2)
-    for name, cond, ended in (("job-old-done", "Complete", old), ("job-old-failed", "Failed", old),
-                              ("job-recent", "Complete", recent), ("job-running", None, None)):
-        fake.jobs[(NS, name)] = job(name, cond, ended)
-    for name in ("job-old-done", "job-recent", "job-running", "job-vanished"):
-        fake.services[(NS, name)] = service(name)
+    for name, cond, ended in (("train-old-done", "Completed", old), ("train-old-failed", "Failed", old),
+                              ("train-recent", "Completed", recent), ("train-running", None, None)):
+        fake.jobsets[(NS, name)] = jobset(name, cond, ended)
     fake.pods[(NS, "evaluators")] = [eval_pod("eval-done", "Succeeded"), eval_pod("eval-failed", "Failed"),
                                      eval_pod("eval-running", "Running")]
 
@@ -196,9 +182,8 @@ def test_seeded_kubernetes_mess_dry_run_then_real_run(cluster, settings):
     eks = EksCluster(Settings(profile="eks", data_root="s3://bucket/llmops"), load(), KubernetesHook())
     actions = eks.scale_to_zero("experiment") + eks.leftovers(NOW, running=set())
     expected = {("NodePool", "gpu-experiment-pool"), ("NodeClaim", "gpu-experiment-pool-a1"),
-                ("NodeClaim", "gpu-experiment-pool-b2"), ("Job", "job-old-done"), ("Job", "job-old-failed"),
-                ("Service", "job-old-done"), ("Service", "job-vanished"), ("Pod", "eval-done"),
-                ("Pod", "eval-failed")}
+                ("NodeClaim", "gpu-experiment-pool-b2"), ("JobSet", "train-old-done"),
+                ("JobSet", "train-old-failed"), ("Pod", "eval-done"), ("Pod", "eval-failed")}
     assert {(a.kind, a.name) for a in actions} == expected
     assert all(a.reason for a in actions)
 
@@ -212,16 +197,18 @@ def test_seeded_kubernetes_mess_dry_run_then_real_run(cluster, settings):
     real = cleanup.summary(actions, dry_run=False)
     assert real["freed"] == dry["freed"] and "2 nodes, 8 GPUs, $7.00/h" in real["summary"]
     assert cluster.deletions() == {("nodeclaims", "gpu-experiment-pool-a1"), ("nodeclaims", "gpu-experiment-pool-b2"),
-                                   ("job", "job-old-done"), ("job", "job-old-failed"), ("service", "job-old-done"),
-                                   ("service", "job-vanished"), ("pod", "eval-done"), ("pod", "eval-failed")}
+                                   ("jobsets", "train-old-done"), ("jobsets", "train-old-failed"),
+                                   ("pod", "eval-done"), ("pod", "eval-failed")}
     assert cluster.custom[("nodepools", "gpu-experiment-pool")]["spec"]["limits"] == {"nvidia.com/gpu": "0"}
     assert ("nodeclaims", "gpu-training-pool-c3") in cluster.custom  # production capacity untouched
     assert ("nodepools", "gpu-training-pool") in cluster.custom
     patch_before_delete = [m for m, _ in cluster.calls if m in ("patch_cluster_custom_object",
                                                                 "delete_cluster_custom_object")]
     assert patch_before_delete[0] == "patch_cluster_custom_object", "limits go to 0 before nodes are deleted"
-    assert {"job-recent", "job-running"} <= {n for _, n in cluster.jobs}
-    assert {n for _, n in cluster.services} == {"job-recent", "job-running"}
+    deleting = {n for (_, n), j in cluster.jobsets.items() if j["metadata"].get("deletionTimestamp")}
+    assert deleting == {"train-old-done", "train-old-failed"}  # recent and running ones are kept
+    assert all(kw["propagation_policy"] == "Background"
+               for m, kw in cluster.calls if m == "delete_namespaced_custom_object")
 
     # Idempotent: a second pass finds nothing left to do.
     assert eks.scale_to_zero("experiment") + eks.leftovers(NOW, running=set()) == []
@@ -373,19 +360,19 @@ def test_local_leftover_ranks_are_stopped_and_running_runs_are_not(settings):
 
 def test_eks_actual_cost_from_the_jobs_pods_and_stop_at_close(cluster, tmp_path):
     """Pods' start to finish x the node's GPUs; spot price on the experiment pool; every attempt counts.
-    Stopping a run deletes its Job (pods get SIGTERM and their grace period) and marks it stopped."""
+    Stopping a run deletes its JobSet (pods get SIGTERM and their grace period) and marks it stopped."""
     from include.scheduling import cost
     from include.scheduling.requests import STOP_MARKER, admitted_run_id
-    from include.training.k8s_job import JOB_LABEL, job_name
+    from include.training.k8s_job import JOB_LABEL, jobset_name
 
     settings = Settings(profile="eks", data_root="s3://bucket/llmops", checkpoint_root=str(tmp_path))
     eks = EksCluster(settings, load(), KubernetesHook())
     plan = {"dag_id": "finetune_lifecycle", "run_id": admitted_run_id("req-1"), "instance_type": "g5.12xlarge",
             "pool": "experiment", "nodes": 2, "gpus_per_node": 4}
-    name = job_name(plan["dag_id"], plan["run_id"])
+    name = jobset_name(plan["dag_id"], plan["run_id"])
 
     def pod(i: int, start: str, end: str) -> dict:
-        return {"metadata": {"name": f"{name}-{i}", "namespace": NS, "labels": {JOB_LABEL: name}},
+        return {"metadata": {"name": f"{name}-node-0-{i}", "namespace": NS, "labels": {JOB_LABEL: name}},
                 "status": {"phase": "Succeeded", "startTime": start, "containerStatuses": [
                     {"name": "trainer", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
                      "state": {"terminated": {"exitCode": 0, "finishedAt": end}}}]}}
@@ -401,11 +388,12 @@ def test_eks_actual_cost_from_the_jobs_pods_and_stop_at_close(cluster, tmp_path)
         "cost.estimated_gpu_hours": 16.0, "cost.actual_gpu_hours": 18.0, "cost.gpu_hours_error_pct": 12.5,
         "cost.estimated_cost_usd": 10.0, "cost.actual_cost_usd": 11.25, "cost.cost_usd_error_pct": 12.5}
 
-    cluster.jobs[(NS, name)] = job(name, None, None)
+    cluster.jobsets[(NS, name)] = jobset(name, None, None)
     record = {"request": {"id": "req-1", "gpus": 8}}
     actions = eks.stop_run(record)
     cleanup.apply(actions, dry_run=False, log=lambda _: None)
-    assert cluster.calls_of("delete_namespaced_job")[-1]["propagation_policy"] == "Foreground"
+    assert cluster.calls_of("delete_namespaced_custom_object")[-1] == {
+        "name": name, "namespace": NS, "propagation_policy": "Foreground"}
     from include.scheduling.cluster import run_names
 
     assert (tmp_path / run_names(record)["run_name"] / STOP_MARKER).is_file()

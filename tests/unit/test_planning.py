@@ -29,7 +29,9 @@ def test_a_lora_run_is_placed_priced_and_rendered():
     assert plan["output_uri"] == f"s3://bucket/llmops/models/{plan['run_name']}"
     assert est["gpu_hours"] > 0 and est["cost_usd"] > 0 and est["nodes"] == 2
     checked = preflight(plan, EKS)
-    assert checked["pool"] == "gpu-training-pool" and checked["job"].startswith("job-finetune-lifecycle-")
+    assert checked["pool"] == "gpu-training-pool" and checked["jobset"].startswith("train-finetune-lifecycle-")
+    assert checked["max_restarts"] == plan["max_restarts"] and checked["max_wall_s"] == plan["max_wall_s"]
+    assert checked["master_addr"] == f"{checked['jobset']}-node-0-0.{checked['jobset']}.llm-training.svc"
 
 
 def test_run_name_is_stable_per_run():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from include.cluster.preflight import as_manifest
 from include.evaluation.k8s_pod import manifest as evaluator_manifest
 from include.settings import Settings
 from include.training.k8s_job import render
@@ -57,10 +56,10 @@ def restricted_violations(spec: dict) -> list[str]:
 
 def rendered_pods() -> dict[str, dict]:
     return {
-        "trainer-production": as_manifest(render(train_plan(), SETTINGS).job)["spec"]["template"]["spec"],
-        "trainer-experiment": as_manifest(render(train_plan(pool="experiment"), SETTINGS).job)["spec"]["template"]
+        "trainer-production": render(train_plan(), SETTINGS).child_job()["spec"]["template"]["spec"],
+        "trainer-experiment": render(train_plan(pool="experiment"), SETTINGS).child_job()["spec"]["template"]
         ["spec"],
-        "trainer-single-node": as_manifest(render(train_plan(nodes=1), SETTINGS).job)["spec"]["template"]["spec"],
+        "trainer-single-node": render(train_plan(nodes=1), SETTINGS).child_job()["spec"]["template"]["spec"],
         "evaluator": evaluator_manifest(eval_job(), SETTINGS)["spec"],
     }
 

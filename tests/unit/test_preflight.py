@@ -48,7 +48,7 @@ def test_rendered_jobs_pass():
                              "gpus_per_node": gpus, "instance_type": instance, "backend": "nemo",
                              "base_model": "llama31_8b", "dataset_uri": "s3://b/data",
                              "output_uri": "s3://b/out", "checkpoint_dir": "/checkpoints/r"})
-            check_pod_placement(launch.job)
+            check_pod_placement(launch.child_job())
 
 
 def test_missing_toleration_names_field_taint_and_fix():

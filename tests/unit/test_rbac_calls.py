@@ -1,9 +1,10 @@
 """Airflow's Role in llm-training grants exactly the verbs the DAG code calls.
 
 Two sources, both read: the project's own code (include/, plugins/, dags/), scanned for Kubernetes
-client calls; and the calls the provider's operators make on our behalf (KubernetesJobOperator,
-KubernetesPodOperator, their triggers), listed below and each checked to still exist in the
-installed provider's source, so an upgrade that changes them fails here.
+client calls and the provider hook helpers it calls (the JobSet through the custom-object helpers);
+and the calls the provider's operators make on our behalf (KubernetesPodOperator and its trigger),
+listed below and each checked to still exist in the installed provider's source, so an upgrade
+that changes them fails here.
 """
 
 from __future__ import annotations
@@ -18,14 +19,20 @@ from tests.k8s_schemas import REPO_ROOT
 
 PROVIDER = Path(provider.__file__).parent
 SERVING = REPO_ROOT / "include" / "serving"
+# The only namespaced custom objects the DAGs touch in llm-training are the training JobSets
+# (include/serving's HTTPRoutes live in llm-serving, under its own Role).
 RESOURCES = {"job": ("batch", "jobs"), "pod": ("", "pods"), "service": ("", "services"), "event": ("", "events"),
-             "network_policy": ("networking.k8s.io", "networkpolicies")}
-VERBS = {"create": "create", "read": "get", "list": "list", "patch": "patch", "delete": "delete",
+             "network_policy": ("networking.k8s.io", "networkpolicies"),
+             "custom_object": ("jobset.x-k8s.io", "jobsets")}
+VERBS = {"create": "create", "read": "get", "get": "get", "list": "list", "patch": "patch", "delete": "delete",
          "replace": "update"}
 # A call or a reference to the client method (`for delete in (api.delete_namespaced_x, ...)`).
-CALL = re.compile(r"\b(create|read|list|patch|delete|replace)_namespaced_([a-z_]+?)(_status|_log)?\b(?=\s*[(,)])")
+CALL = re.compile(r"\b(create|read|get|list|patch|delete|replace)_namespaced_([a-z_]+?)(_status|_log)?\b(?=\s*[(,)])")
 # Provider hook helpers our code calls, and the client call behind each.
-HOOK_HELPERS = {"get_job_status": "read_namespaced_job_status(", "get_pod": "read_namespaced_pod("}
+HOOK_HELPERS = {"get_job_status": "read_namespaced_job_status(", "get_pod": "read_namespaced_pod(",
+                "create_custom_object": "create_namespaced_custom_object(",
+                "get_custom_object": "get_namespaced_custom_object(",
+                "delete_custom_object": "delete_namespaced_custom_object("}
 # (provider file, the call as written there, why our DAGs reach it)
 PROVIDER_CALLS = [
     ("utils/pod_manager.py", "create_namespaced_pod(", "KubernetesPodOperator creates the evaluator pod"),
@@ -37,8 +44,10 @@ PROVIDER_CALLS = [
     ("hooks/kubernetes.py", "read_namespaced_pod_log(", "the triggers read logs asynchronously"),
     ("utils/pod_manager.py", "list_namespaced_event(", "log_events_on_failure"),
     ("hooks/kubernetes.py", "v1_api.list_namespaced_event,", "WATCH: the pod trigger watches events"),
-    ("hooks/kubernetes.py", "read_namespaced_job_status(", "the Job trigger polls the Job"),
-    ("operators/job.py", "delete_namespaced_job(", "on_kill deletes the Job"),
+    # The custom-object helpers our code calls, each a namespaced CustomObjectsApi call.
+    ("hooks/kubernetes.py", "create_namespaced_custom_object(", "the training operator creates the JobSet"),
+    ("hooks/kubernetes.py", "get_namespaced_custom_object(", "re-attach, follow, teardown read the JobSet"),
+    ("hooks/kubernetes.py", "delete_namespaced_custom_object(", "on_kill, relaunch, teardown delete the JobSet"),
 ]
 
 
@@ -85,9 +94,22 @@ def role_grants() -> set[tuple[str, str, str]]:
 
 def test_the_project_code_calls_are_found():
     calls = project_calls()
-    assert ("batch", "jobs", "create") in calls and ("", "services", "create") in calls
+    jobsets = {(g, r, v) for g, r, v in calls if r == "jobsets"}
+    assert jobsets == {("jobset.x-k8s.io", "jobsets", v) for v in ("create", "get", "list", "delete")}
     assert ("networking.k8s.io", "networkpolicies", "delete") in calls
-    assert ("batch", "jobs/status", "get") in calls and ("", "pods", "list") in calls
+    assert ("", "pods", "list") in calls and ("", "pods/log", "get") in calls
+    assert not {r for _, r, _ in calls} & {"jobs", "jobs/status", "services"}  # the JobSet controller's now
+
+
+def test_the_custom_objects_in_llm_training_are_jobsets():
+    """The RESOURCES mapping above holds: every namespaced custom-object call outside include/serving
+    names the JobSet plural."""
+    for root in ("include", "plugins", "dags"):
+        for path in (REPO_ROOT / root).rglob("*.py"):
+            text = path.read_text()
+            if SERVING in path.parents or not re.search(r"_namespaced_custom_object|hook\.\w+_custom_object\(", text):
+                continue
+            assert "JOBSET_PLURAL" in text, path
 
 
 def test_role_grants_exactly_what_the_code_calls():

@@ -1,0 +1,71 @@
+"""An inconclusive canary asks a person, and aborts when no one answers: a real scheduler.
+
+Airflow 3.3 parks a Human-in-the-loop task in `awaiting_input` and the scheduler's timeout sweep
+resumes it with its default, so this needs the scheduler, not `airflow dags test`. The load
+generator is off (traffic_rate 0): the canary's metrics have no data, which is Inconclusive.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from include.serving import processes
+from include.serving import route as rt
+from tests.integration import rollout_harness as h
+
+pytestmark = pytest.mark.slow
+APPROVAL_TIMEOUT_S = 15
+
+
+def test_inconclusive_canary_waits_for_approval_then_aborts_on_timeout(airflow_stack, tmp_path):
+    from mlflow import MlflowClient
+
+    data = tmp_path / "data"
+    h.write_eval_set(data)
+    good = h.export_model(tmp_path / "m1", seed=1)
+    shutil.copytree(good.removeprefix("file://"), tmp_path / "m2")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking)
+    h.register(client, [good, f"file://{tmp_path / 'm2'}"], tmp_path / "artifacts")
+    root = processes.run_dir(data.as_uri())
+    stack = airflow_stack(env={"LLMOPS_PROFILE": "local", "LLMOPS_DATA_ROOT": data.as_uri(),
+                               "LLMOPS_MLFLOW_TRACKING_URI": tracking,
+                               "LLMOPS_APPROVAL_TIMEOUT_SECONDS": str(APPROVAL_TIMEOUT_S)},
+                          components=("dag-processor", "scheduler", "triggerer", "api-server"))
+    try:
+        stack.wait_for_dag("rollout_model")
+        stack.airflow("dags", "unpause", "rollout_model")
+        stack.airflow("dags", "trigger", "rollout_model", "--run-id", "manual__first",
+                      "--conf", json.dumps({"model_version": "1", "steps": [100]}))
+        first = stack.wait_for_runs("rollout_model", 1, timeout=240)
+        assert first[0]["state"] == "success", stack.task_states("rollout_model")
+
+        stack.airflow("dags", "trigger", "rollout_model", "--run-id", "manual__canary", "--conf", json.dumps({
+            "model_version": "2", "steps": [50, 100], "interval_s": 5, "count": 1, "probe_size": 2,
+            "traffic_rate": 0, "scale_down_delay_s": 1}))
+
+        def asking():
+            rows = stack.query("SELECT d.subject, d.defaults, ti.state FROM hitl_detail d JOIN task_instance ti "
+                               "ON ti.id = d.ti_id WHERE ti.run_id = 'manual__canary'")
+            return rows or None
+
+        asked = stack.wait_until(asking, 240, "the approval task to ask")
+        assert "inconclusive" in asked[0]["subject"] and asked[0]["defaults"] == ["abort"], asked
+        runs = stack.wait_for_runs("rollout_model", 2, timeout=120 + APPROVAL_TIMEOUT_S)
+        states = {r["task_id"]: r["state"] for r in stack.task_states("rollout_model")
+                  if r["run_id"] == "manual__canary"}
+        assert runs[-1]["state"] == "success", states
+        assert states["approve"] == "success" and states["abort"] == "success", states
+        assert states["promote"] == "skipped", states
+
+        route = json.loads(next((root / "routes").glob("*.json")).read_text())
+        assert rt.weights(route) == {rt.served_name(h.MODEL, 1): 100} and not rt.in_progress(route)
+        aliases = {k: str(v) for k, v in client.get_registered_model(h.MODEL).aliases.items()}
+        assert aliases["champion"] == "1", aliases  # champion untouched
+        assert processes.read("model-" + rt.served_name(h.MODEL, 2), root) is None  # the canary scaled down
+    finally:
+        for info in processes.running("", root):
+            processes.stop(info.name, root)

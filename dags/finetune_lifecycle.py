@@ -1,12 +1,15 @@
 """finetune_lifecycle: a curated dataset version -> a fine-tuned, evaluated, registered model.
 
 Starts nightly, when prepare_dataset publishes a new curated version (asset event), or from the UI
-trigger form. Bad params are refused by the form's schema, then by `validate_params`, before
-anything is planned or launched. On eks the trainer is a NeMo JobSet (one Indexed Job,
-all-or-nothing restarts) on a Karpenter GPU pool; on local the same entrypoint runs as local ranks.
-The candidate then answers the evaluation set and RAGAS scores it; the gate compares it with floors
-and with the champion's per-sample scores, and only a passing candidate is registered in MLflow
-(weights stay where training wrote them). Task ids and XComs are the same on both profiles.
+trigger form. A nightly, asset-triggered or backfill run with nothing new (no version published, or
+the version already decided for the same base model and method) skips at resolve_dataset; a manual
+trigger is the explicit ask and trains (a missing version fails it). Bad params are refused by the
+form's schema, then by `validate_params`, before anything is planned or launched. On eks the trainer
+is a NeMo JobSet (one Indexed Job, all-or-nothing restarts) on a Karpenter GPU pool; on local the
+same entrypoint runs as local ranks. The candidate then answers the evaluation set and RAGAS scores
+it; the gate compares it with floors and with the champion's per-sample scores, and only a passing
+candidate is registered in MLflow (weights stay where training wrote them). Task ids and XComs are
+the same on both profiles.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 from llmops_operators.evaluation import evaluation_operator
+from llmops_operators.links import DatasetManifestLink, GateReportLink, MlflowRunLink, ModelVersionLink, linked_task
 from llmops_operators.notifiers import GateRejectionNotifier
 from llmops_operators.training import training_job_operator
 
@@ -24,6 +28,7 @@ from include.compute import container_jobs
 from include.scheduling.requests import hold_if_stopped
 from include.settings import get_settings
 from include.training.params import PARAM_DEFAULTS, param_schemas
+from include.validation import add_rule_words
 
 JOBS = container_jobs()  # the profile's container-job seam: its defaults, timeouts and trainer backend
 DEFAULT = PARAM_DEFAULTS[JOBS.trainer_backend]
@@ -42,18 +47,20 @@ def section(name: str, **params: Param) -> dict[str, Param]:
 
 
 def ruled(name: str, default, **ui) -> Param:
-    """A Param whose schema is the field's rule (include/training/params.py)."""
+    """A Param whose schema is the field's rule (include/training/params.py), its words included."""
     return Param(default, **RULES[name], **ui)
 
 
-PARAMS = {
+PARAMS = add_rule_words({
     **section(
         "Model and data",
         base_model=ruled("base_model", DEFAULT["base_model"], title="Base model",
                          description="NeMo recipe to fine-tune (the local profile trains a tiny byte-level model)."),
         dataset_version=ruled("dataset_version", None, title="Dataset version",
-                              description="Curated version to train on. Empty: the triggering asset event's, "
-                                          "else the latest published."),
+                              description="Optional. Curated version to train on, as prepare_dataset prints "
+                                          "it (e.g. 0123456789abcdef). Empty: the triggering asset event's, else "
+                                          "the latest published. A manual run trains it even if it was trained "
+                                          "before; nightly and asset-triggered runs skip then."),
         method=ruled("method", "lora", title="Method", description="LoRA adapters or full fine-tuning."),
         lora_rank=ruled("lora_rank", 16, title="LoRA rank"),
     ),
@@ -76,17 +83,16 @@ PARAMS = {
                       description="Plan and preflight only; launch nothing."),
         window=Param("now", enum=["now", "off-hours"], title="When to train",
                      description="off-hours: queue the priced plan; the offhours DAG admits it in a window."),
-        priority=Param(0, type="integer", minimum=0, maximum=100, title="Off-hours priority"),
+        priority=Param(0, type="integer", minimum=0, maximum=100, title="Off-hours priority",
+                       description="Higher is admitted first within a window."),
     ),
     **section(
         "Gate and registry",
-        gate_policy=Param({}, type="object", title="Gate policy overrides",
-                          description="Merged over include/evaluation/policy.yaml; may only tighten it, e.g. "
-                                      '{"confidence": 0.9, "metrics": {"rouge_score": {"floor": 0.3}}}.'),
-        promote=Param(DEFAULT["promote"], type="boolean", title="Promote to champion",
-                      description="Move the champion alias to the new version (until the canary stage decides)."),
+        gate_policy=Param({}, type=["null", "object"], title="Gate policy overrides",
+                          description="Optional. Merged over include/evaluation/policy.yaml; may only tighten it, "
+                                      'e.g. {"confidence": 0.9, "metrics": {"rouge_score": {"floor": 0.3}}}.'),
     ),
-}
+})
 
 
 @dag(
@@ -108,11 +114,11 @@ def finetune_lifecycle():
 
         return validate_params(params)
 
-    @task(multiple_outputs=False)
-    def resolve_dataset(params: dict, triggering_asset_events=None) -> dict:
+    @linked_task(DatasetManifestLink, multiple_outputs=False)
+    def resolve_dataset(params: dict, triggering_asset_events=None, dag_run=None) -> dict:
         from include.lifecycle.training import resolve_dataset
 
-        return resolve_dataset(params, triggering_asset_events)
+        return resolve_dataset(params, triggering_asset_events, run_type=dag_run.run_type)
 
     @task(multiple_outputs=True)
     def plan(dataset: dict, params: dict, dag_run=None) -> dict:
@@ -166,7 +172,9 @@ def finetune_lifecycle():
 
         return eval_jobs(plan, result, dataset, get_settings())
 
-    @task(multiple_outputs=False, trigger_rule="none_failed")
+    # Runs when the champion's evaluation was skipped (scores on record), not when everything before
+    # it was (a run with nothing to train skips from resolve_dataset on).
+    @linked_task(MlflowRunLink, GateReportLink, multiple_outputs=False, trigger_rule="none_failed_min_one_success")
     def gate(plan: dict, dataset: dict, jobs: dict, params: dict) -> dict:
         from include.lifecycle.release import gate
 
@@ -176,19 +184,20 @@ def finetune_lifecycle():
     def gate_decision(decision: dict) -> str:
         return "register" if decision["passed"] else "reject"
 
-    @task(multiple_outputs=False, outlets=[REGISTERED_MODEL])
-    def register(plan: dict, result: dict, dataset: dict, decision: dict, params: dict, outlet_events=None) -> dict:
+    @linked_task(ModelVersionLink, MlflowRunLink, multiple_outputs=False, outlets=[REGISTERED_MODEL])
+    def register(plan: dict, result: dict, dataset: dict, decision: dict, outlet_events=None) -> dict:
         from include.assets import registered_model_extra
         from include.lifecycle.release import register
 
-        out = register(plan, result, dataset, decision, params["promote"], get_settings())
+        out = register(plan, result, dataset, decision, get_settings())
         # The rollout (rollout_model) is scheduled on this event: it serves the new version as a canary.
         outlet_events[REGISTERED_MODEL].extra = registered_model_extra(
             model_name=out["model_name"], version=out["version"], source_uri=out["source"],
             dataset_version=dataset["version"], run_id=plan["run_id"])
         return out
 
-    @task(multiple_outputs=False, on_success_callback=[GateRejectionNotifier(decision_task_id="gate")])
+    @linked_task(MlflowRunLink, multiple_outputs=False,
+                 on_success_callback=[GateRejectionNotifier(decision_task_id="gate")])
     def reject(decision: dict) -> dict:
         from include.lifecycle.release import reject
 

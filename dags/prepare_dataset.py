@@ -12,10 +12,12 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, task
+from llmops_operators.links import DatasetManifestLink, linked_task
 from llmops_operators.sensors import PartitionSensor
 
 from include.assets import CURATED_DATASET, RAW_DATA
 from include.settings import get_settings
+from include.validation import RULE_KEY, add_rule_words, with_words
 
 DEFAULTS = {
     "owner": "ml-platform",
@@ -24,17 +26,20 @@ DEFAULTS = {
     "retry_exponential_backoff": True,
 }
 
-PARAMS = {
-    "partition": Param(
+PARAMS = add_rule_words({
+    "partition": with_words(Param(
         None, type=["null", "string"], format="date", pattern=r"^\d{4}-\d{2}-\d{2}$",
         title="Partition date", section="Source",
-        description="Raw partition dt=YYYY-MM-DD to curate. Empty: the run's data interval day.",
-    ),
-    "source_uris": Param(
-        [], type="array", maxItems=64, section="Source", title="Explicit source URIs",
-        items={"type": "string", "pattern": r"^(file|s3)://(?!.*(^|/)\.\.(/|$))[^\s]+$", "maxLength": 1024},
-        description="Files or directories under <data root>/raw/. Overrides the partition when given.",
-    ),
+        description="Optional. Raw partition dt=YYYY-MM-DD to curate (e.g. 2026-11-01). Empty: the run's data "
+                    "interval day.",
+    ), "Empty, or a date written YYYY-MM-DD."),
+    "source_uris": with_words(Param(
+        [], type=["null", "array"], maxItems=64, section="Source", title="Explicit source URIs",
+        items={"type": "string", "pattern": r"^(file|s3)://(?!.*(^|/)\.\.(/|$))[^\s]+$", "maxLength": 1024,
+               RULE_KEY: "file:// or s3:// under raw/, no spaces, no '..'"},
+        description="Optional. Files or directories under <data root>/raw/, each an absolute file:// or s3:// "
+                    "URI of at most 1,024 characters; they override the partition when given.",
+    ), "Empty, or up to 64 URIs: file:// or s3:// under raw/, no spaces, no '..'"),
     "redact_pii": Param(True, type="boolean", title="Redact PII", section="Curation",
                         description="Replace e-mails, phones, cards, IPs and AWS keys with placeholders."),
     "near_dedup": Param(True, type="boolean", title="Near-duplicate removal", section="Curation",
@@ -44,7 +49,7 @@ PARAMS = {
                              description="Estimated Jaccard similarity at which two records are duplicates."),
     "max_tokens": Param(2048, type="integer", minimum=64, maximum=131072, section="Curation",
                         title="Max estimated tokens", description="Longer records are quarantined."),
-}
+})
 
 
 @dag(
@@ -72,7 +77,7 @@ def prepare_dataset():
 
         return curate(sources, params, run_id)
 
-    @task(multiple_outputs=False, outlets=[CURATED_DATASET])
+    @linked_task(DatasetManifestLink, multiple_outputs=False, outlets=[CURATED_DATASET])
     def publish(manifest: dict, run_id: str, dag_run=None, outlet_events=None) -> dict:
         from include.lifecycle.dataset import publish
 
@@ -80,7 +85,9 @@ def prepare_dataset():
         outlet_events[CURATED_DATASET].extra = extra
         return extra
 
-    wait = PartitionSensor(task_id="wait_for_partition", wait_seconds=get_settings().partition_wait_seconds)
+    settings = get_settings()
+    wait = PartitionSensor(task_id="wait_for_partition", wait_seconds=settings.partition_wait_seconds,
+                           poke_seconds=settings.partition_poke_seconds)
     sources = resolve_sources()
     wait >> sources
     publish(curate(sources))

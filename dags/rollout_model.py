@@ -23,17 +23,25 @@ from llmops_operators.notifiers import RolloutAbortNotifier
 
 from include.assets import REGISTERED_MODEL
 from include.settings import get_settings
+from include.validation import RULE_KEY, add_rule_words, with_words
 
 LOCAL = get_settings().is_local
 APPROVAL_TIMEOUT = timedelta(seconds=get_settings().approval_timeout_seconds)
 
-PARAMS = {
+PARAMS = add_rule_words({
     "action": Param("rollout", enum=["rollout", "rollback"], title="Action",
                     description="rollout: the version below as canary; rollback: back to the previous champion."),
-    "model_version": Param("", type="string", pattern=r"^[0-9]*$", title="Model version",
-                           description="Registered version to roll out. Empty: the asset event's, else 'challenger'."),
-    "steps": Param([10, 25, 50, 100], type="array", items={"type": "integer", "exclusiveMinimum": 0, "maximum": 100},
-                   minItems=1, title="Steps (canary weight %)", description="Strictly increasing, in (0, 100]."),
+    "model_version": with_words(Param(
+        "", type=["null", "string"], pattern=r"^[0-9]*$", title="Model version",
+        description="Optional. Registered version to roll out (e.g. 3). Empty: the asset event's, else "
+                    "'challenger'."),
+        "Empty, or a version number (digits only)."),
+    "steps": with_words(Param(
+        [10, 25, 50, 100], type="array", items={"type": "integer", "exclusiveMinimum": 0, "maximum": 100,
+                                            RULE_KEY: "A weight in %, above 0, at most 100."},
+        minItems=1, title="Steps (canary weight %)",
+        description="Canary weights in percent, e.g. 10, 25, 50, 100."),
+        "Increasing weights in %, each above 0, at most 100."),
     "interval_s": Param(10, type="integer", minimum=5, maximum=3600, title="Analysis interval (s)"),
     "count": Param(3, type="integer", minimum=1, maximum=100, title="Measurements per step"),
     "max_error_rate": Param(0.05, type="number", minimum=0, maximum=1, title="Max canary error rate"),
@@ -45,9 +53,9 @@ PARAMS = {
                              title="Canary readiness deadline (s)"),
     "scale_down_delay_s": Param(5 if LOCAL else 600, type="integer", minimum=0, maximum=86400,
                                 title="Scale-down delay (s)"),
-    "analysis_policy": Param({}, type="object", title="Analysis policy overrides",
-                             description="Deep-merged over include/serving/policy.yaml."),
-}
+    "analysis_policy": Param({}, type=["null", "object"], title="Analysis policy overrides",
+                             description="Optional. Deep-merged over include/serving/policy.yaml."),
+})
 
 
 @dag(

@@ -72,8 +72,16 @@ class Settings:
     # SQS queue URL receiving the data bucket's ObjectCreated notifications; empty: no event-driven curation.
     raw_events_queue: str = ""
     raw_events_poll_seconds: int = 30
+    # Where the task's extra links point (include/links.py): the MLflow UI (empty: the connection
+    # `mlflow_default`, an http(s) tracking URI, or local `mlflow ui`), the S3 console ({bucket}, {key})
+    # and the cluster console ({resource}, {namespace}, {name}, {selector}; empty: no cluster links).
+    mlflow_ui_url: str = ""
+    s3_console_url: str = "https://console.aws.amazon.com/s3/object/{bucket}?prefix={key}"
+    k8s_console_url: str = ""
     # How long a nightly prepare_dataset run waits (deferred) for its day's raw partition.
     partition_wait_seconds: int = 6 * 3600
+    # How often that wait checks for the partition (in the triggerer).
+    partition_poke_seconds: int = 60
     # How long an inconclusive canary waits for a person's promote/abort before it aborts;
     # default: 2 minutes locally, an hour on eks.
     approval_timeout_seconds: int = 0
@@ -95,6 +103,12 @@ class Settings:
             object.__setattr__(self, "offhours_cron", "*/5 * * * *" if self.profile == "eks" else "* * * * *")
         if not self.checkpoint_root.startswith("/"):
             raise SettingsError(f"LLMOPS_CHECKPOINT_ROOT={self.checkpoint_root!r}: expected an absolute path")
+        if self.mlflow_ui_url:
+            _uri("LLMOPS_MLFLOW_UI_URL", self.mlflow_ui_url, ("https", "http"))
+        for name in ("s3_console_url", "k8s_console_url"):
+            url = getattr(self, name)
+            if url and not url.startswith(("https://", "http://")):
+                raise SettingsError(f"LLMOPS_{name.upper()}={url!r}: expected an http(s):// URL template")
         if self.raw_events_queue:
             _uri("LLMOPS_RAW_EVENTS_QUEUE", self.raw_events_queue, ("https", "http"))
         for f in ("training_namespace", "serving_namespace", "training_pool", "experiment_pool",

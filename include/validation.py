@@ -19,6 +19,11 @@ from include.errors import InputError
 
 URI_SCHEMES = ("file", "s3")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# The schema key holding a field's rule in words. Not JSON Schema's `description`: Airflow rebuilds a
+# Param from its schema as keyword arguments, where `description` is the Param's own argument. An
+# unknown keyword is an annotation to JSON Schema (like Airflow's own `section`), and the API quotes
+# the failing schema, words included, when it refuses a value.
+RULE_KEY = "rule"
 DATASET_VERSION_RE = re.compile(r"[0-9a-f]{16}")  # catalog versions: 16 hex digits of a content hash
 
 
@@ -60,6 +65,16 @@ class Rule:
         what = "an integer" if self.kind == "integer" else "a number"
         return f"{what} with {self.low} {'<' if self.open_low else '<='} value <= {self.high}"
 
+    def words(self) -> str:
+        """The rule as a sentence for a person (a form field's description, a refused value's hint)."""
+        if self.kind == "enum":
+            return "One of: " + ", ".join(str(c) for c in self.choices) + "."
+        if self.kind == "integer":
+            return f"A whole number from {_num(self.low)} to {_num(self.high)}."
+        if self.open_low:
+            return f"A number above {_num(self.low)} and at most {_num(self.high)}."
+        return f"A number from {_num(self.low)} to {_num(self.high)}."
+
     def check(self, value: Any, label: str | None = None) -> Any:
         """`value` if it is accepted, else InputError naming the field and what it accepts."""
         ok = True
@@ -79,10 +94,62 @@ class Rule:
     def schema(self) -> dict[str, Any]:
         """The JSON-schema fragment an Airflow Param takes for this rule."""
         if self.kind == "enum":
-            return {"enum": list(self.choices)}
+            return {"enum": list(self.choices), RULE_KEY: self.words()}
         out: dict[str, Any] = {"type": self.kind, "maximum": self.high}
         out["exclusiveMinimum" if self.open_low else "minimum"] = self.low
+        out[RULE_KEY] = self.words()  # in the schema: a refused value's error quotes it
         return out
+
+
+def _num(x: Any) -> str:
+    return f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else f"{x:g}"
+
+
+def schema_words(schema: Mapping[str, Any]) -> str | None:
+    """A JSON-schema fragment's enum or numeric range in words; None for what words cannot be derived
+    from (a pattern's words are given by hand, `with_words`)."""
+    if schema.get(RULE_KEY):
+        return schema[RULE_KEY]
+    if "enum" in schema:
+        return "One of: " + ", ".join(str(c) for c in schema["enum"]) + "."
+    low, high = schema.get("minimum"), schema.get("maximum")
+    above = schema.get("exclusiveMinimum")
+    if low is None and high is None and above is None:
+        return None
+    what = "A whole number" if "integer" in (schema.get("type") or ()) else "A number"
+    parts = []
+    if above is not None:
+        parts.append(f"above {_num(above)}")
+    if low is not None and high is not None:
+        return f"{what} from {_num(low)} to {_num(high)}."
+    if low is not None:
+        parts.append(f"at least {_num(low)}")
+    if high is not None:
+        parts.append(f"at most {_num(high)}")
+    return f"{what} {' and '.join(parts)}."
+
+
+def with_words(param: Any, words: str) -> Any:
+    """Set a Param's rule in words by hand (a pattern's words cannot be derived from the regex)."""
+    param.schema[RULE_KEY] = words
+    return param
+
+
+def add_rule_words(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Give every trigger-form Param its rule in words (duck-typed `.schema`/`.description`: no Airflow here).
+
+    The words end the field's description (the form shows it under the field) and stand in the
+    schema under RULE_KEY, which the API quotes when it refuses a value: a person reads
+    "One of: lora, full." or "16 lowercase hex digits", not only a regex.
+    """
+    for param in params.values():
+        words = schema_words(param.schema)
+        if not words:
+            continue
+        param.schema[RULE_KEY] = words
+        if words not in (param.description or ""):
+            param.description = f"{param.description} {words}".strip() if param.description else words
+    return params
 
 
 def check_all(rules: Mapping[str, Rule], values: Mapping[str, Any], *, required: bool = True) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def main() -> int:
     raw = stage_sample(settings.data_root)
     dags_test("prepare_dataset", {"source_uris": [raw]})
     print(summary(latest_version(settings.data_root)))
-    dags_test("finetune_lifecycle", {"promote": False})  # champion moves only when the rollout promotes
+    dags_test("finetune_lifecycle", {})  # registers a challenger; only the rollout moves champion
     out = lifecycle_outcome()
     m = out["collect_result"]["metrics"]
     print(f"training: {m['steps']} steps on {m['world_size']} ranks, loss {m['initial_loss']:.3f} -> "

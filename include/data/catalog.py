@@ -143,13 +143,17 @@ def summary(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+class NoDatasetYet(InputError):
+    """Nothing is published yet: bad input for a run that asked to train, nothing to do for a scheduled one."""
+
+
 def resolve_version(data_root: str, requested: str | None, event_versions: list[str]) -> dict:
     """The dataset a training run uses: the param, else the triggering asset event's, else the latest."""
     version = requested or (event_versions[-1] if event_versions else None)
     if version is None:
         latest = latest_version(data_root)
         if latest is None:
-            raise InputError(f"no published dataset under {curated_root(data_root)}: run prepare_dataset first")
+            raise NoDatasetYet(f"no published dataset under {curated_root(data_root)}: run prepare_dataset first")
         return latest
     directory = storage_path(f"{curated_root(data_root)}/{version}")
     if not is_dataset_version(version) or not is_published(directory):

@@ -104,11 +104,15 @@ def gate(plan: dict, dataset: dict, jobs: dict, policy_overrides: dict | None, s
     log.info("%s", summaries.gate(decision, f"{out}/report.html", champion.version if champion else None))
     return {"passed": decision["passed"], "reasons": decision["reasons"], "means": means,
             "champion_present": decision["champion_present"], "mlflow_run_id": run,
-            "report_uri": f"{out}/report.html"}
+            "mlflow_experiment_id": reg.experiment_of(run), "report_uri": f"{out}/report.html"}
 
 
-def register(plan: dict, result: dict, dataset: dict, decision: dict, promote: bool, settings: Settings) -> dict:
-    """Log the training to the run, register the weights where they lie, alias challenger (champion if asked)."""
+def register(plan: dict, result: dict, dataset: dict, decision: dict, settings: Settings) -> dict:
+    """Log the training to the run, register the weights where they lie, alias them `challenger`.
+
+    `champion` never moves here: only the rollout (rollout_model) promotes, once the canary has proved
+    the version under real traffic.
+    """
     from include.registry import mlflow_registry as reg
     from include.storage import files
 
@@ -121,12 +125,12 @@ def register(plan: dict, result: dict, dataset: dict, decision: dict, promote: b
     version = reg.register_candidate(name, result["model_uri"], run, lineage(plan, dataset, settings))
     scores = _scores(evaluation_uri(settings, plan, "candidate"))
     reg.set_eval_scores(name, version, dataset["version"], reg.log_eval_scores(run, dataset["version"], scores))
-    previous = reg.promote(name, version) if promote else None
     reg.tag_accepted(run)
     reg.finish_run(run)
     champion = reg.champion(name)
-    out = {"model_name": name, "version": version, "source": result["model_uri"], "promoted": promote,
-           "champion": champion.version if champion else None, "previous_champion": previous}
+    out = {"model_name": name, "version": version, "source": result["model_uri"],
+           "champion": champion.version if champion else None, "mlflow_run_id": run,
+           "mlflow_experiment_id": decision.get("mlflow_experiment_id")}
     log.info("%s", summaries.registered(out))
     return out
 
@@ -136,6 +140,7 @@ def reject(decision: dict) -> dict:
 
     reg.tag_rejected(decision["mlflow_run_id"], decision["reasons"])
     reg.finish_run(decision["mlflow_run_id"])
-    out = {"rejected": True, "reasons": decision["reasons"]}
+    out = {"rejected": True, "reasons": decision["reasons"], "mlflow_run_id": decision["mlflow_run_id"],
+           "mlflow_experiment_id": decision.get("mlflow_experiment_id")}
     log.info("%s", summaries.rejected(out))
     return out

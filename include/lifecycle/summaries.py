@@ -107,11 +107,8 @@ def gate(decision: Mapping[str, Any], report_uri: str | None = None, champion: s
 
 
 def registered(out: Mapping[str, Any]) -> str:
-    """'registered llmops-assistant v3 (challenger)', or '... v3 (champion, replacing v2)'."""
-    if out.get("promoted"):
-        role = "champion" + (f", replacing v{out['previous_champion']}" if out.get("previous_champion") else "")
-    else:
-        role = "challenger" + (f"; champion stays v{out['champion']}" if out.get("champion") else "")
+    """'registered llmops-assistant v3 (challenger; champion stays v2)': only the rollout moves champion."""
+    role = "challenger" + (f"; champion stays v{out['champion']}" if out.get("champion") else "")
     return printable(f"registered {out['model_name']} v{out['version']} ({role}) from {out.get('source')}")
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from include.compute import container_jobs
-from include.lifecycle.failfast import fail_fast
+from include.lifecycle.failfast import NothingToDo, fail_fast
 from include.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -28,20 +28,56 @@ def validate_params(params: Mapping[str, Any], settings: Settings | None = None)
     return placement
 
 
+# Runs a person (or the off-hours admission acting for one) asked for; every other run type
+# (scheduled, asset_triggered, backfill) is the platform's own, and skips when there is nothing new.
+ASKED_RUN_TYPES = ("manual",)
+
+
 @fail_fast
 def resolve_dataset(params: Mapping[str, Any], triggering_asset_events: Mapping | None = None,
-                    settings: Settings | None = None) -> dict[str, Any]:
-    """The curated version to train on: the param, else the triggering asset event's, else the latest."""
-    from include.data.catalog import resolve_version
+                    settings: Settings | None = None, run_type: str = "manual") -> dict[str, Any]:
+    """The curated version to train on: the param, else the triggering asset event's, else the latest.
+
+    A run nobody asked for (nightly, asset event, backfill) skips (`NothingToDo`) when nothing is
+    published yet, or when the version already has a decided run (registered or rejected) for the
+    same base model and method: it never fails for want of data and never trains a version twice.
+    A manual trigger is the explicit ask: a missing or unknown version fails it (bad input), and a
+    version already trained on is trained again (to retrain, trigger by hand).
+    """
+    from include.data.catalog import NoDatasetYet, resolve_version
     from include.lifecycle.summaries import dataset_chosen
 
     settings = settings or get_settings()
+    run_type = str(getattr(run_type, "value", run_type))
+    asked = run_type in ASKED_RUN_TYPES
     versions = [e.extra.get("version") for events in (triggering_asset_events or {}).values()
                 for e in events if e.extra.get("version")]
-    manifest = resolve_version(settings.data_root, params["dataset_version"], versions)
+    try:
+        manifest = resolve_version(settings.data_root, params["dataset_version"], versions)
+    except NoDatasetYet as exc:
+        if asked:
+            raise
+        raise NothingToDo(f"{run_type} run: nothing to train, {exc}") from None
+    if not asked:
+        skip_if_trained(manifest["version"], params, run_type, settings)
     dataset = {"version": manifest["version"], "uri": manifest["uri"], "splits": manifest["splits"]}
     log.info("%s", dataset_chosen(dataset))
     return dataset
+
+
+def skip_if_trained(version: str, params: Mapping[str, Any], run_type: str, settings: Settings) -> None:
+    """NothingToDo when `version` already has a decided run of the same recipe."""
+    from include.registry.mlflow_registry import BASE_MODEL_TAG, DECISION_TAG, RUN_ID_TAG, decided_runs
+
+    done = decided_runs(settings.mlflow_experiment, version, base_model=params.get("base_model"),
+                        method=params.get("method"))
+    if done:
+        tags = done[0].data.tags
+        raise NothingToDo(
+            f"{run_type} run: dataset {version} was already trained on ({tags.get(BASE_MODEL_TAG)}, "
+            f"{tags.get(DECISION_TAG)} in run {tags.get(RUN_ID_TAG)}, MLflow run {done[0].info.run_id}); "
+            "not training it twice. To train it again, trigger finetune_lifecycle by hand."
+        )
 
 
 @fail_fast

@@ -47,6 +47,8 @@ from include.registry.tracking import (  # noqa: F401 - the adapter's one import
     RUN_KEY_TAG,
     _client,
     _error_code,
+    decided_runs,
+    experiment_of,
     finish_run,
     flatten,
     get_client,

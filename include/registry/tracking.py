@@ -178,6 +178,35 @@ def get_or_create_run(experiment: str, dag_id: str, run_id: str, tags: Mapping[s
     return winner.info.run_id
 
 
+def decided_runs(experiment: str, dataset_version: str, *, base_model: str | None = None,
+                 method: str | None = None, client: MlflowClient | None = None) -> list:
+    """Runs whose gate decided (accepted or rejected) on a candidate trained on `dataset_version`, newest first.
+
+    The record of "this dataset was already trained on": one MLflow run per DAG run, tagged with the
+    dataset version and, once registered or rejected, `llmops.decision`. `base_model` and `method`
+    narrow it to the same recipe (a run without those tags matches any).
+    """
+    from mlflow.entities import ViewType
+
+    client = _client(client)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    flt = f"tags.`{DATASET_TAG}` = {quote_filter_value(dataset_version)}"
+    runs = client.search_runs([exp.experiment_id], filter_string=flt, run_view_type=ViewType.ACTIVE_ONLY,
+                              max_results=1000, order_by=["attributes.start_time DESC"])
+    wanted = {BASE_MODEL_TAG: base_model, METHOD_TAG: method}
+    return [r for r in runs
+            if r.data.tags.get(DATASET_TAG) == dataset_version
+            and r.data.tags.get(DECISION_TAG) in ("accepted", "rejected")
+            and all(v is None or r.data.tags.get(k) in (None, v) for k, v in wanted.items())]
+
+
+def experiment_of(run_id: str, *, client: MlflowClient | None = None) -> str:
+    """The experiment id a run belongs to (for links to the run's page)."""
+    return _client(client).get_run(run_id).info.experiment_id
+
+
 def finish_run(run_id: str, status: str = "FINISHED", *, client: MlflowClient | None = None) -> None:
     """Mark the run terminated (FINISHED, FAILED or KILLED); a later retry sets it RUNNING again."""
     _client(client).set_terminated(run_id, status=status)

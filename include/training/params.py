@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from include.errors import InputError
-from include.validation import DATASET_VERSION_RE, Rule, check_all, is_dataset_version
+from include.validation import DATASET_VERSION_RE, RULE_KEY, Rule, check_all, is_dataset_version
 
 METHODS = ("lora", "full")
 POOLS = ("production", "experiment")
@@ -32,7 +32,7 @@ def base_model_rule() -> Rule:
     return _enum("base_model", sorted(NEMO_MODELS))
 
 
-# What a trigger may set (besides base_model, dataset_version, dry_run, gate_policy, promote).
+# What a trigger may set (besides base_model, dataset_version, dry_run, gate_policy).
 PARAM_RULES: dict[str, Rule] = {
     "method": _enum("method", METHODS),
     "lora_rank": _int("lora_rank", 1, 512),
@@ -59,11 +59,15 @@ PLAN_RULES: dict[str, Rule] = {**{k: r for k, r in PARAM_RULES.items() if k != "
 PARAM_DEFAULTS: dict[str, dict[str, Any]] = {
     # A byte-level model on CPU: short runs, a large LR, two local ranks.
     "tiny": {"base_model": "llama32_1b", "max_steps": 240, "learning_rate": 3e-3, "checkpoint_interval": 60,
-             "nodes": 2, "gpus_per_node": 1, "promote": True},
+             "nodes": 2, "gpus_per_node": 1},
     # An 8B-class LoRA fine-tune on one 8-GPU node.
     "nemo": {"base_model": "llama31_8b", "max_steps": 1000, "learning_rate": 1e-4, "checkpoint_interval": 200,
-             "nodes": 1, "gpus_per_node": 8, "promote": False},
+             "nodes": 1, "gpus_per_node": 8},
 }
+
+
+# Short enough to stay on one line where a refused value's error quotes the schema.
+DATASET_VERSION_WORDS = "Empty, or 16 lowercase hex digits."
 
 
 def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,5 +84,6 @@ def param_schemas() -> dict[str, dict[str, Any]]:
     return {
         "base_model": base_model_rule().schema(),
         **{key: rule.schema() for key, rule in PARAM_RULES.items()},
-        "dataset_version": {"type": ["null", "string"], "pattern": f"^{DATASET_VERSION_RE.pattern}$"},
+        "dataset_version": {"type": ["null", "string"], "pattern": f"^{DATASET_VERSION_RE.pattern}$",
+                            RULE_KEY: DATASET_VERSION_WORDS},
     }

@@ -50,6 +50,8 @@ from include.training.k8s_job import (
     TrainingLaunch,
 )
 
+from .links import TrainingJobLink, TrainingPodsLink
+
 DELETE_POLL_S = 2.0
 POLL_INTERVAL_S = 60.0  # a training run takes hours; a minute's delay in noticing its end is nothing
 LOG_TAIL_LINES = 50
@@ -104,6 +106,7 @@ class KubernetesTrainingJobOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("plan",)
     ui_color = "#d6e9f8"
+    operator_extra_links = (TrainingJobLink(), TrainingPodsLink())
 
     def __init__(
         self,

@@ -75,8 +75,9 @@ def test_lifecycle_trains_gates_registers_then_rejects_a_worse_candidate(local_a
         client = MlflowClient(local_airflow.env["LLMOPS_MLFLOW_TRACKING_URI"])
         [v1] = client.search_model_versions("name='llmops-assistant'")
         assert v1.source == result["model_uri"], "the version points at the weights where training wrote them"
-        # promote=True (the local default) moves champion onto the new version, which drops challenger
-        assert client.get_registered_model("llmops-assistant").aliases == {"champion": v1.version}
+        # registration sets challenger only: champion moves when the rollout promotes (done here by hand)
+        assert client.get_registered_model("llmops-assistant").aliases == {"challenger": v1.version}
+        client.set_registered_model_alias("llmops-assistant", "champion", v1.version)
         run = client.get_run(v1.run_id)
         assert run.data.tags["llmops.decision"] == "accepted"
         assert [p.step for p in client.get_metric_history(run.info.run_id, "train_loss")] == list(

@@ -132,11 +132,18 @@ def depends(compose: dict, name: str) -> set[str]:
 
 
 def endpoints(env: dict[str, str]) -> set[str]:
-    """The hosts a service's environment points at: URLs, SQLAlchemy URLs and AIRFLOW_CONN_* JSON."""
+    """The hosts a service's environment points at: URLs, SQLAlchemy URLs and AIRFLOW_CONN_* JSON.
+
+    Browser-facing URLs (the extra links' `*_UI_URL` / `*_CONSOLE_URL`) are opened by a person on the
+    host, not by the service, and are left out.
+    """
     import json
 
     hosts = set()
     for key, value in env.items():
+        if key.endswith(("_UI_URL", "_CONSOLE_URL")):
+            assert urlsplit(value).hostname in ("localhost", "127.0.0.1"), f"{key}: a browser URL on this host"
+            continue
         if key.startswith("AIRFLOW_CONN_"):
             conn = json.loads(value)
             urls = [v for v in (conn.get("extra") or {}).values() if isinstance(v, str) and "://" in v]

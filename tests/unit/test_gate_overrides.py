@@ -103,6 +103,7 @@ def test_the_gate_logs_the_applied_policy_to_mlflow(monkeypatch):
     monkeypatch.setattr(stages, "lineage", lambda *a: {})
     monkeypatch.setattr(reg, "champion_scores", lambda *a: (None, None))
     monkeypatch.setattr(reg, "get_or_create_run", lambda *a, **k: "run-1")
+    monkeypatch.setattr(reg, "experiment_of", lambda run: "0")
     monkeypatch.setattr(reg, "log_artifacts", lambda run, files: logged.update(files))
     monkeypatch.setattr(reg, "log_training", lambda *a: None)
     monkeypatch.setattr(artifacts, "write_json", lambda *a: None)

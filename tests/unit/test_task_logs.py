@@ -174,11 +174,10 @@ def test_training_registry_and_evaluation_summaries():
     resumed = {**result, "metrics": {**result["metrics"], "resumed_from_step": 120}}
     assert summaries.trained(resumed).startswith("training: 240 steps (resumed at step 120) on 2 ranks")
     assert summaries.registered({"model_name": "llmops-assistant", "version": "3", "source": "file:///m",
-                                 "promoted": False, "champion": "2", "previous_champion": None}) == \
+                                 "champion": "2"}) == \
         "registered llmops-assistant v3 (challenger; champion stays v2) from file:///m"
-    assert summaries.registered({"model_name": "llmops-assistant", "version": "3", "source": "file:///m",
-                                 "promoted": True, "champion": "3", "previous_champion": "2"}) == \
-        "registered llmops-assistant v3 (champion, replacing v2) from file:///m"
+    assert summaries.registered({"model_name": "llmops-assistant", "version": "1", "source": "file:///m",
+                                 "champion": None}) == "registered llmops-assistant v1 (challenger) from file:///m"
     assert summaries.rejected({"rejected": True, "reasons": ["rouge_score: regressed"]}) == \
         "rejected: the candidate is not registered (1 reason): rouge_score: regressed"
     evaluation = {"n": 27, "means": {"rouge_score": 0.0451, "semantic_similarity": None}, "metrics": []}

@@ -42,6 +42,10 @@ def _sync_scrape_targets(root: Path) -> None:
 
 
 class Servers(ABC):
+    # The rollout form's per-profile defaults (dags/rollout_model.py): how long a model takes to load,
+    # how long a person has to answer, how long the loser keeps serving, whether to generate load.
+    ROLLOUT_DEFAULTS: dict[str, float | int] = {}
+
     @abstractmethod
     def deploy(self, service: str, source_uri: str, *, method: str = "full") -> str:
         """Ensure the version's server exists (idempotent); return its base URL."""
@@ -65,6 +69,9 @@ class Servers(ABC):
 
 
 class LocalServers(Servers):
+    ROLLOUT_DEFAULTS = {"traffic_rate": 20.0, "ready_timeout_s": 120, "approval_timeout_s": 120,
+                        "scale_down_delay_s": 5, "retry_delay_s": 5}
+
     def __init__(self, settings: Settings, root: Path | None = None):
         self.root = root or processes.run_dir(settings.data_root)
 
@@ -109,6 +116,9 @@ class LocalServers(Servers):
 
 
 class EksServers(Servers):
+    ROLLOUT_DEFAULTS = {"traffic_rate": 0.0, "ready_timeout_s": 1800, "approval_timeout_s": 3600,
+                        "scale_down_delay_s": 600, "retry_delay_s": 60}
+
     def __init__(self, settings: Settings, api_client: Any = None):
         self.settings = settings
         self._client = api_client
@@ -169,7 +179,16 @@ def k8s_objects_port() -> int:
     return SERVICE_PORT
 
 
-def get_servers(settings: Settings | None = None) -> Servers:
+def servers_class(settings: Settings | None = None) -> type[Servers]:
     """The one place the profile picks how model servers run."""
+    return LocalServers if (settings or get_settings()).is_local else EksServers
+
+
+def get_servers(settings: Settings | None = None) -> Servers:
     settings = settings or get_settings()
-    return LocalServers(settings) if settings.is_local else EksServers(settings)
+    return servers_class(settings)(settings)
+
+
+def rollout_defaults(settings: Settings | None = None) -> dict[str, float | int]:
+    """The rollout form's defaults for this profile's servers; builds nothing (safe at DAG parse time)."""
+    return dict(servers_class(settings).ROLLOUT_DEFAULTS)

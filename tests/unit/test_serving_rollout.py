@@ -79,7 +79,7 @@ def test_another_run_is_refused_while_one_is_in_progress(router):
     with pytest.raises(rollout.RolloutBusy, match="run-a"):
         rollout.begin_step(plan("run-b"), 0)
     with pytest.raises(rollout.RolloutBusy):
-        rollout._check_owner(router.get("llmops-assistant"), "run-b")
+        rollout.check_owner(router.get("llmops-assistant"), "run-b")
 
 
 def test_abort_is_one_update_to_weight_zero_and_idempotent(router):
@@ -108,4 +108,4 @@ def test_promote_moves_all_traffic_and_releases_the_route(router):
     route = router.get("llmops-assistant")
     assert rt.weights(route) == {S: 0, C: 100} and state["phase"] == "Promoted" and not rt.in_progress(route)
     # a new run may now claim the route
-    rollout._check_owner(route, "run-next")
+    rollout.check_owner(route, "run-next")

@@ -139,40 +139,14 @@ def stale_checkpoints(checkpoint_root: Path, *, now: float, days: float, registe
     return actions
 
 
-def registered_runs(model_name: str, client=None) -> dict[str, str]:
-    """Run name -> why kept, for every registered version of the model (the champion and challenger
-    named as such). The run name is the `/models/<run name>` segment of the version's source."""
-    from include.registry import mlflow_registry as reg
+def data_actions(settings, *, registered: dict[str, str], running: set[str], days: float, staging_hours: float,
+                 now: float | None = None) -> list[Action]:
+    """Stale checkpoints and staging dirs of this deployment (file:// data root; checkpoint root path).
 
-    client = client or reg.get_client()
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = client.search_model_versions(f"name = {reg.quote_filter_value(model_name)}")
-    except MlflowException:
-        return {}
-    aliases = {}
-    for alias in ("champion", "challenger"):
-        v = reg.get_alias(model_name, alias, client=client)
-        if v is not None:
-            aliases[str(v.version)] = alias
-    out = {}
-    for v in versions:
-        parts = str(v.source).rstrip("/").split("/")
-        if "models" in parts and parts.index("models") + 1 < len(parts):
-            run = parts[parts.index("models") + 1]
-            why = f"{aliases[str(v.version)]} v{v.version}" if str(v.version) in aliases else f"registered v{v.version}"
-            out.setdefault(run, why)
-            if str(v.version) in aliases:
-                out[run] = why
-    return out
-
-
-def data_actions(settings, *, running: set[str], days: float, staging_hours: float,
-                 now: float | None = None, client=None) -> list[Action]:
-    """Stale checkpoints and staging dirs of this deployment (file:// data root; checkpoint root path)."""
+    `registered`: run name -> why its checkpoints are kept (include/lifecycle/offhours.py reads it
+    from the registry).
+    """
     now = time.time() if now is None else now
-    registered = registered_runs(settings.registered_model_name, client)
     ckpt = Path(settings.checkpoint_root)
     roots = [ckpt]
     if settings.data_root.startswith("file://"):

@@ -283,3 +283,17 @@ def disruption_budgets(pool: PoolWindows) -> list[dict[str, Any]]:
             for b in pool.budgets[part]:
                 out.append({**b, "schedule": cron, "duration": duration})
     return out
+
+
+def window_state(schedule: Schedule, now: datetime) -> dict[str, dict[str, Any]]:
+    out = {}
+    for kind, pool in schedule.pools.items():
+        window = pool.open_window(now)
+        nxt = pool.next_open(now)
+        longest = pool.longest(now)
+        out[kind] = {"open": window is not None, "opened": window[0].isoformat() if window else None,
+                     "closes": window[1].isoformat() if window else None,
+                     "remaining_h": round(pool.remaining(now).total_seconds() / 3600, 4),
+                     "next_open": nxt.isoformat() if nxt else None,
+                     "longest_h": round(longest.total_seconds() / 3600, 4)}
+    return out

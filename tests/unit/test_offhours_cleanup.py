@@ -20,9 +20,10 @@ import yaml
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from kubernetes.client import ApiClient, BatchV1Api, Configuration, CoreV1Api, CustomObjectsApi
 
+from include.compute.capacity import LocalCluster
+from include.compute.k8s_capacity import EksCluster
+from include.lifecycle.offhours import registered_runs
 from include.scheduling import cleanup
-from include.scheduling.cluster import LocalCluster
-from include.scheduling.k8s_cluster import EksCluster
 from include.scheduling.windows import load
 from include.settings import Settings
 from tests.k8s_schemas import REPO_ROOT, require_crds, validate
@@ -314,10 +315,11 @@ def test_seeded_data_mess_keeps_the_champions_checkpoints(settings, tmp_path):
     register(settings, "ft-champion0001", "champion")
     register(settings, "ft-challenger01", "challenger")
     client = reg.get_client(settings.mlflow_tracking_uri)
-    kept = cleanup.registered_runs(settings.registered_model_name, client)
+    kept = registered_runs(settings.registered_model_name, client)
     assert kept["ft-champion0001"].startswith("champion") and kept["ft-challenger01"].startswith("challenger")
 
-    actions = cleanup.data_actions(settings, running={"ft-running0001"}, days=14, staging_hours=24, client=client)
+    actions = cleanup.data_actions(settings, registered=kept, running={"ft-running0001"}, days=14,
+                                   staging_hours=24)
     assert sorted(a.name for a in actions) == sorted([str(orphan_old), str(stale_tmp), str(publish)])
     assert all(a.reason and a.bytes > 0 for a in actions)
     cleanup.apply(actions, dry_run=True, log=lambda _: None)
@@ -374,8 +376,9 @@ def test_local_leftover_ranks_are_stopped_and_running_runs_are_not(settings):
 def test_eks_actual_cost_from_the_jobs_pods_and_stop_at_close(cluster, tmp_path):
     """Pods' start to finish x the node's GPUs; spot price on the experiment pool; every attempt counts.
     Stopping a run deletes its Job (pods get SIGTERM and their grace period) and marks it stopped."""
+    from include.compute.capacity import STOP_MARKER
     from include.scheduling import cost
-    from include.scheduling.requests import STOP_MARKER, admitted_run_id
+    from include.scheduling.requests import admitted_run_id
     from include.training.k8s_job import JOB_LABEL, job_name
 
     settings = Settings(profile="eks", data_root="s3://bucket/llmops", checkpoint_root=str(tmp_path))
@@ -406,6 +409,6 @@ def test_eks_actual_cost_from_the_jobs_pods_and_stop_at_close(cluster, tmp_path)
     actions = eks.stop_run(record)
     cleanup.apply(actions, dry_run=False, log=lambda _: None)
     assert cluster.calls_of("delete_namespaced_job")[-1]["propagation_policy"] == "Foreground"
-    from include.scheduling.cluster import run_names
+    from include.compute.capacity import run_names
 
     assert (tmp_path / run_names(record)["run_name"] / STOP_MARKER).is_file()

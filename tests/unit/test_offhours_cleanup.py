@@ -283,6 +283,24 @@ def register(settings: Settings, run: str, alias: str | None) -> None:
         client.set_registered_model_alias(settings.registered_model_name, alias, version)
 
 
+def test_a_failed_dataset_runs_staging_dir_is_stale_staging(tmp_path):
+    """curated/_staging/<run> is the dataset stage's staging (one dir per run): past the TTL it goes."""
+    from include.data.catalog import staging_uri
+
+    assert staging_uri("file:///d", "manual__1").split("/")[-2] == cleanup.STAGING_PARENT
+    root = tmp_path / "data"
+    old = root / "curated" / cleanup.STAGING_PARENT / "manual__1-0a1b2c3d"
+    old.mkdir(parents=True)
+    (old / "train.jsonl").write_bytes(b"x" * 100)
+    _age(old, 2)
+    fresh = root / "curated" / cleanup.STAGING_PARENT / "manual__2-0a1b2c3e"
+    fresh.mkdir()
+    (fresh / "train.jsonl").write_bytes(b"x")
+    actions = cleanup.stale_staging([root], now=time.time(), staging_hours=24, running=set())
+    assert [(a.name, a.bytes) for a in actions] == [(str(old), 100)]
+    assert "failed run" in actions[0].reason
+
+
 def test_seeded_data_mess_keeps_the_champions_checkpoints(settings, tmp_path):
     from include.registry import mlflow_registry as reg
 

@@ -135,6 +135,38 @@ def registered_runs(model_name: str, client=None) -> dict[str, str]:
     return out
 
 
+def rollout_leftovers(settings, now: datetime, ttl_hours: float, log=print, *, router=None,
+                      servers=None) -> list[cleanup.Action]:
+    """Model servers an aborted or crashed rollout left at weight 0, read through the serving seams: the
+    route's weights and rollout state (router), the running servers (servers)."""
+    from include.serving import route as rt
+    from include.serving.router import get_router
+    from include.serving.servers import get_servers
+
+    try:
+        router = router or get_router(settings)
+        servers = servers or get_servers(settings)
+        route = router.get(rt.route_name(settings.registered_model_name))
+        deployed = servers.deployed()
+    except Exception as exc:  # noqa: BLE001 - the rest of the cleanup still runs; the log says why
+        log(f"rollout leftovers: could not read the route or the model servers: {type(exc).__name__}: {exc}")
+        return []
+    if route is None:  # nothing says which version serves: touch nothing
+        if deployed:
+            log(f"rollout leftovers: no HTTPRoute for {settings.registered_model_name}; "
+                f"{len(deployed)} model servers left alone")
+        return []
+    weights = rt.weights(route)
+    protected = set()
+    if rt.in_progress(route):
+        st = rt.state(route)
+        protected = {rt.served_name(settings.registered_model_name, v) for v in (st.get("canary"), st.get("stable"))
+                     if v}
+    return cleanup.rollout_leftovers(deployed, weights, protected, rt.updated_at(route),
+                                     now=now.timestamp(), ttl_hours=ttl_hours, kind=servers.workload_kind,
+                                     namespace=servers.namespace, scale_down=servers.scale_down)
+
+
 def close_cleanup(now: datetime, schedule: Schedule, cluster: OffhoursCluster, store: RequestStore, settings,
                   dry_run: bool, log=print) -> dict[str, Any]:
     """Scale the experiment pool to zero (window closed), then leftovers and stale data."""
@@ -143,6 +175,7 @@ def close_cleanup(now: datetime, schedule: Schedule, cluster: OffhoursCluster, s
     if "experiment" in schedule.pools and schedule.pools["experiment"].open_window(now) is None:
         actions += cluster.scale_to_zero("experiment")
     actions += cluster.leftovers(now, running)
+    actions += rollout_leftovers(settings, now, schedule.cleanup["rollout_leftover_hours"], log)
     actions += cleanup.data_actions(settings, registered=registered_runs(settings.registered_model_name),
                                     running=running, days=schedule.cleanup["checkpoint_days"],
                                     staging_hours=schedule.cleanup["staging_hours"], now=now.timestamp())

@@ -4,6 +4,11 @@ Planning and doing are separate: the backends (local_cluster.py, k8s_cluster.py)
 cleanup here first list Actions, then `apply` runs them unless dry_run. The summary adds up what
 was (or would be) freed: nodes, GPUs, $/h of capacity stopped, bytes.
 
+Rollout leftovers (`rollout_leftovers`): model servers of versions that take no traffic (weight 0
+in the model's HTTPRoute, or not in it) for longer than `rollout_leftover_hours`, which an aborted
+or crashed rollout left running. Never the version serving traffic, nor the canary and stable of a
+rollout in progress; the time at weight 0 counts from the route's last state change.
+
 Data cleanup covers the shared checkpoint root and the data root (file:// or s3://, through
 include/storage):
 - staging leftovers: hidden temp dirs that an interrupted publish or checkpoint left behind
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +83,33 @@ def summary(actions: list[Action], dry_run: bool) -> dict[str, Any]:
             f"${freed['usd_per_hour']:,.2f}/h, {freed['bytes'] / 2**20:,.1f} MiB in {len(counted)} actions"
             + (f"; {sum(1 for a in actions if a.error)} failed" if not dry_run else ""))
     return {"dry_run": dry_run, "freed": freed, "summary": line, "actions": [a.to_dict() for a in actions]}
+
+
+def rollout_leftovers(deployed: Mapping[str, Mapping[str, Any]], weights: Mapping[str, int], protected: set[str],
+                      weight0_since: float | None, *, now: float, ttl_hours: float, kind: str, namespace: str,
+                      scale_down: Callable[[str], Any]) -> list[Action]:
+    """Model servers (service -> {"since", "gpus"}) that take no traffic, past the TTL.
+
+    `weights`: the route's service -> weight ({} without a route); `protected`: the services of a
+    rollout in progress; `weight0_since`: the route's last state change (the earliest a weight
+    could have gone to 0), or None.
+    """
+    actions = []
+    for service, info in sorted(deployed.items()):
+        if service in protected or weights.get(service, 0) > 0 or info.get("since") is None:
+            continue
+        in_route = service in weights
+        since = max(float(info["since"]), weight0_since) if in_route and weight0_since else float(info["since"])
+        age_h = (now - since) / 3600
+        if age_h <= ttl_hours:
+            continue
+        where = "at weight 0 in the route" if in_route else "not in the route"
+        how = "stop the process" if kind == "Process" else "scale to 0 replicas"
+        actions.append(Action(kind, service, "stop" if kind == "Process" else "patch",
+                              f"model server {where} for {age_h:.1f} h (> {ttl_hours:g} h), left by an aborted or "
+                              f"crashed rollout: {how}", namespace=namespace, gpus=int(info.get("gpus") or 0),
+                              run=lambda s=service: scale_down(s)))
+    return actions
 
 
 def tree_bytes(path: Path) -> int:

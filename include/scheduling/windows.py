@@ -236,8 +236,10 @@ class Schedule:
 SECTIONS = {
     "admission": {"cost_budget_usd_per_window": (0, 1e7), "local_gpu_slots": (1, 1024),
                   "local_seconds_per_step": (0, 3600), "local_stop_grace_s": (1, 3600)},
-    "cleanup": {"checkpoint_days": (0, 3650), "staging_hours": (0, 8760), "finished_job_ttl_hours": (0, 8760)},
+    "cleanup": {"checkpoint_days": (0, 3650), "staging_hours": (0, 8760), "finished_job_ttl_hours": (0, 8760),
+                "rollout_leftover_hours": (0, 8760)},
 }
+OPTIONAL = {("cleanup", "rollout_leftover_hours"): 1}  # a windows file written before the key existed
 
 
 def parse(doc: dict, source: str = "windows.yaml") -> Schedule:
@@ -257,7 +259,7 @@ def parse(doc: dict, source: str = "windows.yaml") -> Schedule:
     for section, keys in SECTIONS.items():
         sections[section] = {}
         for key, (low, high) in keys.items():
-            value = (doc.get(section) or {}).get(key)
+            value = (doc.get(section) or {}).get(key, OPTIONAL.get((section, key)))
             if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
                 raise WindowError(f"{source}: {section}.{key}={value!r}: expected a number in [{low}, {high}]")
             sections[section][key] = value

@@ -84,6 +84,17 @@ def read(name: str, root: Path | None = None) -> ProcessInfo | None:
     return info if _alive(info.pid, f"--name={name}") or _alive(info.pid, name) else None
 
 
+def started_at(name: str, root: Path | None = None) -> float | None:
+    """When `name` was started (its state file is written once, at start); None when it is not running."""
+    root = root or run_dir()
+    if read(name, root) is None:
+        return None
+    try:
+        return _state_file(name, root).stat().st_mtime
+    except OSError:
+        return None
+
+
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL we built

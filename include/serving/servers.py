@@ -57,6 +57,14 @@ class Servers(ABC):
     @abstractmethod
     def scale_down(self, service: str) -> bool: ...
 
+    # What a running server is, for the cleanup report: "Process" (local) or "Deployment" (eks).
+    workload_kind = "Process"
+    namespace = ""
+
+    @abstractmethod
+    def deployed(self) -> dict[str, dict[str, Any]]:
+        """Every running server of this model: service -> {"since": epoch seconds, "gpus": int}."""
+
     def ensure_observability(self) -> None:  # noqa: B027 - eks: Prometheus is the cluster's
         """Make sure something scrapes the servers (local: start Prometheus)."""
 
@@ -109,6 +117,14 @@ class LocalServers(Servers):
 
         return loadgen.stop_process(self.root)
 
+    def deployed(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for info in processes.running(PREFIX, self.root):
+            since = processes.started_at(info.name, self.root)
+            if since is not None:
+                out[info.name.removeprefix(PREFIX)] = {"since": since, "gpus": 0}
+        return out
+
     def scale_down(self, service: str) -> bool:
         stopped = processes.stop(process_name(service), self.root)
         _sync_scrape_targets(self.root)
@@ -119,8 +135,11 @@ class EksServers(Servers):
     ROLLOUT_DEFAULTS = {"traffic_rate": 0.0, "ready_timeout_s": 1800, "approval_timeout_s": 3600,
                         "scale_down_delay_s": 600, "retry_delay_s": 60}
 
+    workload_kind = "Deployment"
+
     def __init__(self, settings: Settings, api_client: Any = None):
         self.settings = settings
+        self.namespace = settings.serving_namespace
         self._client = api_client
 
     @property
@@ -159,6 +178,26 @@ class EksServers(Servers):
     def url(self, service: str) -> str | None:
         return f"http://{service}.{self.settings.serving_namespace}.svc:{k8s_objects_port()}"
 
+    def deployed(self) -> dict[str, dict[str, Any]]:
+        """The model's vLLM Deployments with replicas > 0 (one scaled to 0 holds no GPU)."""
+        from kubernetes.client import AppsV1Api
+
+        from include.serving.route import route_name
+
+        selector = f"app.kubernetes.io/name=vllm,llmops.io/model={route_name(self.settings.registered_model_name)}"
+        out = {}
+        for dep in AppsV1Api(self.client).list_namespaced_deployment(self.namespace, label_selector=selector).items:
+            replicas = int(dep.spec.replicas or 0)
+            created = dep.metadata.creation_timestamp
+            if replicas <= 0 or created is None:
+                continue
+            gpus = sum(int(((c.resources.limits if c.resources else None) or {}).get("nvidia.com/gpu", 0))
+                       for c in dep.spec.template.spec.containers)
+            service = (dep.metadata.labels or {}).get("llmops.io/service", dep.metadata.name)
+            since = created.timestamp() if hasattr(created, "timestamp") else _epoch(str(created))
+            out[service] = {"since": since, "gpus": replicas * gpus}
+        return out
+
     def scale_down(self, service: str) -> bool:
         from kubernetes.client import AppsV1Api
         from kubernetes.client.exceptions import ApiException
@@ -171,6 +210,12 @@ class EksServers(Servers):
                 return False
             raise
         return True
+
+
+def _epoch(timestamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
 def k8s_objects_port() -> int:

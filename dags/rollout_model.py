@@ -85,7 +85,8 @@ def rollout_model():
     def deploy_canary(plan: dict) -> str | None:
         from include.lifecycle.rollout import deploy
 
-        return None if plan["noop"] else deploy(plan)
+        # The model loads while `wait_ready` waits deferred; this task holds no slot meanwhile.
+        return None if plan["noop"] else deploy(plan, wait_ready=False)
 
     @task.branch
     def decide(outcome: dict) -> str:

@@ -106,8 +106,9 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 def ensure_running(name: str, argv: Callable[[int], Sequence[str]], *, ready_path: str | None = "/health",
                    ready: Callable[[ProcessInfo], bool] | None = None, port: int | None = None,
                    root: Path | None = None, timeout_s: float = PROCESS_START_TIMEOUT_S,
-                   env: dict[str, str] | None = None) -> ProcessInfo:
-    """Start `argv(port)` as `name` unless it already runs; wait until ready; return its info.
+                   env: dict[str, str] | None = None, wait: bool = True) -> ProcessInfo:
+    """Start `argv(port)` as `name` unless it already runs; wait until ready (unless not `wait`:
+    then the caller waits, e.g. a deferred trigger polling its URL); return its info.
 
     The command line must contain `name` (as `--name=<name>` or a path) so a reused pid is recognised.
     """
@@ -127,6 +128,9 @@ def ensure_running(name: str, argv: Callable[[int], Sequence[str]], *, ready_pat
     tmp = _state_file(name, root).with_suffix(".tmp")
     tmp.write_text(json.dumps(info.__dict__))
     tmp.replace(_state_file(name, root))
+    if not wait:
+        log.info("started %s pid %d on 127.0.0.1:%d (not waiting until ready)", name, info.pid, port)
+        return info
     check = ready or (lambda i: http_ok(i.url + ready_path) if ready_path else True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

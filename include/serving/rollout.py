@@ -114,11 +114,15 @@ def _new_state(plan: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
             "stable": (plan["stable"] or {}).get("version"), "steps": plan["steps"], **kw}
 
 
-def deploy(plan: Mapping[str, Any], settings: Settings | None = None) -> str:
-    """Start (or find) the canary's server and attach it to the route at weight 0; claim the route."""
+def deploy(plan: Mapping[str, Any], settings: Settings | None = None, *, wait_ready: bool = True) -> str:
+    """Start (or find) the canary's server and attach it to the route at weight 0; claim the route.
+
+    `wait_ready=False` returns once the server is started, without holding the caller while the
+    model loads: the DAG's `wait_ready` task waits for it deferred, in the triggerer.
+    """
     settings = settings or get_settings()
     servers = get_servers(settings)
-    url = servers.deploy(plan["canary"]["service"], plan["canary"]["source"])
+    url = servers.deploy(plan["canary"]["service"], plan["canary"]["source"], wait=wait_ready)
     servers.ensure_observability()
     router = get_router(settings)
     name = rt.route_name(plan["model"])

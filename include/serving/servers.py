@@ -47,8 +47,9 @@ class Servers(ABC):
     ROLLOUT_DEFAULTS: dict[str, float | int] = {}
 
     @abstractmethod
-    def deploy(self, service: str, source_uri: str, *, method: str = "full") -> str:
-        """Ensure the version's server exists (idempotent); return its base URL."""
+    def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True) -> str:
+        """Ensure the version's server exists (idempotent); return its base URL. With `wait`, a local
+        server is also ready when this returns; without it (and always on eks) the caller waits."""
 
     @abstractmethod
     def url(self, service: str) -> str | None:
@@ -83,14 +84,14 @@ class LocalServers(Servers):
     def __init__(self, settings: Settings, root: Path | None = None):
         self.root = root or processes.run_dir(settings.data_root)
 
-    def deploy(self, service: str, source_uri: str, *, method: str = "full") -> str:
+    def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True) -> str:
         name = process_name(service)
         model_dir = local_model_dir(source_uri)
         info = processes.ensure_running(
             name, lambda port: processes.python_argv("include.serving.modelserver", f"--name={name}",
                                                      "--model-dir", model_dir, "--served-model-name", service,
                                                      "--port", str(port)),
-            ready_path="/v1/models", root=self.root)
+            ready_path="/v1/models", root=self.root, wait=wait)
         _sync_scrape_targets(self.root)
         return info.url
 
@@ -150,7 +151,7 @@ class EksServers(Servers):
             self._client = KubernetesHook(conn_id=self.settings.kubernetes_conn_id).api_client
         return self._client
 
-    def deploy(self, service: str, source_uri: str, *, method: str = "full") -> str:
+    def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True) -> str:
         from kubernetes.client import AppsV1Api, CoreV1Api
         from kubernetes.client.exceptions import ApiException
 

@@ -1,7 +1,7 @@
 """Cleanup actions with a dry run: every deletion is an Action that names its object and why.
 
-Planning and doing are separate: the backends (local_cluster.py, k8s_cluster.py) and the data
-cleanup here first list Actions, then `apply` runs them unless dry_run. The summary adds up what
+Planning and doing are separate: the capacity seam (include/compute/capacity.py, k8s_capacity.py)
+and the data cleanup here first list Actions, then `apply` runs them unless dry_run. The summary adds up what
 was (or would be) freed: nodes, GPUs, $/h of capacity stopped, bytes.
 
 Rollout leftovers (`rollout_leftovers`): model servers of versions that take no traffic (weight 0

@@ -1,8 +1,8 @@
 """The layering docs/architecture.md describes, read from the code's own import statements.
 
 Every import counts, including the lazy ones inside functions: a lazy import is still a
-dependency. Layers (top to bottom): lifecycle -> compute (the container-job seam) -> stage
-packages (data, training, evaluation, registry; next serving, scheduling) -> shared modules.
+dependency. Layers (top to bottom): lifecycle -> compute (the container-job and capacity seams)
+-> stage packages (data, training, evaluation, registry, serving, scheduling) -> shared modules.
 """
 
 from __future__ import annotations

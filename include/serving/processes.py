@@ -129,6 +129,14 @@ def ensure_running(name: str, argv: Callable[[int], Sequence[str]], *, ready_pat
     tmp.write_text(json.dumps(info.__dict__))
     tmp.replace(_state_file(name, root))
     if not wait:
+        # Only until the process is findable (it has exec'd: its command line carries the name), which
+        # takes milliseconds, so the caller's next step (scrape targets, the router's backends) sees it.
+        deadline = time.monotonic() + 5.0
+        while read(name, root) is None and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = (root / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited with {proc.returncode} while starting:\n{tail}")
+            time.sleep(0.02)
         log.info("started %s pid %d on 127.0.0.1:%d (not waiting until ready)", name, info.pid, port)
         return info
     check = ready or (lambda i: http_ok(i.url + ready_path) if ready_path else True)

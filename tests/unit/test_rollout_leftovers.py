@@ -117,7 +117,7 @@ def test_local_servers_list_and_stop_their_processes(tmp_path):
     servers = LocalServers(Settings(profile="local", data_root=f"file://{tmp_path}"), root=tmp_path)
     name = "model-" + svc(7)
     processes.ensure_running(name, lambda port: [sys.executable, "-c", "import time; time.sleep(60)",
-                                                 f"--name={name}"], ready_path=None, root=tmp_path)
+                                                 f"--name={name}"], root=tmp_path, wait=False)
     try:
         found = servers.deployed()
         assert list(found) == [svc(7)] and abs(found[svc(7)]["since"] - time.time()) < 30

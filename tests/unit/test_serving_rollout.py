@@ -124,7 +124,8 @@ def test_a_server_started_without_waiting_returns_before_it_is_ready(tmp_path):
     info = processes.ensure_running(name, lambda port: [sys.executable, "-c", "import time; time.sleep(60)",
                                                         f"--name={name}"], root=tmp_path, wait=False)
     try:
-        assert time.monotonic() - started < 5 and processes.read(name, tmp_path) == info
+        assert time.monotonic() - started < 5
+        assert processes.read(name, tmp_path) == info  # already findable: scrape targets and routes see it
         assert not processes.http_ok(info.url + "/v1/models")
     finally:
         processes.stop(name, tmp_path, grace_s=1)

@@ -80,8 +80,9 @@ def bench_rollback(tmp: Path, interval: int) -> float:
     os.environ["LLMOPS_MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
     from llmops_operators.canary import ServerReadyTrigger
 
+    from include.lifecycle import rollout
     from include.registry.mlflow_registry import get_client
-    from include.serving import processes, rollout
+    from include.serving import processes
     from include.serving import route as rt
     from include.serving.router import get_router
     from include.serving.servers import get_servers

@@ -25,7 +25,7 @@ from llmops_operators.training import training_job_operator
 
 from include.assets import CURATED_DATASET, REGISTERED_MODEL
 from include.compute import container_jobs
-from include.scheduling.requests import hold_if_stopped
+from include.lifecycle.training import hold_if_stopped
 from include.settings import get_settings
 from include.training.params import PARAM_DEFAULTS, param_schemas
 from include.validation import add_rule_words
@@ -138,13 +138,13 @@ def finetune_lifecycle():
 
     @task.short_circuit
     def run_now_or_queue(plan: dict, estimate: dict, params: dict, dag_run=None) -> bool:
-        from include.scheduling.requests import run_now_or_queue
+        from include.lifecycle.training import run_now_or_queue
 
         return run_now_or_queue(plan, estimate, params, dag_run.run_id, get_settings())
 
     @task(multiple_outputs=False)
     def log_actual_cost(plan: dict, estimate: dict, result: dict) -> dict:
-        from include.scheduling.cost import log_actual_cost
+        from include.lifecycle.training import log_actual_cost
 
         return log_actual_cost(plan, estimate, result, get_settings())
 

@@ -39,7 +39,7 @@ from include.settings import get_settings
 def offhours():
     @task(multiple_outputs=False)
     def tick(params: dict) -> dict:
-        from include.scheduling.tasks import run_tick
+        from include.lifecycle.offhours import run_tick
 
         return run_tick(params["dry_run"])
 
@@ -49,7 +49,7 @@ def offhours():
 
     @task(multiple_outputs=False, trigger_rule="all_done")
     def report(result: dict) -> dict:
-        from include.scheduling.tasks import write_report
+        from include.lifecycle.offhours import write_report
 
         return write_report(result)
 

@@ -22,10 +22,11 @@ from llmops_operators.canary import CanaryReadyOperator, CanaryStepsOperator, Sc
 from llmops_operators.notifiers import RolloutAbortNotifier
 
 from include.assets import REGISTERED_MODEL
+from include.serving.servers import rollout_defaults
 from include.settings import get_settings
 from include.validation import RULE_KEY, add_rule_words, with_words
 
-LOCAL = get_settings().is_local
+DEFAULTS = rollout_defaults()  # per profile, from the serving seam
 APPROVAL_TIMEOUT = timedelta(seconds=get_settings().approval_timeout_seconds)
 
 PARAMS = add_rule_words({
@@ -47,11 +48,11 @@ PARAMS = add_rule_words({
     "max_error_rate": Param(0.05, type="number", minimum=0, maximum=1, title="Max canary error rate"),
     "max_latency_ratio": Param(2.0, type="number", minimum=1, maximum=100, title="Max p95 latency ratio"),
     "probe_size": Param(16, type="integer", minimum=0, maximum=1000, title="Quality probe sample size"),
-    "traffic_rate": Param(20.0 if LOCAL else 0.0, type="number", minimum=0, maximum=500,
+    "traffic_rate": Param(float(DEFAULTS["traffic_rate"]), type="number", minimum=0, maximum=500,
                           title="Load generator rate (req/s, local; 0 = off)"),
-    "ready_timeout_s": Param(120 if LOCAL else 1800, type="integer", minimum=10, maximum=7200,
+    "ready_timeout_s": Param(int(DEFAULTS["ready_timeout_s"]), type="integer", minimum=10, maximum=7200,
                              title="Canary readiness deadline (s)"),
-    "scale_down_delay_s": Param(5 if LOCAL else 600, type="integer", minimum=0, maximum=86400,
+    "scale_down_delay_s": Param(int(DEFAULTS["scale_down_delay_s"]), type="integer", minimum=0, maximum=86400,
                                 title="Scale-down delay (s)"),
     "analysis_policy": Param({}, type=["null", "object"], title="Analysis policy overrides",
                              description="Optional. Deep-merged over include/serving/policy.yaml."),
@@ -64,7 +65,7 @@ PARAMS = add_rule_words({
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(seconds=5 if LOCAL else 60)},
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(seconds=DEFAULTS["retry_delay_s"])},
     params=PARAMS,
     tags=["llmops", "serving"],
     doc_md=__doc__,
@@ -72,7 +73,7 @@ PARAMS = add_rule_words({
 def rollout_model():
     @task(retries=0, multiple_outputs=False)
     def validate_params(params: dict, triggering_asset_events=None) -> dict:
-        from include.serving.rollout import validate_params
+        from include.lifecycle.rollout import validate_params
 
         req = validate_params(params)
         versions = [e.extra.get("version") for events in (triggering_asset_events or {}).values()
@@ -83,15 +84,16 @@ def rollout_model():
 
     @task(multiple_outputs=False)
     def resolve(req: dict, dag_run=None) -> dict:
-        from include.serving.rollout import resolve
+        from include.lifecycle.rollout import resolve
 
         return resolve(req, dag_run.run_id)
 
     @task
     def deploy_canary(plan: dict) -> str | None:
-        from include.serving.rollout import deploy
+        from include.lifecycle.rollout import deploy
 
-        return None if plan["noop"] else deploy(plan)
+        # The model loads while `wait_ready` waits deferred; this task holds no slot meanwhile.
+        return None if plan["noop"] else deploy(plan, wait_ready=False)
 
     @task.branch
     def decide(outcome: dict) -> str:
@@ -100,20 +102,20 @@ def rollout_model():
 
     @task(trigger_rule="none_failed_min_one_success", multiple_outputs=False)
     def promote(plan: dict) -> dict:
-        from include.serving.rollout import promote
+        from include.lifecycle.rollout import promote
 
         return promote(plan)
 
     @task(trigger_rule="none_failed_min_one_success", multiple_outputs=False,
           on_success_callback=[RolloutAbortNotifier(plan_task_id="resolve", outcome_task_id="analyse")])
     def abort(plan: dict, outcome: dict) -> dict:
-        from include.serving.rollout import abort
+        from include.lifecycle.rollout import abort
 
         return abort(plan, outcome.get("reason") or "aborted by the approver or the approval timeout")
 
     @task(trigger_rule="none_failed_min_one_success", multiple_outputs=False)
     def sync_aliases(plan: dict) -> dict:
-        from include.serving.rollout import sync_aliases
+        from include.lifecycle.rollout import sync_aliases
 
         if plan["noop"]:
             return {"phase": "noop"}

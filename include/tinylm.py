@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -190,3 +192,52 @@ def generate(model: TinyByteLM, prompt: str, max_new_tokens: int = 64, *, templa
         ids.append(nxt)
         out.append(nxt)
     return decode_ids(out)
+
+
+DEFAULT_BATCH_SIZE = 64
+
+
+def greedy_batch(model: Any, prompts: Sequence[str], max_new_tokens: int,
+                 batch_size: int = DEFAULT_BATCH_SIZE, on_batch: Callable[[int], Any] | None = None) -> list[str]:
+    """`tinylm.generate(model, p, max_new_tokens)` for every prompt, decoding equal-length rows together.
+
+    The tiny model has no attention mask, so rows of different lengths cannot share a batch
+    without changing the result. Rows whose (window-truncated) context has the same length can:
+    they grow by one token per step, in step, and stay equal. Prompts longer than the window all
+    truncate to it, so a RAG eval set falls into a handful of groups. Rows that emit EOS leave
+    their batch; the others continue. Deterministic: the groups and their order depend only on
+    the prompts. `on_batch(answered so far)` runs after each batch (progress lines).
+    """
+    answered = 0
+    window = model.config.max_position_embeddings
+    seqs = [[BOS_ID, *encode_text(prompt_text(p))] for p in prompts]
+    outputs: list[list[int]] = [[] for _ in prompts]
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, ids in enumerate(seqs):
+        groups[min(len(ids), window)].append(i)
+    model.eval()
+    with torch.no_grad():
+        for length in sorted(groups):
+            members = groups[length]
+            for start in range(0, len(members), batch_size):
+                active = members[start:start + batch_size]
+                answered += len(active)
+                for _ in range(max_new_tokens):
+                    if not active:
+                        break
+                    context = torch.tensor([seqs[i][-window:] for i in active])
+                    logits = model(context)[:, -1]
+                    logits[:, PAD_ID] = float("-inf")
+                    logits[:, BOS_ID] = float("-inf")
+                    chosen = logits.argmax(dim=-1).tolist()
+                    still = []
+                    for i, nxt in zip(active, chosen, strict=True):
+                        if nxt == EOS_ID:
+                            continue
+                        seqs[i].append(nxt)
+                        outputs[i].append(nxt)
+                        still.append(i)
+                    active = still
+                if on_batch is not None:
+                    on_batch(answered)
+    return [decode_ids(o) for o in outputs]

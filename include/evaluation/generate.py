@@ -18,16 +18,14 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from include.prompts import format_prompt
+from include.tinylm import DEFAULT_BATCH_SIZE, greedy_batch
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BATCH_SIZE = 64
 
 
 def build_prompt(user_input: str, reference_contexts: Sequence[str]) -> str:
@@ -70,58 +68,11 @@ class LocalTinyGenerator(Generator):
                 "context_window": cfg.max_position_embeddings}
 
     def generate(self, prompts: Sequence[str]) -> list[str]:
-        return [a.strip() for a in greedy_batch(self.model, prompts, self.max_new_tokens, self.batch_size)]
+        from include.logs import Progress
 
-
-def greedy_batch(model: Any, prompts: Sequence[str], max_new_tokens: int,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
-    """`tinylm.generate(model, p, max_new_tokens)` for every prompt, decoding equal-length rows together.
-
-    The tiny model has no attention mask, so rows of different lengths cannot share a batch
-    without changing the result. Rows whose (window-truncated) context has the same length can:
-    they grow by one token per step, in step, and stay equal. Prompts longer than the window all
-    truncate to it, so a RAG eval set falls into a handful of groups. Rows that emit EOS leave
-    their batch; the others continue. Deterministic: the groups and their order depend only on
-    the prompts.
-    """
-    import torch
-
-    from include.logs import Progress
-    from include.tinylm import BOS_ID, EOS_ID, PAD_ID, decode_ids, encode_text, prompt_text
-
-    progress = Progress("generation", "samples", total=len(prompts), emit=log.info)  # answered, of all
-    answered = 0
-    window = model.config.max_position_embeddings
-    seqs = [[BOS_ID, *encode_text(prompt_text(p))] for p in prompts]
-    outputs: list[list[int]] = [[] for _ in prompts]
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, ids in enumerate(seqs):
-        groups[min(len(ids), window)].append(i)
-    model.eval()
-    with torch.no_grad():
-        for length in sorted(groups):
-            members = groups[length]
-            for start in range(0, len(members), batch_size):
-                active = members[start:start + batch_size]
-                answered += len(active)
-                for _ in range(max_new_tokens):
-                    if not active:
-                        break
-                    context = torch.tensor([seqs[i][-window:] for i in active])
-                    logits = model(context)[:, -1]
-                    logits[:, PAD_ID] = float("-inf")
-                    logits[:, BOS_ID] = float("-inf")
-                    chosen = logits.argmax(dim=-1).tolist()
-                    still = []
-                    for i, nxt in zip(active, chosen, strict=True):
-                        if nxt == EOS_ID:
-                            continue
-                        seqs[i].append(nxt)
-                        outputs[i].append(nxt)
-                        still.append(i)
-                    active = still
-                progress.update(answered)
-    return [decode_ids(o) for o in outputs]
+        progress = Progress("generation", "samples", total=len(prompts), emit=log.info)  # answered, of all
+        return [a.strip() for a in greedy_batch(self.model, prompts, self.max_new_tokens, self.batch_size,
+                                                on_batch=progress.update)]
 
 
 class VllmGenerator(Generator):

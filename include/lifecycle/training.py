@@ -1,5 +1,9 @@
 """DAG task bodies up to a trained model: params -> dataset -> plan -> preflight -> launch -> result.
 
+The training tasks' off-hours side is here too: queue a `window=off-hours` run instead of
+launching it (the scheduling stage's request store), hold a run stopped at window close, and log
+a run's actual GPU-hours and cost (the capacity seam's node intervals, the registry's run).
+
 Where the profiles differ, the container-job seam (`include.compute.container_jobs`) decides.
 """
 
@@ -7,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from include.compute import container_jobs
@@ -114,3 +119,80 @@ def collect_result(plan: Mapping[str, Any]) -> dict[str, Any]:
     result = read_result(plan)
     log.info("%s", trained(result))
     return result
+
+
+# ---- off-hours windows: queue instead of launching, hold a stopped run, actual cost ----
+
+def run_now_or_queue(plan: dict[str, Any], estimate: dict[str, Any], params: dict[str, Any], run_id: str,
+                     settings, now: datetime | None = None) -> bool:
+    """finetune_lifecycle's gate: True to launch now, False once the run is queued for a window.
+
+    Runs the off-hours DAG triggered (run_id offhours__...) were admitted already and launch.
+    """
+    from include.scheduling.admission import request_from_plan
+    from include.scheduling.requests import ADMITTED_PREFIX, RequestStore, admitted_run_id, request_id
+    from include.scheduling.windows import load
+
+    if params.get("window", "now") != "off-hours" or run_id.startswith(ADMITTED_PREFIX):
+        return True
+
+    schedule = load()
+    req_id = request_id(plan["dag_id"], run_id)
+    conf = {k: v for k, v in params.items() if k != "window"} | {"window": "now"}
+    request = request_from_plan(plan, estimate, request_id=req_id, priority=int(params.get("priority", 0)),
+                                created_at=now or datetime.now(UTC), conf=conf,
+                                local_seconds_per_step=schedule.admission["local_seconds_per_step"])
+    record = RequestStore.for_settings(settings).add(request)
+    log.info(f"Queued off-hours request {req_id} ({record['state']}): {request.gpus} GPUs, "
+          f"{request.gpu_hours:.2f} GPU-h, ${request.cost_usd:,.2f} estimated, priority {request.priority}; "
+          f"the off-hours DAG triggers run {admitted_run_id(req_id)} when a window admits it")
+    return False
+
+
+def hold_if_stopped(context: dict[str, Any]) -> None:
+    """pre_execute hook of the training task: a run stopped at window close must not be relaunched
+    by a task retry while the window is shut; it fails for good and resumes when re-admitted."""
+    plan = getattr(context.get("task"), "plan", None)
+    if not isinstance(plan, dict) or not plan.get("checkpoint_dir"):
+        return
+    from pathlib import Path
+
+    from include.training.restarts import STOP_REQUEST_FILE
+
+    marker = Path(plan["checkpoint_dir"]) / STOP_REQUEST_FILE
+    if marker.is_file():
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"stopped at window close ({marker.read_text().strip()}); it resumes "
+                                   "from its checkpoint when the next off-hours window re-admits it")
+
+
+def log_actual_cost(plan: dict[str, Any], estimate: dict[str, Any], result: dict[str, Any] | None,
+                    settings=None) -> dict[str, Any]:
+    """Measure the run, log estimate/actual/error to its MLflow run, and to its off-hours request."""
+    from include.compute.capacity import get_cluster
+    from include.registry import mlflow_registry as reg
+    from include.scheduling.admission import request_from_plan
+    from include.scheduling.cost import actual_usage, compare, node_price
+    from include.scheduling.requests import ADMITTED_PREFIX, RequestStore
+    from include.scheduling.windows import load
+    from include.settings import get_settings
+
+    settings = settings or get_settings()
+    schedule = load()
+    est = request_from_plan(plan, estimate, request_id="-", priority=0, created_at=datetime.now(UTC), conf={},
+                            local_seconds_per_step=schedule.admission["local_seconds_per_step"])
+    intervals = get_cluster(settings, schedule).node_intervals(plan, result)
+    actual = actual_usage(intervals, node_price(plan))
+    metrics = compare({"gpu_hours": est.gpu_hours, "cost_usd": est.cost_usd}, actual)
+    run = reg.get_or_create_run(settings.mlflow_experiment, plan["dag_id"], plan["run_id"], run_name=plan["run_name"])
+    reg.log_training(run, {}, [], {k: v for k, v in metrics.items() if v is not None})
+    if str(plan["run_id"]).startswith(ADMITTED_PREFIX):
+        store = RequestStore.for_settings(settings)
+        req_id = str(plan["run_id"]).removeprefix(ADMITTED_PREFIX)
+        if store.get(req_id) is not None:  # training is over: its GPUs leave the pool's budget now
+            store.transition(req_id, "done", "training finished", actual=actual)
+    log.info(f"Run {plan['run_name']}: actual {actual['gpu_hours']:.3f} GPU-h, ${actual['cost_usd']:,.2f} "
+          f"(estimated {est.gpu_hours:.3f} GPU-h, ${est.cost_usd:,.2f}; GPU-h error "
+          f"{metrics['cost.gpu_hours_error_pct']}%)")
+    return {"estimated": {"gpu_hours": est.gpu_hours, "cost_usd": est.cost_usd}, "actual": actual, **metrics}

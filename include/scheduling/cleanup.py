@@ -1,12 +1,20 @@
 """Cleanup actions with a dry run: every deletion is an Action that names its object and why.
 
-Planning and doing are separate: the backends (local_cluster.py, k8s_cluster.py) and the data
-cleanup here first list Actions, then `apply` runs them unless dry_run. The summary adds up what
+Planning and doing are separate: the capacity seam (include/compute/capacity.py, k8s_capacity.py)
+and the data cleanup here first list Actions, then `apply` runs them unless dry_run. The summary adds up what
 was (or would be) freed: nodes, GPUs, $/h of capacity stopped, bytes.
 
-Data cleanup covers the shared checkpoint root and the data root (file://):
+Rollout leftovers (`rollout_leftovers`): model servers of versions that take no traffic (weight 0
+in the model's HTTPRoute, or not in it) for longer than `rollout_leftover_hours`, which an aborted
+or crashed rollout left running. Never the version serving traffic, nor the canary and stable of a
+rollout in progress; the time at weight 0 counts from the route's last state change.
+
+Data cleanup covers the shared checkpoint root and the data root (file:// or s3://, through
+include/storage):
 - staging leftovers: hidden temp dirs that an interrupted publish or checkpoint left behind
-  (`.tmp-*`, `.<name>.<random>` from mkdtemp, `.trash-*`), older than `staging_hours`;
+  (`.tmp-*`, `.<name>.<random>` from mkdtemp, `.trash-*`) and the staging dirs of dataset runs
+  that never published (`<data root>/curated/_staging/<run>`), untouched for `staging_hours`.
+  On S3 a "dir" is a key prefix: its age is its newest object's, its size the sum of its objects;
 - checkpoints (`<checkpoint_root>/<run name>/`) untouched for `checkpoint_days` whose run made no
   registered model version. The champion's and challenger's runs, any registered version's run,
   and runs in progress are never touched, whatever their age.
@@ -16,12 +24,13 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 STAGING_PREFIXES = (".tmp-", ".trash-", ".latest.tmp-")
+STAGING_PARENT = "_staging"  # include/data/catalog.py: one dir per dataset run under curated/_staging/
 
 
 @dataclass
@@ -76,6 +85,33 @@ def summary(actions: list[Action], dry_run: bool) -> dict[str, Any]:
     return {"dry_run": dry_run, "freed": freed, "summary": line, "actions": [a.to_dict() for a in actions]}
 
 
+def rollout_leftovers(deployed: Mapping[str, Mapping[str, Any]], weights: Mapping[str, int], protected: set[str],
+                      weight0_since: float | None, *, now: float, ttl_hours: float, kind: str, namespace: str,
+                      scale_down: Callable[[str], Any]) -> list[Action]:
+    """Model servers (service -> {"since", "gpus"}) that take no traffic, past the TTL.
+
+    `weights`: the route's service -> weight ({} without a route); `protected`: the services of a
+    rollout in progress; `weight0_since`: the route's last state change (the earliest a weight
+    could have gone to 0), or None.
+    """
+    actions = []
+    for service, info in sorted(deployed.items()):
+        if service in protected or weights.get(service, 0) > 0 or info.get("since") is None:
+            continue
+        in_route = service in weights
+        since = max(float(info["since"]), weight0_since) if in_route and weight0_since else float(info["since"])
+        age_h = (now - since) / 3600
+        if age_h <= ttl_hours:
+            continue
+        where = "at weight 0 in the route" if in_route else "not in the route"
+        how = "stop the process" if kind == "Process" else "scale to 0 replicas"
+        actions.append(Action(kind, service, "stop" if kind == "Process" else "patch",
+                              f"model server {where} for {age_h:.1f} h (> {ttl_hours:g} h), left by an aborted or "
+                              f"crashed rollout: {how}", namespace=namespace, gpus=int(info.get("gpus") or 0),
+                              run=lambda s=service: scale_down(s)))
+    return actions
+
+
 def tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
@@ -98,23 +134,60 @@ def _is_staging(name: str) -> bool:
     return len(parts) >= 3 and parts[0] == "" and len(parts[-1]) == 8 and parts[-1].isalnum()
 
 
+def staging_unit(parts: tuple[str, ...] | list[str]) -> int | None:
+    """Index of the first path component that is a staging leftover (a hidden temp name, or a run's
+    dir under `_staging`), or None: everything below it belongs to it."""
+    for i, name in enumerate(parts):
+        if _is_staging(name) or (i > 0 and parts[i - 1] == STAGING_PARENT):
+            return i
+    return None
+
+
+def _staging_action(where: str, age_h: float, staging_hours: float, size: int, run: Callable[[], Any]) -> Action:
+    return Action("Directory", where, "delete", f"staging left by an interrupted write or a failed run, "
+                  f"untouched for {age_h:.1f} h (> {staging_hours:g} h)", bytes=size, run=run)
+
+
 def stale_staging(roots: Iterable[Path], *, now: float, staging_hours: float, running: set[str]) -> list[Action]:
-    """Hidden staging dirs older than staging_hours anywhere under the roots, outside running runs."""
+    """Staging dirs older than staging_hours anywhere under the (local) roots, outside running runs."""
     actions = []
     for root in roots:
         if not root.is_dir():
             continue
-        for path in sorted(root.rglob(".*")):
-            if not _is_staging(path.name) or any(part in running for part in path.relative_to(root).parts):
-                continue
-            if any(_is_staging(p) for p in path.relative_to(root).parts[:-1]):
-                continue  # inside a staging dir already listed
+        for path in sorted(root.rglob("*")):
+            parts = path.relative_to(root).parts
+            if staging_unit(parts) != len(parts) - 1 or any(part in running for part in parts):
+                continue  # not staging, inside a staging dir already listed, or a running run's
             age_h = (now - tree_mtime(path)) / 3600
             if age_h > staging_hours:
-                actions.append(Action("Directory", str(path), "delete",
-                                      f"staging left by an interrupted write, untouched for {age_h:.1f} h "
-                                      f"(> {staging_hours:g} h)", bytes=tree_bytes(path) if path.is_dir()
-                                      else path.stat().st_size, run=_remove(path)))
+                size = tree_bytes(path) if path.is_dir() else path.stat().st_size
+                actions.append(_staging_action(str(path), age_h, staging_hours, size, _remove(path)))
+    return actions
+
+
+def stale_staging_objects(root_uri: str, *, now: float, staging_hours: float, running: set[str]) -> list[Action]:
+    """The same rule over an object store (s3://): staging prefixes whose newest object is older than
+    staging_hours. A prefix with an object of unknown age is kept."""
+    from include.storage import files
+
+    units: dict[str, list[float | int | None]] = {}  # prefix -> [bytes, newest mtime]
+    for rel, size, mtime in files.walk(root_uri):
+        parts = rel.split("/")
+        i = staging_unit(parts)
+        if i is None or any(part in running for part in parts[:i + 1]):
+            continue
+        unit = units.setdefault("/".join(parts[:i + 1]), [0, 0.0])
+        unit[0] += size
+        unit[1] = None if mtime is None or unit[1] is None else max(unit[1], mtime)
+    actions = []
+    for prefix, (size, newest) in sorted(units.items()):
+        if newest is None:
+            continue
+        age_h = (now - newest) / 3600
+        if age_h > staging_hours:
+            uri = files.join(root_uri, prefix)
+            actions.append(_staging_action(uri, age_h, staging_hours, int(size),
+                                           lambda u=uri: files.remove_tree(u)))
     return actions
 
 
@@ -139,43 +212,20 @@ def stale_checkpoints(checkpoint_root: Path, *, now: float, days: float, registe
     return actions
 
 
-def registered_runs(model_name: str, client=None) -> dict[str, str]:
-    """Run name -> why kept, for every registered version of the model (the champion and challenger
-    named as such). The run name is the `/models/<run name>` segment of the version's source."""
-    from include.registry import mlflow_registry as reg
+def data_actions(settings, *, registered: dict[str, str], running: set[str], days: float, staging_hours: float,
+                 now: float | None = None) -> list[Action]:
+    """Stale checkpoints and staging dirs of this deployment (checkpoint root path; file:// or s3:// data root).
 
-    client = client or reg.get_client()
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = client.search_model_versions(f"name = {reg.quote_filter_value(model_name)}")
-    except MlflowException:
-        return {}
-    aliases = {}
-    for alias in ("champion", "challenger"):
-        v = reg.get_alias(model_name, alias, client=client)
-        if v is not None:
-            aliases[str(v.version)] = alias
-    out = {}
-    for v in versions:
-        parts = str(v.source).rstrip("/").split("/")
-        if "models" in parts and parts.index("models") + 1 < len(parts):
-            run = parts[parts.index("models") + 1]
-            why = f"{aliases[str(v.version)]} v{v.version}" if str(v.version) in aliases else f"registered v{v.version}"
-            out.setdefault(run, why)
-            if str(v.version) in aliases:
-                out[run] = why
-    return out
-
-
-def data_actions(settings, *, running: set[str], days: float, staging_hours: float,
-                 now: float | None = None, client=None) -> list[Action]:
-    """Stale checkpoints and staging dirs of this deployment (file:// data root; checkpoint root path)."""
+    `registered`: run name -> why its checkpoints are kept (include/lifecycle/offhours.py reads it
+    from the registry).
+    """
     now = time.time() if now is None else now
-    registered = registered_runs(settings.registered_model_name, client)
     ckpt = Path(settings.checkpoint_root)
     roots = [ckpt]
+    objects: list[Action] = []
     if settings.data_root.startswith("file://"):
         roots.append(Path(settings.data_root.removeprefix("file://")))
+    else:
+        objects = stale_staging_objects(settings.data_root, now=now, staging_hours=staging_hours, running=running)
     return (stale_checkpoints(ckpt, now=now, days=days, registered=registered, running=running)
-            + stale_staging(roots, now=now, staging_hours=staging_hours, running=running))
+            + stale_staging(roots, now=now, staging_hours=staging_hours, running=running) + objects)

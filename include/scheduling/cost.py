@@ -45,35 +45,3 @@ def compare(estimated: dict[str, float], actual: dict[str, float]) -> dict[str, 
         out[f"cost.actual_{key}"] = actual[key]
         out[f"cost.{key}_error_pct"] = _error_pct(estimated[key], actual[key])
     return out
-
-
-def log_actual_cost(plan: dict[str, Any], estimate: dict[str, Any], result: dict[str, Any] | None,
-                    settings=None) -> dict[str, Any]:
-    """Measure the run, log estimate/actual/error to its MLflow run, and to its off-hours request."""
-    from datetime import UTC, datetime
-
-    from include.registry import mlflow_registry as reg
-    from include.scheduling.admission import request_from_plan
-    from include.scheduling.cluster import get_cluster
-    from include.scheduling.requests import ADMITTED_PREFIX, RequestStore
-    from include.scheduling.windows import load
-    from include.settings import get_settings
-
-    settings = settings or get_settings()
-    schedule = load()
-    est = request_from_plan(plan, estimate, request_id="-", priority=0, created_at=datetime.now(UTC), conf={},
-                            local_seconds_per_step=schedule.admission["local_seconds_per_step"])
-    intervals = get_cluster(settings, schedule).node_intervals(plan, result)
-    actual = actual_usage(intervals, node_price(plan))
-    metrics = compare({"gpu_hours": est.gpu_hours, "cost_usd": est.cost_usd}, actual)
-    run = reg.get_or_create_run(settings.mlflow_experiment, plan["dag_id"], plan["run_id"], run_name=plan["run_name"])
-    reg.log_training(run, {}, [], {k: v for k, v in metrics.items() if v is not None})
-    if str(plan["run_id"]).startswith(ADMITTED_PREFIX):
-        store = RequestStore.for_settings(settings)
-        req_id = str(plan["run_id"]).removeprefix(ADMITTED_PREFIX)
-        if store.get(req_id) is not None:  # training is over: its GPUs leave the pool's budget now
-            store.transition(req_id, "done", "training finished", actual=actual)
-    log.info(f"Run {plan['run_name']}: actual {actual['gpu_hours']:.3f} GPU-h, ${actual['cost_usd']:,.2f} "
-          f"(estimated {est.gpu_hours:.3f} GPU-h, ${est.cost_usd:,.2f}; GPU-h error "
-          f"{metrics['cost.gpu_hours_error_pct']}%)")
-    return {"estimated": {"gpu_hours": est.gpu_hours, "cost_usd": est.cost_usd}, "actual": actual, **metrics}

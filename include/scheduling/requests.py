@@ -22,14 +22,12 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from include.scheduling.admission import Request, request_from_plan
-from include.training.restarts import STOP_REQUEST_FILE
+from include.scheduling.admission import Request
 
 log = logging.getLogger(__name__)
 
 STATES = ("waiting", "admitted", "stopped", "done", "failed", "refused")
 ADMITTED_PREFIX = "offhours__"
-STOP_MARKER = STOP_REQUEST_FILE
 
 
 def request_id(dag_id: str, run_id: str) -> str:
@@ -101,42 +99,3 @@ class RequestStore:
 
     def in_state(self, *states: str) -> list[dict[str, Any]]:
         return [r for r in self.all() if r["state"] in states]
-
-
-def run_now_or_queue(plan: dict[str, Any], estimate: dict[str, Any], params: dict[str, Any], run_id: str,
-                     settings, now: datetime | None = None) -> bool:
-    """finetune_lifecycle's gate: True to launch now, False once the run is queued for a window.
-
-    Runs the off-hours DAG triggered (run_id offhours__...) were admitted already and launch.
-    """
-    if params.get("window", "now") != "off-hours" or run_id.startswith(ADMITTED_PREFIX):
-        return True
-    from include.scheduling.windows import load
-
-    schedule = load()
-    req_id = request_id(plan["dag_id"], run_id)
-    conf = {k: v for k, v in params.items() if k != "window"} | {"window": "now"}
-    request = request_from_plan(plan, estimate, request_id=req_id, priority=int(params.get("priority", 0)),
-                                created_at=now or datetime.now(UTC), conf=conf,
-                                local_seconds_per_step=schedule.admission["local_seconds_per_step"])
-    record = RequestStore.for_settings(settings).add(request)
-    log.info(f"Queued off-hours request {req_id} ({record['state']}): {request.gpus} GPUs, "
-          f"{request.gpu_hours:.2f} GPU-h, ${request.cost_usd:,.2f} estimated, priority {request.priority}; "
-          f"the off-hours DAG triggers run {admitted_run_id(req_id)} when a window admits it")
-    return False
-
-
-def hold_if_stopped(context: dict[str, Any]) -> None:
-    """pre_execute hook of the training task: a run stopped at window close must not be relaunched
-    by a task retry while the window is shut; it fails for good and resumes when re-admitted."""
-    plan = getattr(context.get("task"), "plan", None)
-    if not isinstance(plan, dict) or not plan.get("checkpoint_dir"):
-        return
-    from pathlib import Path
-
-    marker = Path(plan["checkpoint_dir"]) / STOP_MARKER
-    if marker.is_file():
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException(f"stopped at window close ({marker.read_text().strip()}); it resumes "
-                                   "from its checkpoint when the next off-hours window re-admits it")

@@ -236,8 +236,10 @@ class Schedule:
 SECTIONS = {
     "admission": {"cost_budget_usd_per_window": (0, 1e7), "local_gpu_slots": (1, 1024),
                   "local_seconds_per_step": (0, 3600), "local_stop_grace_s": (1, 3600)},
-    "cleanup": {"checkpoint_days": (0, 3650), "staging_hours": (0, 8760), "finished_job_ttl_hours": (0, 8760)},
+    "cleanup": {"checkpoint_days": (0, 3650), "staging_hours": (0, 8760), "finished_job_ttl_hours": (0, 8760),
+                "rollout_leftover_hours": (0, 8760)},
 }
+OPTIONAL = {("cleanup", "rollout_leftover_hours"): 1}  # a windows file written before the key existed
 
 
 def parse(doc: dict, source: str = "windows.yaml") -> Schedule:
@@ -257,7 +259,7 @@ def parse(doc: dict, source: str = "windows.yaml") -> Schedule:
     for section, keys in SECTIONS.items():
         sections[section] = {}
         for key, (low, high) in keys.items():
-            value = (doc.get(section) or {}).get(key)
+            value = (doc.get(section) or {}).get(key, OPTIONAL.get((section, key)))
             if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
                 raise WindowError(f"{source}: {section}.{key}={value!r}: expected a number in [{low}, {high}]")
             sections[section][key] = value
@@ -282,4 +284,18 @@ def disruption_budgets(pool: PoolWindows) -> list[dict[str, Any]]:
         for cron, duration in schedules(minutes):
             for b in pool.budgets[part]:
                 out.append({**b, "schedule": cron, "duration": duration})
+    return out
+
+
+def window_state(schedule: Schedule, now: datetime) -> dict[str, dict[str, Any]]:
+    out = {}
+    for kind, pool in schedule.pools.items():
+        window = pool.open_window(now)
+        nxt = pool.next_open(now)
+        longest = pool.longest(now)
+        out[kind] = {"open": window is not None, "opened": window[0].isoformat() if window else None,
+                     "closes": window[1].isoformat() if window else None,
+                     "remaining_h": round(pool.remaining(now).total_seconds() / 3600, 4),
+                     "next_open": nxt.isoformat() if nxt else None,
+                     "longest_h": round(longest.total_seconds() / 3600, 4)}
     return out

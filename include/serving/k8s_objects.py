@@ -31,7 +31,7 @@ MAX_MODEL_LEN = 4096
 # What EksRouter / EksServers call, as RBAC (apiGroup, resource, verbs): the Role grants exactly this.
 API_CALLS = {
     ("gateway.networking.k8s.io", "httproutes"): ("create", "get", "update"),
-    ("apps", "deployments"): ("create",),
+    ("apps", "deployments"): ("create", "list"),
     ("apps", "deployments/scale"): ("patch",),
     ("", "services"): ("create",),
     ("policy", "poddisruptionbudgets"): ("create",),

@@ -67,7 +67,7 @@ class Engine:
     def _warm_up(self) -> None:
         """Run a few generations before the server reports ready, as vLLM profiles and captures its graphs
         first: a cold first forward pass is several times slower and would land in the canary's p95."""
-        from include.evaluation.generate import greedy_batch
+        from include.tinylm import greedy_batch
 
         for _ in range(3):
             greedy_batch(self.model, ["warm-up"], 16, 1)
@@ -88,7 +88,7 @@ class Engine:
 
     def complete(self, prompt: str, max_tokens: int) -> tuple[str, str]:
         """(text, finish_reason); raises InjectedError on an injected fault."""
-        from include.evaluation.generate import greedy_batch
+        from include.tinylm import greedy_batch
 
         started = time.monotonic()
         name = self.served_name

@@ -84,6 +84,17 @@ def read(name: str, root: Path | None = None) -> ProcessInfo | None:
     return info if _alive(info.pid, f"--name={name}") or _alive(info.pid, name) else None
 
 
+def started_at(name: str, root: Path | None = None) -> float | None:
+    """When `name` was started (its state file is written once, at start); None when it is not running."""
+    root = root or run_dir()
+    if read(name, root) is None:
+        return None
+    try:
+        return _state_file(name, root).stat().st_mtime
+    except OSError:
+        return None
+
+
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL we built
@@ -95,8 +106,9 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 def ensure_running(name: str, argv: Callable[[int], Sequence[str]], *, ready_path: str | None = "/health",
                    ready: Callable[[ProcessInfo], bool] | None = None, port: int | None = None,
                    root: Path | None = None, timeout_s: float = PROCESS_START_TIMEOUT_S,
-                   env: dict[str, str] | None = None) -> ProcessInfo:
-    """Start `argv(port)` as `name` unless it already runs; wait until ready; return its info.
+                   env: dict[str, str] | None = None, wait: bool = True) -> ProcessInfo:
+    """Start `argv(port)` as `name` unless it already runs; wait until ready (unless not `wait`:
+    then the caller waits, e.g. a deferred trigger polling its URL); return its info.
 
     The command line must contain `name` (as `--name=<name>` or a path) so a reused pid is recognised.
     """
@@ -116,6 +128,17 @@ def ensure_running(name: str, argv: Callable[[int], Sequence[str]], *, ready_pat
     tmp = _state_file(name, root).with_suffix(".tmp")
     tmp.write_text(json.dumps(info.__dict__))
     tmp.replace(_state_file(name, root))
+    if not wait:
+        # Only until the process is findable (it has exec'd: its command line carries the name), which
+        # takes milliseconds, so the caller's next step (scrape targets, the router's backends) sees it.
+        deadline = time.monotonic() + 5.0
+        while read(name, root) is None and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = (root / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited with {proc.returncode} while starting:\n{tail}")
+            time.sleep(0.02)
+        log.info("started %s pid %d on 127.0.0.1:%d (not waiting until ready)", name, info.pid, port)
+        return info
     check = ready or (lambda i: http_ok(i.url + ready_path) if ready_path else True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -1,9 +1,10 @@
-"""The canary rollout's state machine: resolve, deploy, step (weight + analysis), promote or abort.
+"""The canary rollout's state machine: deploy, step (weight + analysis), promote or abort.
 
-Plain functions over the two seams (router, servers), called by the rollout DAG's tasks and the
-canary triggers. The HTTPRoute holds the truth: its weights are the split, its annotations the
-rollout's state (run, phase, versions, step, weight), so every function reads the route first and
-a retried or restarted task continues where the route says, never repeating or skipping a weight.
+Plain functions over the two seams (router, servers), called through include/lifecycle/rollout.py
+(which also resolves the versions and syncs the aliases in the registry) and by the canary
+triggers. The HTTPRoute holds the truth: its weights are the split, its annotations the rollout's
+state (run, phase, versions, step, weight), so every function reads the route first and a retried
+or restarted task continues where the route says, never repeating or skipping a weight.
 
 One rollout per model name at a time: the route carries `in-progress` and the owning run; any
 other run's write is refused (`RolloutBusy`). The DAG also has max_active_runs=1, so a second
@@ -96,61 +97,15 @@ def analysis_policy(req: Mapping[str, Any], settings: Settings | None = None) ->
                        profile=(settings or get_settings()).profile)
 
 
-def _service_version(service: str | None) -> str | None:
+def service_version(service: str | None) -> str | None:
     return service.rsplit("-v", 1)[1] if service else None
 
 
-def _check_owner(route: Mapping[str, Any] | None, run_id: str) -> None:
+def check_owner(route: Mapping[str, Any] | None, run_id: str) -> None:
     if route is not None and rt.in_progress(route) and rt.state(route).get("run") != run_id:
         st = rt.state(route)
         raise RolloutBusy(f"HTTPRoute {route['metadata']['name']} is in a rollout by run {st.get('run')!r} "
                           f"(canary v{st.get('canary')}, phase {st.get('phase')}): refused; wait for it to end")
-
-
-def resolve(req: Mapping[str, Any], run_id: str, settings: Settings | None = None, client: Any = None) -> dict:
-    """Which version is stable (serving 100 %) and which is the canary; refuses a busy route."""
-    from include.registry import mlflow_registry as reg
-
-    settings = settings or get_settings()
-    model = settings.registered_model_name
-    current = get_router(settings).get(rt.route_name(model))
-    _check_owner(current, run_id)
-    mine = rt.state(current) if current is not None and rt.state(current).get("run") == run_id else {}
-    stable_service = rt.serving_at_100(current) if current is not None else None
-    if mine:  # a retry of this run: the route already says who is who
-        canary_version, stable_version = mine["canary"], mine.get("stable")
-    elif req["action"] == "rollback":
-        champ = reg.champion(model, client=client)
-        previous = champ.tags.get(reg.PREVIOUS_CHAMPION_TAG) if champ is not None else None
-        if previous is None:
-            raise RolloutError(f"{model}: no previous champion recorded to roll back to")
-        canary_version, stable_version = str(previous), _service_version(stable_service)
-    else:
-        version = req["model_version"]
-        if not version:
-            chal = reg.challenger(model, client=client)
-            if chal is None:
-                raise RolloutError(f"{model}: no version given and no 'challenger' alias to roll out")
-            version = str(chal.version)
-        canary_version, stable_version = version, _service_version(stable_service)
-    try:
-        mv = reg._client(client).get_model_version(model, canary_version)
-    except Exception as exc:
-        raise RolloutError(f"model_version={canary_version}: not a registered version of {model}") from exc
-    canary_service = rt.served_name(model, canary_version)
-    noop = not mine and stable_service == canary_service
-    plan = {
-        "model": model, "run_id": run_id, "action": req["action"], "noop": noop,
-        "canary": {"version": canary_version, "service": canary_service, "source": mv.source,
-                   "mlflow_run_id": mv.run_id, "dataset_version": (mv.tags or {}).get(reg.DATASET_TAG)},
-        "stable": None if stable_version in (None, canary_version) else
-        {"version": stable_version, "service": rt.served_name(model, stable_version)},
-        "steps": list(req["steps"]),
-    }
-    plan["direct"] = plan["stable"] is None or req["action"] == "rollback"
-    if noop:
-        log.info("%s v%s already serves 100 %%: nothing to do", model, canary_version)
-    return plan
 
 
 def _new_state(plan: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
@@ -158,18 +113,22 @@ def _new_state(plan: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
             "stable": (plan["stable"] or {}).get("version"), "steps": plan["steps"], **kw}
 
 
-def deploy(plan: Mapping[str, Any], settings: Settings | None = None) -> str:
-    """Start (or find) the canary's server and attach it to the route at weight 0; claim the route."""
+def deploy(plan: Mapping[str, Any], settings: Settings | None = None, *, wait_ready: bool = True) -> str:
+    """Start (or find) the canary's server and attach it to the route at weight 0; claim the route.
+
+    `wait_ready=False` returns once the server is started, without holding the caller while the
+    model loads: the DAG's `wait_ready` task waits for it deferred, in the triggerer.
+    """
     settings = settings or get_settings()
     servers = get_servers(settings)
-    url = servers.deploy(plan["canary"]["service"], plan["canary"]["source"])
+    url = servers.deploy(plan["canary"]["service"], plan["canary"]["source"], wait=wait_ready)
     servers.ensure_observability()
     router = get_router(settings)
     name = rt.route_name(plan["model"])
     canary, stable = plan["canary"]["service"], (plan["stable"] or {}).get("service")
 
     def edit(route: dict) -> dict:
-        _check_owner(route, plan["run_id"])
+        check_owner(route, plan["run_id"])
         if rt.state(route).get("run") == plan["run_id"]:
             return route  # already claimed by this run (a retry)
         if stable:
@@ -205,7 +164,7 @@ def begin_step(plan: Mapping[str, Any], index: int, settings: Settings | None = 
     canary, stable = plan["canary"]["service"], plan["stable"]["service"]
 
     def edit(route: dict) -> dict:
-        _check_owner(route, plan["run_id"])
+        check_owner(route, plan["run_id"])
         st = rt.state(route)
         if st.get("phase") in ("Aborted", "Promoted"):
             raise RolloutError(f"rollout already {st['phase']}: no further step")
@@ -255,7 +214,7 @@ def promote(plan: Mapping[str, Any], note: str = "", settings: Settings | None =
     stable = (plan["stable"] or {}).get("service")
 
     def edit(route: dict) -> dict:
-        _check_owner(route, plan["run_id"])
+        check_owner(route, plan["run_id"])
         st = rt.state(route)
         if st.get("phase") == "Aborted" and st.get("run") == plan["run_id"]:
             raise RolloutError("this rollout was aborted; it cannot be promoted")
@@ -286,31 +245,3 @@ def scale_down_loser(plan: Mapping[str, Any], settings: Settings | None = None) 
     get_router(settings).update(rt.route_name(plan["model"]),
                                 lambda r: rt.detach(r, loser) if loser in rt.weights(r) else r)
     return loser
-
-
-def sync_aliases(plan: Mapping[str, Any], settings: Settings | None = None, client: Any = None) -> dict:
-    """`champion` follows what serves: moved on promotion, untouched on abort (the version is tagged)."""
-    from include.registry import mlflow_registry as reg
-
-    _, st = route_state(plan, settings)
-    version = plan["canary"]["version"]
-    c = reg._client(client)
-    if st.get("phase") == "Promoted":
-        reg.promote(plan["model"], version, client=c)
-        c.set_model_version_tag(plan["model"], version, "llmops.rollout", "promoted")
-    elif st.get("phase") == "Aborted":
-        c.set_model_version_tag(plan["model"], version, "llmops.rollout", "aborted")
-        c.set_model_version_tag(plan["model"], version, "llmops.rollout_reason", st.get("reason", "")[:5000])
-    champ = reg.champion(plan["model"], client=c)
-    chal = reg.challenger(plan["model"], client=c)
-    out = {"phase": st.get("phase"), "champion": str(champ.version) if champ else None,
-           "challenger": str(chal.version) if chal else None, "reason": st.get("reason")}
-    log.info("%s", summary(plan, out))
-    return out
-
-
-def summary(plan: Mapping[str, Any], out: Mapping[str, Any]) -> str:
-    """The rollout's last line: 'rollout of <model> v<N>: Promoted; champion N, challenger None'."""
-    return (f"rollout of {plan['model']} v{plan['canary']['version']}: {out['phase']}; "
-            f"champion {out['champion']}, challenger {out['challenger']}"
-            + (f"; reason: {out['reason']}" if out.get("reason") else ""))

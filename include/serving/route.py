@@ -19,6 +19,7 @@ import copy
 import json
 import os
 import re
+import time
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +29,7 @@ API_VERSION = "gateway.networking.k8s.io/v1"
 ANNOTATION_PREFIX = "rollout.llmops.io/"
 STATE_ANNOTATION = ANNOTATION_PREFIX + "state"
 IN_PROGRESS_ANNOTATION = ANNOTATION_PREFIX + "in-progress"
+UPDATED_AT_ANNOTATION = ANNOTATION_PREFIX + "updated-at"  # epoch seconds of the last state change
 SERVICE_PORT = 8000
 PHASES = ("Deploying", "Progressing", "Paused", "Promoted", "Aborted")
 
@@ -152,6 +154,15 @@ def state(route: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def updated_at(route: Mapping[str, Any]) -> float | None:
+    """When the rollout last changed the route's state (and so its weights); None if it never did."""
+    raw = ((route.get("metadata") or {}).get("annotations") or {}).get(UPDATED_AT_ANNOTATION)
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
 def in_progress(route: Mapping[str, Any]) -> bool:
     return ((route.get("metadata") or {}).get("annotations") or {}).get(IN_PROGRESS_ANNOTATION) == "true"
 
@@ -164,6 +175,7 @@ def with_state(route: Mapping[str, Any], new_state: Mapping[str, Any]) -> dict[s
     ann = out["metadata"].setdefault("annotations", {})
     ann[STATE_ANNOTATION] = json.dumps(dict(new_state), sort_keys=True, separators=(",", ":"))
     ann[IN_PROGRESS_ANNOTATION] = "false" if new_state["phase"] in ("Promoted", "Aborted") else "true"
+    ann[UPDATED_AT_ANNOTATION] = str(int(time.time()))
     return out
 
 

@@ -42,9 +42,14 @@ def _sync_scrape_targets(root: Path) -> None:
 
 
 class Servers(ABC):
+    # The rollout form's per-profile defaults (dags/rollout_model.py): how long a model takes to load,
+    # how long a person has to answer, how long the loser keeps serving, whether to generate load.
+    ROLLOUT_DEFAULTS: dict[str, float | int] = {}
+
     @abstractmethod
-    def deploy(self, service: str, source_uri: str, *, method: str = "full") -> str:
-        """Ensure the version's server exists (idempotent); return its base URL."""
+    def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True) -> str:
+        """Ensure the version's server exists (idempotent); return its base URL. With `wait`, a local
+        server is also ready when this returns; without it (and always on eks) the caller waits."""
 
     @abstractmethod
     def url(self, service: str) -> str | None:
@@ -52,6 +57,14 @@ class Servers(ABC):
 
     @abstractmethod
     def scale_down(self, service: str) -> bool: ...
+
+    # What a running server is, for the cleanup report: "Process" (local) or "Deployment" (eks).
+    workload_kind = "Process"
+    namespace = ""
+
+    @abstractmethod
+    def deployed(self) -> dict[str, dict[str, Any]]:
+        """Every running server of this model: service -> {"since": epoch seconds, "gpus": int}."""
 
     def ensure_observability(self) -> None:  # noqa: B027 - eks: Prometheus is the cluster's
         """Make sure something scrapes the servers (local: start Prometheus)."""
@@ -65,17 +78,20 @@ class Servers(ABC):
 
 
 class LocalServers(Servers):
+    ROLLOUT_DEFAULTS = {"traffic_rate": 20.0, "ready_timeout_s": 120,
+                        "scale_down_delay_s": 5, "retry_delay_s": 5}
+
     def __init__(self, settings: Settings, root: Path | None = None):
         self.root = root or processes.run_dir(settings.data_root)
 
-    def deploy(self, service: str, source_uri: str, *, method: str = "full") -> str:
+    def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True) -> str:
         name = process_name(service)
         model_dir = local_model_dir(source_uri)
         info = processes.ensure_running(
             name, lambda port: processes.python_argv("include.serving.modelserver", f"--name={name}",
                                                      "--model-dir", model_dir, "--served-model-name", service,
                                                      "--port", str(port)),
-            ready_path="/v1/models", root=self.root)
+            ready_path="/v1/models", root=self.root, wait=wait)
         _sync_scrape_targets(self.root)
         return info.url
 
@@ -102,6 +118,14 @@ class LocalServers(Servers):
 
         return loadgen.stop_process(self.root)
 
+    def deployed(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for info in processes.running(PREFIX, self.root):
+            since = processes.started_at(info.name, self.root)
+            if since is not None:
+                out[info.name.removeprefix(PREFIX)] = {"since": since, "gpus": 0}
+        return out
+
     def scale_down(self, service: str) -> bool:
         stopped = processes.stop(process_name(service), self.root)
         _sync_scrape_targets(self.root)
@@ -109,8 +133,14 @@ class LocalServers(Servers):
 
 
 class EksServers(Servers):
+    ROLLOUT_DEFAULTS = {"traffic_rate": 0.0, "ready_timeout_s": 1800,
+                        "scale_down_delay_s": 600, "retry_delay_s": 60}
+
+    workload_kind = "Deployment"
+
     def __init__(self, settings: Settings, api_client: Any = None):
         self.settings = settings
+        self.namespace = settings.serving_namespace
         self._client = api_client
 
     @property
@@ -121,7 +151,7 @@ class EksServers(Servers):
             self._client = KubernetesHook(conn_id=self.settings.kubernetes_conn_id).api_client
         return self._client
 
-    def deploy(self, service: str, source_uri: str, *, method: str = "full") -> str:
+    def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True) -> str:
         from kubernetes.client import AppsV1Api, CoreV1Api
         from kubernetes.client.exceptions import ApiException
 
@@ -149,6 +179,26 @@ class EksServers(Servers):
     def url(self, service: str) -> str | None:
         return f"http://{service}.{self.settings.serving_namespace}.svc:{k8s_objects_port()}"
 
+    def deployed(self) -> dict[str, dict[str, Any]]:
+        """The model's vLLM Deployments with replicas > 0 (one scaled to 0 holds no GPU)."""
+        from kubernetes.client import AppsV1Api
+
+        from include.serving.route import route_name
+
+        selector = f"app.kubernetes.io/name=vllm,llmops.io/model={route_name(self.settings.registered_model_name)}"
+        out = {}
+        for dep in AppsV1Api(self.client).list_namespaced_deployment(self.namespace, label_selector=selector).items:
+            replicas = int(dep.spec.replicas or 0)
+            created = dep.metadata.creation_timestamp
+            if replicas <= 0 or created is None:
+                continue
+            gpus = sum(int(((c.resources.limits if c.resources else None) or {}).get("nvidia.com/gpu", 0))
+                       for c in dep.spec.template.spec.containers)
+            service = (dep.metadata.labels or {}).get("llmops.io/service", dep.metadata.name)
+            since = created.timestamp() if hasattr(created, "timestamp") else _epoch(str(created))
+            out[service] = {"since": since, "gpus": replicas * gpus}
+        return out
+
     def scale_down(self, service: str) -> bool:
         from kubernetes.client import AppsV1Api
         from kubernetes.client.exceptions import ApiException
@@ -163,13 +213,28 @@ class EksServers(Servers):
         return True
 
 
+def _epoch(timestamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
 def k8s_objects_port() -> int:
     from include.serving.route import SERVICE_PORT
 
     return SERVICE_PORT
 
 
-def get_servers(settings: Settings | None = None) -> Servers:
+def servers_class(settings: Settings | None = None) -> type[Servers]:
     """The one place the profile picks how model servers run."""
+    return LocalServers if (settings or get_settings()).is_local else EksServers
+
+
+def get_servers(settings: Settings | None = None) -> Servers:
     settings = settings or get_settings()
-    return LocalServers(settings) if settings.is_local else EksServers(settings)
+    return servers_class(settings)(settings)
+
+
+def rollout_defaults(settings: Settings | None = None) -> dict[str, float | int]:
+    """The rollout form's defaults for this profile's servers; builds nothing (safe at DAG parse time)."""
+    return dict(servers_class(settings).ROLLOUT_DEFAULTS)

@@ -55,6 +55,50 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
 
 
+def _modified(info: Mapping[str, Any]) -> float | None:
+    """An fsspec entry's modification time as epoch seconds (local `mtime`, S3 `LastModified`)."""
+    from datetime import UTC, datetime
+
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+        try:
+            return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+def walk(uri: str) -> list[tuple[str, int, float | None]]:
+    """Every file (object) under `uri`: (path relative to it, size in bytes, modified time or None)."""
+    fs, root = fs_and_path(uri)
+    root = root.rstrip("/")
+    if not fs.exists(root):
+        return []
+    found = fs.find(root, detail=True)
+    return [(path[len(root) + 1:], int(info.get("size") or 0), _modified(info))
+            for path, info in sorted(found.items()) if path.startswith(root + "/")]
+
+
+def remove_tree(uri: str) -> None:
+    """Delete a directory (prefix) and everything under it; nothing there is fine."""
+    local = local_path(uri)
+    if local is not None:
+        if local.is_dir():
+            shutil.rmtree(local)
+        else:
+            local.unlink(missing_ok=True)
+        return
+    fs, path = fs_and_path(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 def read_bytes(uri: str) -> bytes:
     local = local_path(uri)
     if local is not None:

@@ -6,8 +6,9 @@ No worker slot is held while a model loads or while an analysis interval passes:
   metrics seam, and ends with the step's AnalysisRun. A Failed or Error run sets the canary's
   weight to 0 right there (the abort's first and only urgent act), before the worker resumes.
 - `CanaryStepsOperator` walks the steps: set the weight, defer to the analysis, close the step
-  (quality probe, table to the task log and MLflow), next step or verdict. A retried task reads
-  its step from the route's annotations and continues there, without shifting weight again.
+  (`include.lifecycle.rollout.finish_step`: quality probe, table to the task log and MLflow),
+  next step or verdict. A retried task reads its step from the route's annotations and
+  continues there, without shifting weight again.
 - `ScaleDownOperator` waits the scale-down delay in the triggerer, then stops the loser.
 """
 
@@ -67,8 +68,9 @@ class CanaryAnalysisTrigger(BaseTrigger):
                  "tables": self.tables})
 
     async def run(self):
+        from include.lifecycle import rollout
         from include.serving import analysis as an
-        from include.serving import rollout, step_analysis
+        from include.serving import step_analysis
 
         run = an.AnalysisRun.from_dict(self.run_data)
         weight = self.plan["steps"][self.index]
@@ -113,7 +115,7 @@ class CanaryStepsOperator(BaseOperator):
     """Each step: set the weight, analyse (deferred), close the step; returns the verdict."""
 
     def execute(self, context: Any) -> Any:
-        from include.serving import rollout
+        from include.lifecycle import rollout
 
         plan = context["ti"].xcom_pull(task_ids="resolve")
         if plan["noop"]:
@@ -127,13 +129,14 @@ class CanaryStepsOperator(BaseOperator):
         return self._start(context, plan, rollout.current_step(plan))
 
     def _start(self, context: Any, plan: dict, index: int, tables: list[str] | None = None) -> Any:
-        from include.serving import rollout, step_analysis
+        from include.lifecycle import rollout
+        from include.serving import step_analysis
         from include.serving.servers import get_servers
 
         req = context["ti"].xcom_pull(task_ids="validate_params")
         policy = rollout.analysis_policy(req)
         rollout.begin_step(plan, index)
-        get_servers().start_traffic(_prompts(plan), req["traffic_rate"])
+        get_servers().start_traffic(rollout.traffic_prompts(plan), req["traffic_rate"])
         # The analysis clock starts once the new weight is live and traffic flows: the first
         # measurement's window then holds only this step's requests.
         run = step_analysis.start(plan, policy, plan["steps"][index], time.time())
@@ -141,13 +144,14 @@ class CanaryStepsOperator(BaseOperator):
                    method_name="step_done")
 
     def step_done(self, context: Any, event: dict[str, Any]) -> Any:
-        from include.serving import rollout, step_analysis
+        from include.lifecycle import rollout
+        from include.serving import step_analysis
         from include.serving.servers import get_servers
 
         plan = context["ti"].xcom_pull(task_ids="resolve")
         req = context["ti"].xcom_pull(task_ids="validate_params")
         index = event["index"]
-        out = step_analysis.finish(plan, rollout.analysis_policy(req), index, event["run"])
+        out = rollout.finish_step(plan, rollout.analysis_policy(req), index, event["run"])
         tables = [*event.get("tables", []), out["table"]]
         if out["decision"] == step_analysis.NEXT:
             return self._start(context, plan, index + 1, tables)
@@ -155,19 +159,6 @@ class CanaryStepsOperator(BaseOperator):
             rollout.abort(plan, out["reason"])
         get_servers().stop_traffic()
         return {"decision": out["decision"], "reason": out["reason"], "step": index, "tables": tables}
-
-
-def _prompts(plan: dict) -> list[str]:
-    """Eval questions for the load generator, in the evaluator's prompt layout."""
-    from include.evaluation.evalset import load_eval_set
-    from include.evaluation.generate import build_prompt
-    from include.serving import step_analysis
-
-    uri = step_analysis.eval_uri(plan)
-    try:
-        return [build_prompt(s.user_input, s.reference_contexts) for s in load_eval_set(uri, limit=200)] if uri else []
-    except Exception:  # noqa: BLE001 - traffic falls back to built-in questions
-        return []
 
 
 class ScaleDownOperator(BaseOperator):
@@ -185,7 +176,7 @@ class ScaleDownOperator(BaseOperator):
         self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=req["scale_down_delay_s"])), method_name="done")
 
     def done(self, context: Any, event: Any = None) -> str | None:
-        from include.serving import rollout
+        from include.lifecycle import rollout
 
         plan = context["ti"].xcom_pull(task_ids="resolve")
         loser = rollout.scale_down_loser(plan)

@@ -3,8 +3,11 @@
 include/ renders the pod (`include.evaluation.k8s_pod.render_pod`); the mapping onto the
 provider's arguments lives here. Everything that does not depend on the job is set in the
 constructor, so `template_fields`, retries and re-attachment behave as the provider documents.
-The job itself arrives through XCom (it names the candidate's model URI), so only the pod name,
-the `--job` argument and `full_pod_spec` are filled in at execute(), from one render.
+The job itself arrives through XCom (it names the candidate's model URI) into the templated `job`
+field; the pod is rendered from it where the provider builds its request
+(`build_pod_request_obj`, once per try) and laid over the provider's own build, so nothing is
+written back onto the operator at execute time: its fields stay what the constructor and the
+template rendering made them.
 """
 
 from __future__ import annotations
@@ -54,21 +57,34 @@ class KubernetesEvaluationOperator(KubernetesPodOperator):
         self.job = job
         self.role = role  # candidate | champion: part of the pod's deterministic name
 
-    def apply_job(self, run_id: str) -> None:
-        """Render the evaluator pod for the job (validated, placement checked) and submit exactly it."""
+    def rendered_pod(self, run_id: str):
+        """The evaluator pod for the job (validated, placement checked), deterministically named."""
         from include.evaluation.job import validate_job
         from include.evaluation.k8s_pod import pod_name, render_pod
+        from include.lifecycle.failfast import fail_fast
 
-        pod = render_pod(validate_job(self.job), get_settings(), name=pod_name(self.dag_id, run_id, self.role))
-        for key, value in pod_kwargs(pod).items():
-            setattr(self, key, value)
+        return fail_fast(render_pod)(fail_fast(validate_job)(self.job), get_settings(),
+                                     name=pod_name(self.dag_id, run_id, self.role))
+
+    def build_pod_request_obj(self, context=None, *, dry_run: bool = False, run_id: str | None = None):
+        """The provider's request (the try's identifying labels, namespace, hooks) with the rendered
+        pod laid over it: the pod wins on everything it sets, the name gets the provider's suffix."""
+        from airflow.providers.cncf.kubernetes.kubernetes_helper_functions import add_unique_suffix
+        from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
+
+        request = super().build_pod_request_obj(context, dry_run=dry_run)
+        if self.job is None:
+            return request
+        pod = self.rendered_pod(run_id or context["run_id"])
+        name = pod.metadata.name
+        merged = PodGenerator.reconcile_pods(request, pod)
+        merged.metadata.name = add_unique_suffix(name=name) if self.random_name_suffix else name
+        return merged
 
     def execute(self, context):
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from include.lifecycle.failfast import fail_fast
-
         if self.job is None:
             raise AirflowSkipException("nothing to evaluate: scores already on record")
-        fail_fast(self.apply_job)(context["run_id"])
+        # The pod is rendered once, in build_pod_request_obj; a bad job fails there without retries.
         return super().execute(context)

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from airflow.sdk.exceptions import ParamValidationError
 
-from include.serving.rollout import RolloutError, validate_params
+from include.lifecycle.rollout import RolloutError, validate_params
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +91,15 @@ def test_registered_model_event_extra():
                      "run_id": "r1"}
     with pytest.raises(ValueError, match="source_uri"):
         registered_model_extra(model_name="m", version=3, source_uri="", dataset_version=None, run_id="r")
+
+
+def test_form_defaults_come_from_the_serving_seam():
+    """The DAG does not branch on the profile: its per-profile defaults are the servers' own."""
+    from include.serving.servers import EksServers, LocalServers, rollout_defaults
+    from include.settings import Settings
+
+    assert rollout_defaults(Settings(profile="local")) == LocalServers.ROLLOUT_DEFAULTS
+    eks = rollout_defaults(Settings(profile="eks", data_root="s3://bucket/llmops"))
+    assert eks == EksServers.ROLLOUT_DEFAULTS
+    assert eks["ready_timeout_s"] > LocalServers.ROLLOUT_DEFAULTS["ready_timeout_s"]
+    assert set(eks) == set(LocalServers.ROLLOUT_DEFAULTS)

@@ -19,11 +19,13 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from include.scheduling import offhours, requests
+from include.compute.capacity import get_cluster, run_names
+from include.lifecycle import offhours
+from include.lifecycle.offhours import write_report
+from include.lifecycle.training import hold_if_stopped
+from include.scheduling import requests
 from include.scheduling.admission import Request
-from include.scheduling.cluster import get_cluster, run_names
 from include.scheduling.requests import RequestStore, admitted_run_id
-from include.scheduling.tasks import write_report
 from include.scheduling.windows import WINDOWS_FILE, load
 from include.settings import get_settings
 from include.training import tiny
@@ -94,7 +96,7 @@ def test_window_close_stops_requeues_and_the_next_window_resumes(settings, tmp_p
     record = store.get(rid)
     assert record["state"] == "waiting" and record["stops"] == 1
     with pytest.raises(Exception, match="stopped at window close"):
-        requests.hold_if_stopped({"task": SimpleNamespace(plan=plan)})  # a task retry does not relaunch
+        hold_if_stopped({"task": SimpleNamespace(plan=plan)})  # a task retry does not relaunch
 
     # Closed: nothing admitted, the close cleanup ran once.
     result = offhours.tick(at(10, 45), schedule, cluster, store, settings, never_finished, log=lambda _: None)
@@ -106,7 +108,7 @@ def test_window_close_stops_requeues_and_the_next_window_resumes(settings, tmp_p
     # 11:00 the next window: re-admitted under the same run id, the marker cleared, resumes.
     result = offhours.tick(at(11, 0, 30), schedule, cluster, store, settings, never_finished, log=lambda _: None)
     assert [t["trigger_run_id"] for t in result["triggers"]] == [admitted_run_id(rid)]
-    requests.hold_if_stopped({"task": SimpleNamespace(plan=plan)})
+    hold_if_stopped({"task": SimpleNamespace(plan=plan)})
     resumed = launch(plan, 2, timeout=180)
     assert resumed["metrics"]["resumed_from_step"] == last_ckpt
     lost = done_steps - last_ckpt
@@ -114,8 +116,8 @@ def test_window_close_stops_requeues_and_the_next_window_resumes(settings, tmp_p
     assert [r["step"] for r in read_metrics(ckpt)] == list(range(1, 401))
 
     # The cost task logs actual vs estimated to MLflow and closes the request.
+    from include.lifecycle.training import log_actual_cost
     from include.registry import mlflow_registry as reg
-    from include.scheduling.cost import log_actual_cost
 
     full_plan = {**plan, "dag_id": "finetune_lifecycle", "run_id": admitted_run_id(rid), "pool": "experiment",
                  "instance_type": "local"}

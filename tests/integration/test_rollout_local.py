@@ -19,7 +19,8 @@ import urllib.request
 
 import pytest
 
-from include.serving import processes, prometheus_local, rollout
+from include.lifecycle import rollout
+from include.serving import processes, prometheus_local
 from include.serving import route as rt
 from include.serving.router import get_router
 from include.serving.servers import get_servers

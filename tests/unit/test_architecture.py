@@ -1,8 +1,8 @@
 """The layering docs/architecture.md describes, read from the code's own import statements.
 
 Every import counts, including the lazy ones inside functions: a lazy import is still a
-dependency. Layers (top to bottom): lifecycle -> compute (the container-job seam) -> stage
-packages (data, training, evaluation, registry; next serving, scheduling) -> shared modules.
+dependency. Layers (top to bottom): lifecycle -> compute (the container-job and capacity seams)
+-> stage packages (data, training, evaluation, registry, serving, scheduling) -> shared modules.
 """
 
 from __future__ import annotations
@@ -19,14 +19,8 @@ SEAMS = {"compute"}
 TOP = {"lifecycle"}
 MAX_LINES = 400
 SAMPLE_DATA = {"include/sample_data/build_sample.py"}  # shipped sample data, not logic
-# The serving and scheduling stages arrived beside this layering and still compose other stages
-# themselves; docs/architecture.md ("Pending") says where that composition moves. Pinned here so
-# the list can only shrink: a new sideways or upward import still fails.
-PENDING_IMPORTS = {("scheduling", "registry"), ("scheduling", "training"), ("scheduling", "compute"),
-                   ("serving", "evaluation"), ("serving", "registry")}
-SEAM_PICKERS = ["include/compute/__init__.py", "include/scheduling/cluster.py", "include/serving/metrics.py",
+SEAM_PICKERS = ["include/compute/__init__.py", "include/compute/capacity.py", "include/serving/metrics.py",
                 "include/serving/router.py", "include/serving/servers.py"]
-PENDING_PROFILE_BRANCHES = ["dags/rollout_model.py"]  # its form defaults move behind the serving seam
 
 
 def unit(module: str) -> str:
@@ -55,14 +49,14 @@ def import_graph() -> dict[str, set[str]]:
 def test_stage_packages_never_import_each_other_sideways():
     graph = import_graph()
     sideways = {(a, b) for a, targets in graph.items() if a in STAGES for b in targets if b in STAGES}
-    assert sideways <= PENDING_IMPORTS, f"stage packages import each other: {sorted(sideways)}"
+    assert not sideways, f"stage packages import each other: {sorted(sideways)}"
 
 
 def test_nothing_below_imports_upward():
     graph = import_graph()
     upward = {(a, b) for a, targets in graph.items() for b in targets
               if (b in TOP and a not in TOP) or (b in SEAMS and a not in TOP | SEAMS)}
-    assert upward <= PENDING_IMPORTS, f"imports against the layering: {sorted(upward)}"
+    assert not upward, f"imports against the layering: {sorted(upward)}"
 
 
 def test_the_package_graph_has_no_cycles():
@@ -87,7 +81,7 @@ def test_only_settings_and_the_seam_pickers_branch_on_the_profile():
     pattern = re.compile(r"is_local|profile ==")
     hits = sorted(str(p.relative_to(ROOT)) for base in ("include", "plugins", "dags")
                   for p in (ROOT / base).rglob("*.py") if pattern.search(p.read_text()))
-    assert hits == sorted([*SEAM_PICKERS, *PENDING_PROFILE_BRANCHES, "include/settings.py"]), hits
+    assert hits == sorted([*SEAM_PICKERS, "include/settings.py"]), hits
 
 
 def test_no_module_under_include_passes_the_size_limit():

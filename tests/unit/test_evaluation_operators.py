@@ -30,8 +30,24 @@ def test_evaluator_pod_is_valid_and_lands_on_the_inference_pool(eks):
                                              "s3://llmops-data/prod/curated/0123456789abcdef",
                                              "s3://llmops-data/prod/evaluations/ft-1/candidate", judge=judge)
     op = KubernetesEvaluationOperator(task_id="evaluate_candidate", job=job)
-    op.apply_job("scheduled__2026-11-29T02:00:00+00:00")
-    pod = op.build_pod_request_obj(dry_run=True)  # what the provider submits, minus its live-cluster label
+    fields = ("name", "namespace", "image", "cmds", "arguments", "full_pod_spec", "job")
+    before = {k: getattr(op, k) for k in fields}
+    run_id = "scheduled__2026-11-29T02:00:00+00:00"
+    # what the provider submits, minus its live-cluster label
+    pod = op.build_pod_request_obj(dry_run=True, run_id=run_id)
+    assert {k: getattr(op, k) for k in fields} == before, "nothing is set onto the operator"
+    assert op.full_pod_spec is None and op.arguments == []
+    # The same pod as the plain provider operator given the rendered pod's arguments, name suffix aside.
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from llmops_operators.k8s_evaluation import constant_kwargs, pod_kwargs
+
+    evaluate_candidate = KubernetesPodOperator(task_id="evaluate_candidate",
+                                               **{**constant_kwargs(), **pod_kwargs(op.rendered_pod(run_id))})
+    expected = as_manifest(evaluate_candidate.build_pod_request_obj(dry_run=True))
+    got = as_manifest(pod)
+    for m in (expected, got):
+        m["metadata"]["name"] = m["metadata"]["name"].rsplit("-", 1)[0]
+    assert got == expected
     manifest = validate(as_manifest(pod))
     pool = get_pool(eks.inference_pool)
     check_pod_placement(pod, pool)

@@ -6,9 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from include.lifecycle.training import hold_if_stopped, run_now_or_queue
 from include.scheduling import admission, requests
 from include.scheduling.admission import PoolBudget, Request, admit, order, overruns, request_from_plan
 from include.settings import Settings
+from include.training.restarts import STOP_REQUEST_FILE
 
 
 def req(rid: str, gpus: int = 8, hours: float = 2.0, cost: float = 100.0, priority: int = 0,
@@ -109,16 +111,16 @@ def test_off_hours_params_queue_once_and_admitted_runs_launch(settings):
     plan = {"dag_id": "finetune_lifecycle", "nodes": 2, "gpus_per_node": 1, "max_steps": 100,
             "instance_type": "local", "pool": "production"}
     params = {"window": "off-hours", "priority": 3, "max_steps": 100}
-    assert requests.run_now_or_queue(plan, {}, {**params, "window": "now"}, "manual__1", settings) is True
-    assert requests.run_now_or_queue(plan, {}, params, "manual__1", settings) is False
-    assert requests.run_now_or_queue(plan, {}, params, "manual__1", settings) is False  # a rerun: same record
+    assert run_now_or_queue(plan, {}, {**params, "window": "now"}, "manual__1", settings) is True
+    assert run_now_or_queue(plan, {}, params, "manual__1", settings) is False
+    assert run_now_or_queue(plan, {}, params, "manual__1", settings) is False  # a rerun: same record
     store = requests.RequestStore.for_settings(settings)
     [record] = store.all()
     assert record["state"] == "waiting" and record["request"]["priority"] == 3
     assert record["request"]["conf"] == {"priority": 3, "max_steps": 100, "window": "now"}
     assert record["request"]["id"] == requests.request_id("finetune_lifecycle", "manual__1")
     admitted = requests.admitted_run_id(record["request"]["id"])
-    assert requests.run_now_or_queue(plan, {}, params, admitted, settings) is True
+    assert run_now_or_queue(plan, {}, params, admitted, settings) is True
     store.transition(record["request"]["id"], "admitted", "window open")
     assert [r["state"] for r in store.all()] == ["admitted"]
     with pytest.raises(ValueError, match="state='lost'"):
@@ -131,10 +133,10 @@ def test_a_stopped_run_is_not_relaunched_by_a_retry(tmp_path):
     from airflow.sdk.exceptions import AirflowFailException
 
     task = SimpleNamespace(plan={"checkpoint_dir": str(tmp_path)})
-    requests.hold_if_stopped({"task": task})  # no marker: launches
-    (tmp_path / requests.STOP_MARKER).write_text('{"stopped_at": "2026-06-02T10:00:00+00:00"}')
+    hold_if_stopped({"task": task})  # no marker: launches
+    (tmp_path / STOP_REQUEST_FILE).write_text('{"stopped_at": "2026-06-02T10:00:00+00:00"}')
     with pytest.raises(AirflowFailException, match="stopped at window close"):
-        requests.hold_if_stopped({"task": task})
+        hold_if_stopped({"task": task})
 
 
 def test_admission_module_never_imports_airflow():

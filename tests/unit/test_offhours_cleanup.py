@@ -20,9 +20,10 @@ import yaml
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
 
+from include.compute.capacity import LocalCluster
+from include.compute.k8s_capacity import EksCluster
+from include.lifecycle.offhours import registered_runs
 from include.scheduling import cleanup
-from include.scheduling.cluster import LocalCluster
-from include.scheduling.k8s_cluster import EksCluster
 from include.scheduling.windows import load
 from include.settings import Settings
 from tests.k8s_schemas import REPO_ROOT, require_crds, validate
@@ -269,6 +270,24 @@ def register(settings: Settings, run: str, alias: str | None) -> None:
         client.set_registered_model_alias(settings.registered_model_name, alias, version)
 
 
+def test_a_failed_dataset_runs_staging_dir_is_stale_staging(tmp_path):
+    """curated/_staging/<run> is the dataset stage's staging (one dir per run): past the TTL it goes."""
+    from include.data.catalog import staging_uri
+
+    assert staging_uri("file:///d", "manual__1").split("/")[-2] == cleanup.STAGING_PARENT
+    root = tmp_path / "data"
+    old = root / "curated" / cleanup.STAGING_PARENT / "manual__1-0a1b2c3d"
+    old.mkdir(parents=True)
+    (old / "train.jsonl").write_bytes(b"x" * 100)
+    _age(old, 2)
+    fresh = root / "curated" / cleanup.STAGING_PARENT / "manual__2-0a1b2c3e"
+    fresh.mkdir()
+    (fresh / "train.jsonl").write_bytes(b"x")
+    actions = cleanup.stale_staging([root], now=time.time(), staging_hours=24, running=set())
+    assert [(a.name, a.bytes) for a in actions] == [(str(old), 100)]
+    assert "failed run" in actions[0].reason
+
+
 def test_seeded_data_mess_keeps_the_champions_checkpoints(settings, tmp_path):
     from include.registry import mlflow_registry as reg
 
@@ -301,10 +320,11 @@ def test_seeded_data_mess_keeps_the_champions_checkpoints(settings, tmp_path):
     register(settings, "ft-champion0001", "champion")
     register(settings, "ft-challenger01", "challenger")
     client = reg.get_client(settings.mlflow_tracking_uri)
-    kept = cleanup.registered_runs(settings.registered_model_name, client)
+    kept = registered_runs(settings.registered_model_name, client)
     assert kept["ft-champion0001"].startswith("champion") and kept["ft-challenger01"].startswith("challenger")
 
-    actions = cleanup.data_actions(settings, running={"ft-running0001"}, days=14, staging_hours=24, client=client)
+    actions = cleanup.data_actions(settings, registered=kept, running={"ft-running0001"}, days=14,
+                                   staging_hours=24)
     assert sorted(a.name for a in actions) == sorted([str(orphan_old), str(stale_tmp), str(publish)])
     assert all(a.reason and a.bytes > 0 for a in actions)
     cleanup.apply(actions, dry_run=True, log=lambda _: None)
@@ -361,8 +381,9 @@ def test_local_leftover_ranks_are_stopped_and_running_runs_are_not(settings):
 def test_eks_actual_cost_from_the_jobs_pods_and_stop_at_close(cluster, tmp_path):
     """Pods' start to finish x the node's GPUs; spot price on the experiment pool; every attempt counts.
     Stopping a run deletes its JobSet (pods get SIGTERM and their grace period) and marks it stopped."""
+    from include.compute.capacity import STOP_MARKER
     from include.scheduling import cost
-    from include.scheduling.requests import STOP_MARKER, admitted_run_id
+    from include.scheduling.requests import admitted_run_id
     from include.training.k8s_job import JOB_LABEL, jobset_name
 
     settings = Settings(profile="eks", data_root="s3://bucket/llmops", checkpoint_root=str(tmp_path))
@@ -394,6 +415,6 @@ def test_eks_actual_cost_from_the_jobs_pods_and_stop_at_close(cluster, tmp_path)
     cleanup.apply(actions, dry_run=False, log=lambda _: None)
     assert cluster.calls_of("delete_namespaced_custom_object")[-1] == {
         "name": name, "namespace": NS, "propagation_policy": "Foreground"}
-    from include.scheduling.cluster import run_names
+    from include.compute.capacity import run_names
 
     assert (tmp_path / run_names(record)["run_name"] / STOP_MARKER).is_file()

@@ -194,7 +194,7 @@ def test_the_nightly_finetune_schedule_falls_inside_the_production_window():
 def test_a_rare_window_still_has_a_next_opening_and_a_length():
     """A yearly window: no opening in the next weeks must not break the tick, nor make every
     request 'longer than any window'."""
-    from include.scheduling.offhours import window_state
+    from include.scheduling.windows import window_state
 
     yearly = schedule({"cron": "0 0 1 1 *", "duration": "8h", "timezone": "UTC"})
     pool = yearly.pool("experiment")

@@ -79,7 +79,7 @@ def test_another_run_is_refused_while_one_is_in_progress(router):
     with pytest.raises(rollout.RolloutBusy, match="run-a"):
         rollout.begin_step(plan("run-b"), 0)
     with pytest.raises(rollout.RolloutBusy):
-        rollout._check_owner(router.get("llmops-assistant"), "run-b")
+        rollout.check_owner(router.get("llmops-assistant"), "run-b")
 
 
 def test_abort_is_one_update_to_weight_zero_and_idempotent(router):
@@ -108,4 +108,24 @@ def test_promote_moves_all_traffic_and_releases_the_route(router):
     route = router.get("llmops-assistant")
     assert rt.weights(route) == {S: 0, C: 100} and state["phase"] == "Promoted" and not rt.in_progress(route)
     # a new run may now claim the route
-    rollout._check_owner(route, "run-next")
+    rollout.check_owner(route, "run-next")
+
+
+def test_a_server_started_without_waiting_returns_before_it_is_ready(tmp_path):
+    """The DAG's deploy does not hold a worker slot while the model loads: the deferred readiness
+    trigger waits. A server that would take a minute to listen returns at once."""
+    import sys
+    import time
+
+    from include.serving import processes
+
+    name = "model-slow-v1"
+    started = time.monotonic()
+    info = processes.ensure_running(name, lambda port: [sys.executable, "-c", "import time; time.sleep(60)",
+                                                        f"--name={name}"], root=tmp_path, wait=False)
+    try:
+        assert time.monotonic() - started < 5
+        assert processes.read(name, tmp_path) == info  # already findable: scrape targets and routes see it
+        assert not processes.http_ok(info.url + "/v1/models")
+    finally:
+        processes.stop(name, tmp_path, grace_s=1)

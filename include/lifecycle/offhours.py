@@ -1,4 +1,6 @@
-"""What the off-hours DAG does on each tick, as plain functions over the request store and the seam.
+"""What the off-hours DAG does on each tick: the scheduling stage (windows, admission, requests,
+cleanup rules) joined with the capacity seam (include/compute/capacity.py), the registry (which
+checkpoints a registered version still needs) and the training stage's run names.
 
 Each tick: reconcile admitted runs with their DAG runs; for each pool, if its window is open,
 restore its capacity and admit waiting requests (triggering finetune_lifecycle); if it is about
@@ -10,33 +12,22 @@ window's report. Every step is idempotent: a retried or repeated tick changes no
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from include.compute.capacity import OffhoursCluster, clear_stop_marker, run_names
 from include.scheduling import cleanup
 from include.scheduling.admission import PoolBudget, Request, admit, overruns
-from include.scheduling.cluster import OffhoursCluster, clear_stop_marker, run_names
 from include.scheduling.requests import RequestStore, admitted_run_id
-from include.scheduling.windows import Schedule
+from include.scheduling.windows import Schedule, window_state
+
+_log = logging.getLogger(__name__)
 
 # Experiment runs are stopped this long before close so their checkpoint is flushed inside the window.
 CLOSE_MARGIN = timedelta(minutes=5)
 FINISHED = {"success": "done", "failed": "failed"}
-
-
-def window_state(schedule: Schedule, now: datetime) -> dict[str, dict[str, Any]]:
-    out = {}
-    for kind, pool in schedule.pools.items():
-        window = pool.open_window(now)
-        nxt = pool.next_open(now)
-        longest = pool.longest(now)
-        out[kind] = {"open": window is not None, "opened": window[0].isoformat() if window else None,
-                     "closes": window[1].isoformat() if window else None,
-                     "remaining_h": round(pool.remaining(now).total_seconds() / 3600, 4),
-                     "next_open": nxt.isoformat() if nxt else None,
-                     "longest_h": round(longest.total_seconds() / 3600, 4)}
-    return out
 
 
 def reconcile(store: RequestStore, dagrun_state: Callable[[str], str | None], log=print) -> list[str]:
@@ -118,6 +109,67 @@ def stop_overruns(now: datetime, schedule: Schedule, cluster: OffhoursCluster, s
     return stopped
 
 
+def registered_runs(model_name: str, client=None) -> dict[str, str]:
+    """Run name -> why kept, for every registered version of the model (the champion and challenger
+    named as such). The run name is the `/models/<run name>` segment of the version's source."""
+    from mlflow.exceptions import MlflowException
+
+    from include.registry import mlflow_registry as reg
+
+    client = client or reg.get_client()
+    try:
+        versions = client.search_model_versions(f"name = {reg.quote_filter_value(model_name)}")
+    except MlflowException:
+        return {}
+    aliases = {}
+    for alias in ("champion", "challenger"):
+        v = reg.get_alias(model_name, alias, client=client)
+        if v is not None:
+            aliases[str(v.version)] = alias
+    out = {}
+    for v in versions:
+        parts = str(v.source).rstrip("/").split("/")
+        if "models" in parts and parts.index("models") + 1 < len(parts):
+            run = parts[parts.index("models") + 1]
+            why = f"{aliases[str(v.version)]} v{v.version}" if str(v.version) in aliases else f"registered v{v.version}"
+            out.setdefault(run, why)
+            if str(v.version) in aliases:
+                out[run] = why
+    return out
+
+
+def rollout_leftovers(settings, now: datetime, ttl_hours: float, log=print, *, router=None,
+                      servers=None) -> list[cleanup.Action]:
+    """Model servers an aborted or crashed rollout left at weight 0, read through the serving seams: the
+    route's weights and rollout state (router), the running servers (servers)."""
+    from include.serving import route as rt
+    from include.serving.router import get_router
+    from include.serving.servers import get_servers
+
+    try:
+        router = router or get_router(settings)
+        servers = servers or get_servers(settings)
+        route = router.get(rt.route_name(settings.registered_model_name))
+        deployed = servers.deployed()
+    except Exception as exc:  # noqa: BLE001 - the rest of the cleanup still runs; the log says why
+        log(f"rollout leftovers: could not read the route or the model servers: {type(exc).__name__}: {exc}")
+        return []
+    if route is None:  # nothing says which version serves: touch nothing
+        if deployed:
+            log(f"rollout leftovers: no HTTPRoute for {settings.registered_model_name}; "
+                f"{len(deployed)} model servers left alone")
+        return []
+    weights = rt.weights(route)
+    protected = set()
+    if rt.in_progress(route):
+        st = rt.state(route)
+        protected = {rt.served_name(settings.registered_model_name, v) for v in (st.get("canary"), st.get("stable"))
+                     if v}
+    return cleanup.rollout_leftovers(deployed, weights, protected, rt.updated_at(route),
+                                     now=now.timestamp(), ttl_hours=ttl_hours, kind=servers.workload_kind,
+                                     namespace=servers.namespace, scale_down=servers.scale_down)
+
+
 def close_cleanup(now: datetime, schedule: Schedule, cluster: OffhoursCluster, store: RequestStore, settings,
                   dry_run: bool, log=print) -> dict[str, Any]:
     """Scale the experiment pool to zero (window closed), then leftovers and stale data."""
@@ -126,7 +178,9 @@ def close_cleanup(now: datetime, schedule: Schedule, cluster: OffhoursCluster, s
     if "experiment" in schedule.pools and schedule.pools["experiment"].open_window(now) is None:
         actions += cluster.scale_to_zero("experiment")
     actions += cluster.leftovers(now, running)
-    actions += cleanup.data_actions(settings, running=running, days=schedule.cleanup["checkpoint_days"],
+    actions += rollout_leftovers(settings, now, schedule.cleanup["rollout_leftover_hours"], log)
+    actions += cleanup.data_actions(settings, registered=registered_runs(settings.registered_model_name),
+                                    running=running, days=schedule.cleanup["checkpoint_days"],
                                     staging_hours=schedule.cleanup["staging_hours"], now=now.timestamp())
     cleanup.apply(actions, dry_run, log)
     result = cleanup.summary(actions, dry_run)
@@ -187,3 +241,50 @@ def tick(now: datetime, schedule: Schedule, cluster: OffhoursCluster, store: Req
         save_state(settings, state)
     return {"now": now.isoformat(), "windows": windows, "restored": restored, "stopped": stopped,
             "triggers": triggers, "cleanup": freed, "state": state}
+
+
+# ---- the DAG's task bodies: build the real parts from settings and tick ----
+
+def dagrun_state(run_id: str, dag_id: str = "finetune_lifecycle") -> str | None:
+    """State of a finetune_lifecycle run through the task SDK; None when it does not exist (yet)."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    try:
+        return str(RuntimeTaskInstance.get_dagrun_state(dag_id, run_id))
+    except Exception:  # noqa: BLE001 - a missing run is an API error here; it is simply not finished
+        return None
+
+
+def run_tick(dry_run: bool, now: datetime | None = None, state_of=dagrun_state) -> dict[str, Any]:
+    from include.compute.capacity import get_cluster
+    from include.scheduling.requests import RequestStore
+    from include.scheduling.windows import load
+    from include.settings import get_settings
+
+    settings = get_settings()
+    schedule = load()
+    result = tick(now or datetime.now(UTC), schedule, get_cluster(settings, schedule),
+                  RequestStore.for_settings(settings), settings, state_of, dry_run=dry_run)
+    phases = [f"{k} " + (f"open until {v['closes']}" if v["open"] else f"closed, next {v['next_open']}")
+              for k, v in result["windows"].items()]
+    _log.info(f"windows: {'; '.join(phases)}; admitted {len(result['triggers'])}, stopped {len(result['stopped'])}")
+    return result
+
+
+def write_report(result: dict[str, Any]) -> dict[str, Any]:
+    from include.scheduling import report
+    from include.scheduling.requests import RequestStore
+    from include.settings import get_settings
+
+    settings = get_settings()
+    state = result["state"]
+    kind = max(state, key=lambda k: state[k].get("window") or "") if state else None
+    entry = state.get(kind, {}) if kind else {}
+    built = report.build(RequestStore.for_settings(settings).all(), entry.get("window"), entry.get("closes"),
+                         entry.get("cleanup"))
+    uris = report.write(built, settings)
+    t = built["totals"]
+    _log.info(f"window {built['window']}: admitted {len(built['admitted'])}, waiting {len(built['waiting'])}, "
+          f"refused {len(built['refused'])}; estimated {t['estimated_gpu_hours']} GPU-h ${t['estimated_cost_usd']}, "
+          f"actual {t['actual_gpu_hours']} GPU-h ${t['actual_cost_usd']}; report {uris['html']}")
+    return {**uris, "totals": t}

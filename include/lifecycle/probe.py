@@ -1,5 +1,8 @@
 """The quality probe: the canary's answers against stable's, on the curated eval set, at every step.
 
+It joins two stages (serving's model servers, evaluation's metrics and paired comparison), so it
+lives in the lifecycle layer.
+
 A deterministic sample of the eval set (the first `sample_size` by a stable hash of the id) goes
 straight to the canary's and the stable's servers (their own URLs, outside the route, so the probe
 neither skews the split nor counts in the gateway's metrics), with the evaluator's prompt layout

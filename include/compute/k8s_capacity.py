@@ -22,8 +22,8 @@ from kubernetes.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from include.cluster.pools import CAPACITY_TYPE_LABEL, GPU, INSTANCE_TYPE_LABEL, NODEPOOL_LABEL, PLAN_POOLS
+from include.compute.capacity import mark_stopped, run_names
 from include.scheduling.cleanup import Action
-from include.scheduling.cluster import _mark_stopped, run_names
 
 KARPENTER = ("karpenter.sh", "v1")
 EVALUATOR_APP = "llm-evaluator"
@@ -165,7 +165,7 @@ class EksCluster:
         ckpt = Path(self.settings.checkpoint_root) / names["run_name"]
 
         def stop() -> None:
-            _mark_stopped(ckpt, "window closed")
+            mark_stopped(ckpt, "window closed")
             delete_jobset(self.hook, name, ns)
 
         return [Action("JobSet", name, "delete", "experiment run would overrun the window: pods get SIGTERM and "

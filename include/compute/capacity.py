@@ -1,10 +1,17 @@
-"""The off-hours seam: capacity, scale-to-zero, leftovers and stopping runs, per profile.
+"""The capacity and run-control seam of the off-hours DAG: GPU budget, scale-to-zero, leftovers and
+stopping a training run, per profile.
 
 `get_cluster()` is the one place that picks the backend from `settings.profile`: `LocalCluster`
-here (rank processes on this machine, a slot budget) or `EksCluster` in k8s_cluster.py (NodePools
-and NodeClaims through CustomObjectsApi, Jobs/Services/pods through the provider's hook). Both
-return cleanup Actions (include/scheduling/cleanup.py) so the DAG lists, applies and reports
-them the same way.
+here (rank processes on this machine, a slot budget) or `EksCluster` in k8s_capacity.py
+(NodePools and NodeClaims through CustomObjectsApi, Jobs/Services/pods through the provider's
+hook). Both return cleanup Actions (include/scheduling/cleanup.py) so the DAG lists, applies and
+reports them the same way.
+
+Stopping a run follows the launcher's stop-request convention (`training.restarts.STOP_REQUEST_FILE`
+in the run's checkpoint dir): the launcher does not restart ranks stopped on request, and the
+training task's pre_execute hook (include/lifecycle/training.py) refuses a relaunch until the run
+is admitted again, which clears it. It sits in compute, above the stages, because it joins the
+training stage's names and files with the scheduling stage's records.
 """
 
 from __future__ import annotations
@@ -15,7 +22,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from include.scheduling.cleanup import Action
-from include.scheduling.requests import STOP_MARKER, admitted_run_id
+from include.scheduling.requests import admitted_run_id
+from include.training.restarts import STOP_REQUEST_FILE
+
+STOP_MARKER = STOP_REQUEST_FILE
 
 TRAINING_DAG = "finetune_lifecycle"
 
@@ -38,7 +48,7 @@ class OffhoursCluster(Protocol):
     def node_intervals(self, plan: dict[str, Any], result: dict[str, Any] | None) -> list[tuple[float, int]]: ...
 
 
-def _mark_stopped(checkpoint_dir: Path, why: str) -> None:
+def mark_stopped(checkpoint_dir: Path, why: str) -> None:
     """The training task's pre_execute hook reads this: no relaunch by a retry until re-admitted."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     (checkpoint_dir / STOP_MARKER).write_text(json.dumps(
@@ -95,7 +105,7 @@ class LocalCluster:
         grace = float(self.schedule.admission["local_stop_grace_s"])
 
         def stop() -> None:
-            _mark_stopped(ckpt, "window closed")
+            mark_stopped(ckpt, "window closed")
             stop_recorded_ranks(ckpt, grace=grace)
 
         return [Action("Process", f"{names['run_name']} ({names['run_id']})", "stop",
@@ -126,7 +136,7 @@ def get_cluster(settings=None, schedule=None) -> OffhoursCluster:
     settings = settings or get_settings()
     schedule = schedule or load()
     if settings.profile == "eks":
-        from include.scheduling.k8s_cluster import EksCluster
+        from include.compute.k8s_capacity import EksCluster
 
         return EksCluster(settings, schedule)
     return LocalCluster(settings, schedule)

@@ -39,8 +39,8 @@ def sleeper():
     """Start `sleep` processes (argument lists, no shell) and make sure none outlives the test."""
     started: list[subprocess.Popen] = []
 
-    def start(seconds: int = 60) -> subprocess.Popen:
-        proc = REAL_POPEN(["sleep", str(seconds)])
+    def start(seconds: int = 60, **streams) -> subprocess.Popen:
+        proc = REAL_POPEN(["sleep", str(seconds)], **streams)
         started.append(proc)
         return proc
 
@@ -151,7 +151,7 @@ class SleepingRanks:
         assert isinstance(argv, list) and not kwargs.get("shell")
         if env["RANK"] == "0":
             Path(env["LLMOPS_XCOM_PATH"]).write_text(json.dumps({"ok": True}))
-        return self.sleeper(1)
+        return self.sleeper(1, stdout=kwargs.get("stdout"), stderr=kwargs.get("stderr"))  # rank 0's are pipes
 
 
 def test_launch_records_ranks_while_they_run_and_forgets_them_on_exit(tmp_path, sleeper, monkeypatch):

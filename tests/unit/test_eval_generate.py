@@ -38,7 +38,7 @@ def test_batched_greedy_equals_one_prompt_at_a_time(model):
     assert greedy_batch(model, prompts, 12, batch_size=64) == expected
 
 
-def test_batched_greedy_logs_samples_answered_of_the_total(model, monkeypatch):
+def test_the_generator_logs_samples_answered_of_the_total(model, monkeypatch, tmp_path):
     import logging
 
     monkeypatch.setenv("LLMOPS_PROGRESS_INTERVAL_S", "0")
@@ -50,7 +50,8 @@ def test_batched_greedy_logs_samples_answered_of_the_total(model, monkeypatch):
     level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        greedy_batch(model, ["a?", "b?", "cc?", "dd?", "eee?"], 4, batch_size=2)
+        gen = LocalTinyGenerator(tinylm.export_model(model, tmp_path / "m").as_uri(), max_new_tokens=4, batch_size=2)
+        gen.generate(["a?", "b?", "cc?", "dd?", "eee?"])
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

@@ -82,6 +82,7 @@ class AirflowStack:
             # The scheduler serves task logs on this port (all interfaces, default 8793): a fixed
             # port would collide with a second stack or a local dev scheduler.
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),  # likewise (default 8794)
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),

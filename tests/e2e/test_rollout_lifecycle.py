@@ -15,7 +15,7 @@ from include.serving import processes
 from include.serving import route as rt
 from tests.integration import rollout_harness as h
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def test_first_rollout_then_a_healthy_canary_is_promoted(local_airflow):

@@ -27,7 +27,7 @@ from include.serving.servers import get_servers
 from include.settings import get_settings
 from tests.integration import rollout_harness as h
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 INTERVAL = 5
 V1, V2, V3 = (rt.served_name(h.MODEL, v) for v in (1, 2, 3))
 

@@ -1,15 +1,20 @@
 """The Airflow UI as a person uses it, in a real browser (Debian's chromium through chromium-driver)
 against a real api-server and scheduler: the trigger form's sections and fields, invalid values
-refused with a message naming the field and no run created, then a valid dry run that succeeds in
-the grid, and its task log.
+refused with a message naming the field and no run created, a valid dry run that succeeds in the
+grid, then a short real run: its training log shows progress lines, and the gate's "MLflow run"
+extra link opens that run in a real MLflow UI.
 
-Screenshots land in `test-artifacts/ui/` (git-ignored), for the README and for a failing run.
+Screenshots land in `test-artifacts/ui/` (git-ignored); the README's are copied from there.
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -120,6 +125,35 @@ class Page:
         self.d.save_screenshot(str(SHOTS / f"{name}.png"))
 
 
+@pytest.fixture
+def mlflow_ui(tmp_path):
+    """`mlflow ui` on a free loopback port over the test's tracking store: where the extra links point."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log = open(tmp_path / "mlflow-ui.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", tracking], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    yield {"url": url, "tracking": tracking, "ready": lambda: _answers(url + "/health")}
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def publish_sample_dataset(data_root: str) -> str:
     from include.data.catalog import publish, stage
     from include.data.pipeline import PrepConfig
@@ -136,13 +170,15 @@ def open_trigger_form(page: Page, url: str) -> None:
     page.until(lambda: page.buttons("Compute"))
 
 
-def test_trigger_form_refuses_bad_values_and_runs_a_dry_run(airflow_stack, browser, tmp_path):
+def test_trigger_form_refuses_bad_values_then_runs_with_progress_and_links(airflow_stack, browser, mlflow_ui,
+                                                                          tmp_path):
     data_root = (tmp_path / "data").as_uri()
     version = publish_sample_dataset(data_root)
     stack = airflow_stack(
         env={"LLMOPS_PROFILE": "local", "LLMOPS_DATA_ROOT": data_root,
              "LLMOPS_CHECKPOINT_ROOT": str(tmp_path / "checkpoints"),
-             "LLMOPS_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+             "LLMOPS_MLFLOW_TRACKING_URI": mlflow_ui["tracking"], "LLMOPS_MLFLOW_UI_URL": mlflow_ui["url"],
+             "LLMOPS_PROGRESS_INTERVAL_S": "1"},
         config={"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                 # Only the runs this test triggers: no nightly run when the form unpauses the DAG.
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"},
@@ -185,12 +221,48 @@ def test_trigger_form_refuses_bad_values_and_runs_a_dry_run(airflow_stack, brows
     states = {t["task_id"]: t["state"] for t in stack.task_states("finetune_lifecycle")}
     assert states["preflight"] == "success" and states["launch_training"] == "skipped", states
 
-    page.d.get(f"{stack.api_url}/dags/finetune_lifecycle/runs/{run['run_id']}")
-    page.until(lambda: "success" in page.d.find_element("tag name", "body").text.lower())
-    time.sleep(2)
+    # A short real run from the form: the training log shows progress, the gate links to MLflow.
+    page.d.refresh()
+    open_trigger_form(page, stack.api_url)
+    page.click("Model and data")
+    page.type("dataset_version", version)
+    page.click("Training")
+    page.type("max_steps", "30")
+    page.type("checkpoint_interval", "10")
+    page.click("Trigger", last=True)
+    runs = stack.wait_for_runs("finetune_lifecycle", 2, timeout=420)
+    real = next(r for r in runs if r["run_id"] != run["run_id"])
+    assert real["state"] == "success", stack.task_states("finetune_lifecycle")
+    tasks = f"{stack.api_url}/dags/finetune_lifecycle/runs/{real['run_id']}/tasks"
+
+    def body() -> str:
+        return page.d.find_element("tag name", "body").text
+
+    page.d.get(f"{stack.api_url}/dags/finetune_lifecycle/runs/{real['run_id']}")
+    page.until(lambda: "success" in body().lower())
+    time.sleep(2)  # the grid's boxes finish drawing
     page.shot("run-grid")
 
-    page.d.get(f"{stack.api_url}/dags/finetune_lifecycle/runs/{run['run_id']}/tasks/plan")
-    page.until(lambda: "Returned value" in page.d.find_element("tag name", "body").text
-               or "plan" in page.d.find_element("tag name", "body").text and time.sleep(5))
+    page.d.get(f"{tasks}/launch_training")
+    page.until(lambda: "checkpoint written at step 30" in body())
+    text = body()
+    assert "training: step" in text and "loss" in text and "ETA" in text, text[-3000:]
+    assert "training: 30 steps on 2 ranks" in text, text[-3000:]  # the summary line
     page.shot("task-log")
+
+    from selenium.webdriver.common.by import By
+
+    page.d.get(f"{tasks}/gate")
+    link = page.until(lambda: next(a for a in page.d.find_elements(By.TAG_NAME, "a")
+                                   if a.text.strip() == "MLflow run" and a.get_attribute("href")))
+    href = link.get_attribute("href")
+    assert href.startswith(mlflow_ui["url"] + "/#/experiments/"), href
+    page.shot("gate-links")
+    from mlflow import MlflowClient
+
+    run_id = href.rsplit("/", 1)[1]
+    name = MlflowClient(mlflow_ui["tracking"]).get_run(run_id).info.run_name
+    page.until(mlflow_ui["ready"])
+    page.d.get(href)
+    page.until(lambda: name in body())
+    page.shot("mlflow-run")

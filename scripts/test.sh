@@ -7,6 +7,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LLMOPS_ROOT"
 ruff check . || exit 1
 ok() { [ "$1" -eq 0 ] || [ "$1" -eq 5 ]; }  # 5: nothing collected in that part (a narrowed run)
-python -m pytest -n "${LLMOPS_TEST_WORKERS:-2}" --dist loadfile -m "not serial" "$@"; parallel=$?
+python -m pytest -n "${LLMOPS_TEST_WORKERS:-2}" --dist worksteal -m "not serial" "$@"; parallel=$?
 python -m pytest -m serial "$@"; serial=$?
 ok "$parallel" && ok "$serial"

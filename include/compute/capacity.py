@@ -81,16 +81,17 @@ class LocalCluster:
         """Orphaned rank processes: recorded by a launch whose launcher is gone (its Airflow task was
         killed), so the ranks were re-parented. Ranks under a live launcher are a run in progress,
         whichever DAG started it, and are never touched."""
-        from include.training.local_launcher import _recorded_process, ranks_dir, stop_recorded_ranks
+        from include.training.local_launcher import _recorded_process, launcher_gone, ranks_dir, stop_recorded_ranks
 
         actions = []
         root = Path(self.settings.checkpoint_root)
         for run_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
             if run_dir.name in running:
                 continue
-            procs = [proc for f in sorted(ranks_dir(run_dir).glob("rank-*.pid"))
-                     if (proc := _recorded_process(f)) is not None]
-            if procs and all(_orphaned(p) for p in procs):
+            live = [(f, proc) for f in sorted(ranks_dir(run_dir).glob("rank-*.pid"))
+                    if (proc := _recorded_process(f)) is not None]
+            procs = [proc for _, proc in live]
+            if live and all(launcher_gone(f) for f, _ in live):
                 pids = [p.pid for p in procs]
                 actions.append(Action("Process", f"{run_dir.name} ranks {pids}", "stop",
                                       f"rank processes of run {run_dir.name} whose launcher is gone", gpus=len(pids),
@@ -116,17 +117,6 @@ class LocalCluster:
         """(seconds, GPUs) per node: local ranks ran train_seconds each, one slot per rank."""
         seconds = float(((result or {}).get("metrics") or {}).get("train_seconds") or 0.0)
         return [(seconds, int(plan["gpus_per_node"]))] * int(plan["nodes"])
-
-
-def _orphaned(proc) -> bool:
-    """Re-parented to init or a non-Python subreaper: the launcher that started it has exited."""
-    import psutil
-
-    try:
-        parent = proc.parent()
-        return parent is None or parent.pid == 1 or "python" not in " ".join(parent.cmdline()[:2]).lower()
-    except psutil.Error:
-        return True
 
 
 def get_cluster(settings=None, schedule=None) -> OffhoursCluster:

@@ -186,7 +186,8 @@ def ranks_dir(checkpoint_dir: str | Path) -> Path:
 
 
 def record_rank(checkpoint_dir: str | Path, rank: int, pid: int) -> None:
-    """Write rank `rank`'s pid file atomically; a process already gone needs none."""
+    """Write rank `rank`'s pid file atomically, naming this process as its launcher; a process already
+    gone needs none."""
     try:
         started = psutil.Process(pid).create_time()
     except psutil.Error:
@@ -194,8 +195,21 @@ def record_rank(checkpoint_dir: str | Path, rank: int, pid: int) -> None:
     directory = ranks_dir(checkpoint_dir)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".rank-{rank}.pid.tmp"
-    tmp.write_text(json.dumps({"rank": rank, "pid": pid, "create_time": started}))
+    launcher = {"pid": os.getpid(), "create_time": psutil.Process().create_time()}
+    tmp.write_text(json.dumps({"rank": rank, "pid": pid, "create_time": started, "launcher": launcher}))
     os.replace(tmp, directory / f"rank-{rank}.pid")
+
+
+def launcher_gone(path: Path) -> bool:
+    """Whether the launcher that recorded this pid file has exited (its pid is gone or now another
+    process's). Asked of the recorded process, not the ranks' parent: an Airflow task renames its
+    process, and a re-parented rank's new parent may be anything."""
+    try:
+        record = json.loads(path.read_text())["launcher"]
+        proc = psutil.Process(int(record["pid"]))
+        return abs(proc.create_time() - float(record["create_time"])) > START_TIME_TOLERANCE_S
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return True
 
 
 def _recorded_process(path: Path) -> psutil.Process | None:

@@ -53,12 +53,13 @@ class AirflowStack:
     def __init__(self, home: Path, dags_folder: Path, db_url: str, connect: Callable[[], Any],
                  env: dict[str, str] | None = None,
                  config: dict[str, str] | None = None, components: Iterable[str] = COMPONENTS,
-                 api_apps: str = "execution", parallelism: int = 4):
+                 api_apps: str = "execution", parallelism: int = 4, migrated: bool = False):
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.components = tuple(components)
         self.api_apps = api_apps
+        self.migrated = migrated  # the database is a copy of one already migrated
         self.procs: dict[str, subprocess.Popen] = {}
         self.connect = connect
         self.api_url = f"http://127.0.0.1:{self.port}"
@@ -108,7 +109,8 @@ class AirflowStack:
 
     def __enter__(self) -> AirflowStack:
         try:
-            self.migrate()
+            if not self.migrated:
+                self.migrate()
             self.start()
         except BaseException:
             self.stop()

@@ -37,16 +37,25 @@ def postgres():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def migrated_template(postgres, tmp_path_factory) -> str:
+    """One `airflow db migrate` per session: every deployment's database is a copy of this one."""
+    db = postgres.create_database()
+    AirflowStack(tmp_path_factory.mktemp("airflow-template"), DAGS_FOLDER, postgres.url(db),
+                 lambda: postgres.connect(db), components=()).migrate()
+    return db
+
+
 @pytest.fixture
-def airflow_stack(request, tmp_path, postgres):
+def airflow_stack(request, tmp_path, postgres, migrated_template):
     """A factory: `airflow_stack(env={...}, config={"AIRFLOW__...": ...})` -> a started AirflowStack."""
     stacks: list[AirflowStack] = []
     request.node.stash[_stacks_key] = stacks
 
     def start(env: dict[str, str] | None = None, config: dict[str, str] | None = None, **kwargs) -> AirflowStack:
-        db = postgres.create_database()
+        db = postgres.create_database(template=migrated_template)
         stack = AirflowStack(tmp_path / f"airflow{len(stacks) or ''}", DAGS_FOLDER, postgres.url(db),
-                             lambda: postgres.connect(db), env=env, config=config, **kwargs)
+                             lambda: postgres.connect(db), env=env, config=config, migrated=True, **kwargs)
         stacks.append(stack)
         return stack.__enter__()
 

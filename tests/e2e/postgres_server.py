@@ -94,13 +94,14 @@ class PostgresServer:
     def url(self, dbname: str) -> str:
         return f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
 
-    def create_database(self) -> str:
+    def create_database(self, template: str | None = None) -> str:
+        """A new empty database, or a copy of `template` (which must have no open connections)."""
         name = f"airflow_{uuid.uuid4().hex[:12]}"
         con = self.connect("postgres")
         con.autocommit = True
         try:
-            with con.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}"')  # a generated identifier, never user input
+            with con.cursor() as cur:  # generated identifiers, never user input
+                cur.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         finally:
             con.close()
         return name

@@ -353,13 +353,16 @@ def test_local_leftover_ranks_are_stopped_and_running_runs_are_not(settings):
 
     ckpt = Path(settings.checkpoint_root)
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
-    spawn = "import subprocess, sys; print(subprocess.Popen(sys.argv[1:], start_new_session=True).pid)"
-    orphan = psutil.Process(int(subprocess.run([sys.executable, "-c", spawn, *sleeper], capture_output=True,
-                                               text=True, check=True).stdout))
+    # a launcher that records its rank, then exits (as a killed Airflow task would)
+    spawn = ("import subprocess, sys; from include.training.local_launcher import record_rank; "
+             "p = subprocess.Popen(sys.argv[2:], start_new_session=True); record_rank(sys.argv[1], 0, p.pid); "
+             "print(p.pid)")
+    orphan = psutil.Process(int(subprocess.run(
+        [sys.executable, "-c", spawn, str(ckpt / "ft-orphanranks"), *sleeper], capture_output=True, text=True,
+        check=True, cwd=Path(__file__).resolve().parents[2]).stdout))
     live = subprocess.Popen(sleeper)
     try:
-        record_rank(ckpt / "ft-orphanranks", 0, orphan.pid)
-        record_rank(ckpt / "ft-live000001", 0, live.pid)
+        record_rank(ckpt / "ft-live000001", 0, live.pid)  # this test process is its launcher, alive
         local = LocalCluster(settings, load())
         actions = local.leftovers(NOW, running=set())
         assert [a.kind for a in actions] == ["Process"] and "ft-orphanranks" in actions[0].name

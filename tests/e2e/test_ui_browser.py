@@ -1,7 +1,8 @@
 """The Airflow UI as a person uses it, in a real browser (Debian's chromium through chromium-driver)
 against a real api-server and scheduler: the trigger form's sections and fields, invalid values
 refused with a message naming the field and no run created, a valid dry run that succeeds in the
-grid, then a short real run whose training log shows progress lines and the summary.
+grid, then a short real run: its training log shows progress lines and the summary, and the gate's
+"MLflow run" extra link (the task's Details tab) opens that run in a real MLflow UI.
 
 Screenshots land in `test-artifacts/ui/` (git-ignored); the README's are copied from there.
 """
@@ -9,7 +10,11 @@ Screenshots land in `test-artifacts/ui/` (git-ignored); the README's are copied 
 from __future__ import annotations
 
 import shutil
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -120,6 +125,35 @@ class Page:
         self.d.save_screenshot(str(SHOTS / f"{name}.png"))
 
 
+@pytest.fixture
+def mlflow_ui(tmp_path):
+    """`mlflow ui` on a free loopback port over the test's tracking store: where the extra links point."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log = open(tmp_path / "mlflow-ui.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", tracking], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    yield {"url": url, "tracking": tracking, "ready": lambda: _answers(url + "/health")}
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def publish_sample_dataset(data_root: str) -> str:
     from include.data.catalog import publish, stage
     from include.data.pipeline import PrepConfig
@@ -136,13 +170,15 @@ def open_trigger_form(page: Page, url: str) -> None:
     page.until(lambda: page.buttons("Compute"))
 
 
-def test_trigger_form_refuses_bad_values_then_runs_with_progress(airflow_stack, browser, tmp_path):
+def test_trigger_form_refuses_bad_values_then_runs_with_progress_and_links(airflow_stack, browser, mlflow_ui,
+                                                                          tmp_path):
     data_root = (tmp_path / "data").as_uri()
     version = publish_sample_dataset(data_root)
     stack = airflow_stack(
         env={"LLMOPS_PROFILE": "local", "LLMOPS_DATA_ROOT": data_root,
              "LLMOPS_CHECKPOINT_ROOT": str(tmp_path / "checkpoints"),
-             "LLMOPS_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "LLMOPS_PROGRESS_INTERVAL_S": "1"},
+             "LLMOPS_MLFLOW_TRACKING_URI": mlflow_ui["tracking"], "LLMOPS_MLFLOW_UI_URL": mlflow_ui["url"],
+             "LLMOPS_PROGRESS_INTERVAL_S": "1"},
         config={"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                 # Only the runs this test triggers: no nightly run when the form unpauses the DAG.
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"},
@@ -185,7 +221,7 @@ def test_trigger_form_refuses_bad_values_then_runs_with_progress(airflow_stack, 
     states = {t["task_id"]: t["state"] for t in stack.task_states("finetune_lifecycle")}
     assert states["preflight"] == "success" and states["launch_training"] == "skipped", states
 
-    # A short real run from the form: the training log shows progress and ends with a summary.
+    # A short real run from the form: the training log shows progress, the gate links to MLflow.
     page.d.refresh()
     open_trigger_form(page, stack.api_url)
     page.click("Model and data")
@@ -213,3 +249,21 @@ def test_trigger_form_refuses_bad_values_then_runs_with_progress(airflow_stack, 
     assert "training: step" in text and "loss" in text and "ETA" in text, text[-3000:]
     assert "training: 30 steps on 2 ranks" in text, text[-3000:]  # the summary line
     page.shot("task-log")
+
+    from selenium.webdriver.common.by import By
+
+    page.d.get(f"{tasks}/gate/details")  # extra links live in the task instance's Details tab
+    link = page.until(lambda: next(a for a in page.d.find_elements(By.TAG_NAME, "a")
+                                   if (a.get_attribute("textContent") or "").strip() == "MLflow run"
+                                   and a.get_attribute("href")))
+    page.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", link)
+    href = link.get_attribute("href")
+    assert href.startswith(mlflow_ui["url"] + "/#/experiments/"), href
+    page.shot("gate-links")
+    from mlflow import MlflowClient
+
+    name = MlflowClient(mlflow_ui["tracking"]).get_run(href.rsplit("/", 1)[1]).info.run_name
+    page.until(mlflow_ui["ready"])
+    page.d.get(href)
+    page.until(lambda: name in body())
+    page.shot("mlflow-run")

@@ -11,13 +11,12 @@ the whole group again, up to the plan's restart budget, with backoff, within one
 restart costs at most one checkpoint interval, and no rank ever waits on a peer that has already
 exited. A bad plan (USER_ERROR_EXIT_CODE on any rank) is never restarted.
 
-Rank 0's stdout and stderr are forwarded line by line, as they come, to the logger
-`include.training.rank0` (stdout at INFO: its progress and checkpoint lines; stderr at WARNING), so a
-task log shows the run while it trains; every rank's output is also kept in files for failure tails.
+Rank 0's stdout (INFO) and stderr (WARNING) stream line by line to the logger `include.training.rank0`,
+so a task log shows the run while it trains; every rank's output is also kept for failure tails.
 
-Each live rank is recorded in `<checkpoint_dir>/.ranks/rank-<i>.pid` (pid and start time) until the
-launcher has seen it exit. If the Airflow task is killed outright, the files outlive it and
-`stop_recorded_ranks` (the next launch, or the run's teardown) stops the orphans.
+Each live rank is recorded in `<checkpoint_dir>/.ranks/rank-<i>.pid` (its and its launcher's pid and start
+time) until the launcher has seen it exit. If the Airflow task is killed outright, the files outlive
+it and `stop_recorded_ranks` (the next launch, the run's teardown, the off-hours cleanup) stops them.
 """
 
 from __future__ import annotations
@@ -186,8 +185,7 @@ def ranks_dir(checkpoint_dir: str | Path) -> Path:
 
 
 def record_rank(checkpoint_dir: str | Path, rank: int, pid: int) -> None:
-    """Write rank `rank`'s pid file atomically, naming this process as its launcher; a process already
-    gone needs none."""
+    """Write rank `rank`'s pid file atomically, naming this process its launcher; a gone process needs none."""
     try:
         started = psutil.Process(pid).create_time()
     except psutil.Error:
@@ -201,9 +199,8 @@ def record_rank(checkpoint_dir: str | Path, rank: int, pid: int) -> None:
 
 
 def launcher_gone(path: Path) -> bool:
-    """Whether the launcher that recorded this pid file has exited (its pid is gone or now another
-    process's). Asked of the recorded process, not the ranks' parent: an Airflow task renames its
-    process, and a re-parented rank's new parent may be anything."""
+    """Whether the launcher that wrote this pid file has exited. Asked of it, not of the ranks' parent:
+    an Airflow task renames its process, and a re-parented rank's new parent may be anything."""
     try:
         record = json.loads(path.read_text())["launcher"]
         proc = psutil.Process(int(record["pid"]))

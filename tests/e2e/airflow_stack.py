@@ -20,6 +20,7 @@ files plus the task logs, for a failing test to print.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -86,6 +87,9 @@ class AirflowStack:
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),  # likewise (default 8794)
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
+            # One key for every component: with no migrate run first, each would write its own into a
+            # fresh airflow.cfg, and the triggerer could not decrypt the triggers the dag-processor wrote.
+            "AIRFLOW__CORE__FERNET_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
             # Parse the dags folder at once and often, schedule in tight loops.
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",

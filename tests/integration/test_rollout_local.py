@@ -200,9 +200,10 @@ def test_regression_rolled_back_within_two_intervals(fresh, faults, metrics, rat
 
 
 def test_quality_probe_fails_a_worse_model(fresh):
-    """v3 answers nothing (a broken checkpoint) where v1 answers the eval questions: its latency
-    and errors are fine, its answers are not."""
-    req, plan = start("3", "worse", steps=[50, 100], count=1, probe_size=8)
+    """v3 answers nothing (a broken checkpoint) where v1 answers the eval questions: no errors, its
+    answers are not fine. The latency ratios are off here, as in the 5xx case, so that 2 shared cores'
+    noise on a few requests' p95 cannot abort first and the verdict is the probe's alone."""
+    req, plan = start("3", "worse", steps=[50, 100], count=1, probe_size=8, analysis_policy=NO_LATENCY)
     verdict, _ = h.run_steps({"validate_params": req, "resolve": plan})
     assert verdict["decision"] == "abort" and "quality probe Failed" in verdict["reason"], verdict
     assert h.canary_weight(get_router(), V3) == 0

@@ -166,6 +166,20 @@ def check_all(rules: Mapping[str, Rule], values: Mapping[str, Any], *, required:
     return out
 
 
+def check_int(name: str, value: Any, low: int, high: int, error: type[Exception] = ValueError) -> int:
+    """`value` if it is an integer (not a bool) in [low, high]; else `error` naming the field and the range."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise error(f"{name}={value!r}: expected an integer in [{low}, {high}]")
+    return value
+
+
+def check_num(name: str, value: Any, low: float, high: float, error: type[Exception] = ValueError) -> float:
+    """`value` as a float if it is a number (not a bool) in [low, high]; else `error` naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise error(f"{name}={value!r}: expected a number in [{low}, {high}]")
+    return float(value)
+
+
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     """`over` merged into a copy of `base`: dicts recurse, anything else replaces; None deletes."""
     out = copy.deepcopy(dict(base))

@@ -22,12 +22,13 @@ import operator
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from include.validation import deep_merge
+from include.validation import check_int, check_num, deep_merge
 
 POLICY_PATH = Path(__file__).with_name("policy.yaml")
 SUCCESSFUL, FAILED, INCONCLUSIVE, ERROR, RUNNING = "Successful", "Failed", "Inconclusive", "Error", "Running"
@@ -96,16 +97,8 @@ class Metric:
         return INCONCLUSIVE
 
 
-def _int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise PolicyError(f"{name}={value!r}: expected an integer in [{low}, {high}]")
-    return value
-
-
-def _num(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise PolicyError(f"{name}={value!r}: expected a number in [{low}, {high}]")
-    return float(value)
+_int = partial(check_int, error=PolicyError)
+_num = partial(check_num, error=PolicyError)
 
 
 def load_policy(overrides: Mapping[str, Any] | None = None, *, profile: str | None = None) -> dict[str, Any]:

@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from include.serving import route as rt
 from include.serving.router import get_router
 from include.serving.servers import get_servers
 from include.settings import Settings, get_settings
+from include.validation import check_int, check_num
 
 log = logging.getLogger(__name__)
 ACTIONS = ("rollout", "rollback")
@@ -37,16 +39,8 @@ class RolloutBusy(RolloutError):
     """Another run owns the model's route."""
 
 
-def _int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise RolloutError(f"{name}={value!r}: expected an integer in [{low}, {high}]")
-    return value
-
-
-def _num(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise RolloutError(f"{name}={value!r}: expected a number in [{low}, {high}]")
-    return float(value)
+_int = partial(check_int, error=RolloutError)
+_num = partial(check_num, error=RolloutError)
 
 
 def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from include.errors import InputError
-from include.training.params import PLAN_RULES, base_model_rule
+from include.training.params import PARAM_DEFAULTS, PLAN_RULES, base_model_rule
 from include.training.restarts import RESTART_KEYS
 from include.validation import CONTROL_RE, uri_problem
 
@@ -26,15 +26,17 @@ PLAN_KEYS = (*REQUIRED_KEYS, *PLAN_RULES)
 # Keys a launcher needs that the trainer does not read (the Job renderer's placement inputs).
 LAUNCH_KEYS = ("dag_id", "run_id", "pool", "instance_type", "image", *RESTART_KEYS)
 
+# What a plan may leave out: the trigger's training defaults, and one rank (a hand-written plan).
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    # A byte-level model trained from scratch wants a large LR and short sequences.
-    "tiny": {"method": "full", "lora_rank": 8, "max_steps": 150, "learning_rate": 3e-3, "micro_batch_size": 8,
-             "seq_length": 128, "checkpoint_interval": 50, "seed": 1234, "tensor_parallel": 1,
-             "pipeline_parallel": 1, "nodes": 1, "gpus_per_node": 1},
-    # NeMo recipe defaults for an 8B-class LoRA fine-tune.
-    "nemo": {"method": "lora", "lora_rank": 8, "max_steps": 1000, "learning_rate": 1e-4, "micro_batch_size": 1,
-             "seq_length": 2048, "checkpoint_interval": 200, "seed": 1234, "tensor_parallel": 1,
-             "pipeline_parallel": 1, "nodes": 1, "gpus_per_node": 8},
+    backend: {**{k: PARAM_DEFAULTS[backend][k] for k in ("max_steps", "learning_rate", "checkpoint_interval")},
+              "lora_rank": 8, "seed": 1234, "tensor_parallel": 1, "pipeline_parallel": 1, "nodes": 1,
+              "gpus_per_node": 1, **plan_only}
+    for backend, plan_only in {
+        # A byte-level model trained from scratch wants short sequences.
+        "tiny": {"method": "full", "micro_batch_size": 8, "seq_length": 128},
+        # NeMo recipe defaults for an 8B-class LoRA fine-tune on one node.
+        "nemo": {"method": "lora", "micro_batch_size": 1, "seq_length": 2048, "gpus_per_node": 8},
+    }.items()
 }
 
 

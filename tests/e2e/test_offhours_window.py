@@ -89,9 +89,8 @@ def test_window_admission_with_a_real_scheduler(airflow_stack, tmp_path):
     assert "needs 4 GPUs but pool production is limited to 2" in records(data_root)[ids["huge"]]["history"][-1][2]
     assert [records(data_root)[ids[n]]["state"] for n in ("first", "second")] == ["waiting", "waiting"]
 
-    # A window opens a minute from now.
-    now = datetime.now(UTC)
-    opens = (now + timedelta(minutes=2)).replace(second=0, microsecond=0)
+    # A window opens at the next minute, with the next tick.
+    opens = (datetime.now(UTC) + timedelta(minutes=1)).replace(second=0, microsecond=0)
     write_windows(windows, opens)
     stack.wait_until(lambda: records(data_root)[ids["first"]]["state"] != "waiting", timeout=360,
                      what="the first request to be admitted at window open")

@@ -41,7 +41,6 @@ def browser():
         options.add_argument(arg)
     options.binary_location = CHROMIUM
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.implicitly_wait(5)
     SHOTS.mkdir(parents=True, exist_ok=True)
     yield driver
     driver.quit()
@@ -74,7 +73,8 @@ class Page:
     def buttons(self, text: str):
         from selenium.webdriver.common.by import By
 
-        return [b for b in self.d.find_elements(By.TAG_NAME, "button") if b.text.strip() == text and b.is_displayed()]
+        # One XPath query, not a round trip per button of the page.
+        return [b for b in self.d.find_elements(By.XPATH, f"//button[normalize-space(.)='{text}']") if b.is_displayed()]
 
     def click(self, text: str, last: bool = False):
         def go():
@@ -253,9 +253,7 @@ def test_trigger_form_refuses_bad_values_then_runs_with_progress_and_links(airfl
     from selenium.webdriver.common.by import By
 
     page.d.get(f"{tasks}/gate/details")  # extra links live in the task instance's Details tab
-    link = page.until(lambda: next(a for a in page.d.find_elements(By.TAG_NAME, "a")
-                                   if (a.get_attribute("textContent") or "").strip() == "MLflow run"
-                                   and a.get_attribute("href")))
+    link = page.until(lambda: page.d.find_element(By.XPATH, "//a[normalize-space(.)='MLflow run'][@href]"))
     page.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", link)
     href = link.get_attribute("href")
     assert href.startswith(mlflow_ui["url"] + "/#/experiments/"), href

@@ -353,10 +353,11 @@ def test_local_leftover_ranks_are_stopped_and_running_runs_are_not(settings):
 
     ckpt = Path(settings.checkpoint_root)
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
-    # a launcher that records its rank, then exits (as a killed Airflow task would)
-    spawn = ("import subprocess, sys; from include.training.local_launcher import record_rank; "
-             "p = subprocess.Popen(sys.argv[2:], start_new_session=True); record_rank(sys.argv[1], 0, p.pid); "
-             "print(p.pid)")
+    # a launcher that records its rank, then exits (as a killed Airflow task would); the rank must not
+    # hold the captured pipes, or run() would wait for it to end
+    spawn = ("import subprocess as s, sys; from include.training.local_launcher import record_rank; "
+             "p = s.Popen(sys.argv[2:], start_new_session=True, stdout=s.DEVNULL, stderr=s.DEVNULL); "
+             "record_rank(sys.argv[1], 0, p.pid); print(p.pid)")
     orphan = psutil.Process(int(subprocess.run(
         [sys.executable, "-c", spawn, str(ckpt / "ft-orphanranks"), *sleeper], capture_output=True, text=True,
         check=True, cwd=Path(__file__).resolve().parents[2]).stdout))

@@ -1,0 +1,20 @@
+"""Run order for the parallel part of `make test` (scripts/test.sh): longest tests first.
+
+The e2e deployments take minutes each; handed out one test at a time (`--dist load
+--maxschedchunk 1`), starting them first lets the short tests fill the gaps, so no worker is left
+running one long test at the end while the other sits idle.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _tier(item: pytest.Item) -> int:
+    if "e2e" in item.path.parts:
+        return 0
+    return 1 if item.get_closest_marker("slow") else 2
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_tier)  # stable: file order within a tier

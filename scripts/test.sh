@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Lint, then every test: unit, DAG integrity, integration (servers on 127.0.0.1), e2e (real Airflow runs).
 # Two test processes share the machine (most e2e time is spent waiting on schedulers, triggers and
-# servers), each handed one test at a time, longest first (tests/conftest.py); the tests marked
+# servers), each handed one test module at a time, longest first (tests/conftest.py); the tests marked
 # `serial` measure latency or timing, so they run afterwards, alone.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LLMOPS_ROOT"
 ruff check . || exit 1
 ok() { [ "$1" -eq 0 ] || [ "$1" -eq 5 ]; }  # 5: nothing collected in that part (a narrowed run)
-python -m pytest -n "${LLMOPS_TEST_WORKERS:-2}" --dist load --maxschedchunk 1 -m "not serial" "$@"; parallel=$?
+python -m pytest -n "${LLMOPS_TEST_WORKERS:-2}" --dist loadscope --no-loadscope-reorder -m "not serial" "$@"; parallel=$?
 python -m pytest -m serial "$@"; serial=$?
 ok "$parallel" && ok "$serial"

@@ -1,8 +1,9 @@
 """Run order for the parallel part of `make test` (scripts/test.sh): longest tests first.
 
-The e2e deployments take minutes each; handed out one test at a time (`--dist load
---maxschedchunk 1`), starting them first lets the short tests fill the gaps, so no worker is left
-running one long test at the end while the other sits idle.
+The e2e deployments take minutes each. The workers take one module at a time, in this order
+(`--dist loadscope --no-loadscope-reorder`: a module's fixtures are built once), so the long
+modules start first and the short ones fill the gaps: no worker is left running one long test at
+the end while the other sits idle.
 """
 
 from __future__ import annotations

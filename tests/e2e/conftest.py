@@ -65,10 +65,12 @@ def airflow_stack(request, tmp_path, postgres, migrated_template):
 
 
 class LocalAirflow:
-    """A throwaway local-profile Airflow home (SQLite) for `airflow dags test` runs."""
+    """A throwaway local-profile Airflow home (SQLite) for `airflow dags test` runs; its database is a
+    copy of `template` when given (migrated once per session), else migrated here."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, template: Path | None = None):
         import os
+        import shutil
 
         self.root = root
         self.data_root = f"file://{root / 'data'}"
@@ -85,7 +87,10 @@ class LocalAirflow:
             "LLMOPS_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         }
         (root / "airflow").mkdir(parents=True, exist_ok=True)
-        self.run(["airflow", "db", "migrate"])
+        if template:
+            shutil.copyfile(template, root / "airflow" / "airflow.db")
+        else:
+            self.run(["airflow", "db", "migrate"])
 
     def run(self, argv: list[str], timeout: float = 600):
         import subprocess
@@ -108,6 +113,13 @@ class LocalAirflow:
                                 env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("local-airflow-template")
+    LocalAirflow(root)
+    return root / "airflow" / "airflow.db"
+
+
 @pytest.fixture
-def local_airflow(tmp_path) -> LocalAirflow:
-    return LocalAirflow(tmp_path)
+def local_airflow(tmp_path, migrated_sqlite) -> LocalAirflow:
+    return LocalAirflow(tmp_path, template=migrated_sqlite)

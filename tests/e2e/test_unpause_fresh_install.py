@@ -3,7 +3,7 @@
 A real deployment (dag-processor, scheduler with the LocalExecutor, triggerer, API server) on an
 empty data root. Unpausing starts each DAG's latest interval at once: prepare_dataset's nightly run
 must wait for its partition (the sensor deferred in the triggerer), and finetune_lifecycle's run,
-with no published dataset, must skip. For a minute after unpausing, no run and no task fails.
+with no published dataset, must skip. For half a minute after unpausing, no run and no task fails.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from airflow_stack import COMPONENTS
 
 pytestmark = pytest.mark.slow
 
-WATCH_S = 60
+WATCH_S = 30  # six pokes of the partition wait
 BAD_TASK_STATES = ("failed", "upstream_failed", "up_for_retry")
 
 

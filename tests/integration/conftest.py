@@ -200,3 +200,75 @@ def mlflow_server(s3_server, tmp_path_factory) -> Iterator[MlflowServer]:
             os.environ.pop("MLFLOW_DISABLE_TELEMETRY", None)
         else:
             os.environ["MLFLOW_DISABLE_TELEMETRY"] = saved
+
+
+# --------------------------------------------------------------------------- the canary rollout's stack
+
+@pytest.fixture(scope="module")
+def rollout_world(tmp_path_factory):
+    """The canary rollout's local stack for one module (tests/integration/rollout_harness.py): settings
+    in a temp dir, three registered versions (v1 fitted to the eval answers, v2 = v1's weights, v3 = a
+    broken checkpoint that answers nothing), v1 serving."""
+    import shutil
+
+    from include.lifecycle import rollout
+    from include.registry.mlflow_registry import get_client
+    from include.serving import processes
+    from include.serving import route as rt
+    from include.serving.router import get_router
+    from include.settings import get_settings
+    from tests.integration import rollout_harness as h
+
+    tmp = tmp_path_factory.mktemp("rollout")
+    saved = {k: os.environ.get(k) for k in ("LLMOPS_DATA_ROOT", "LLMOPS_MLFLOW_TRACKING_URI")}
+    os.environ["LLMOPS_DATA_ROOT"] = f"file://{tmp / 'data'}"
+    os.environ["LLMOPS_MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    get_settings.cache_clear()
+    h.write_eval_set(tmp / "data")
+    good = h.export_model(tmp / "m1", seed=1, train_steps=150)
+    shutil.copytree(good.removeprefix("file://"), tmp / "m2")
+    client = get_client()
+    h.register(client, [good, f"file://{tmp / 'm2'}", h.export_model(tmp / "m3", seed=3, mute=True)],
+               tmp / "artifacts")
+    # first rollout: no champion server, so v1 serves at 100 % once ready, without analysis
+    req = rollout.validate_params({"model_version": "1", "steps": [100], "interval_s": h.INTERVAL})
+    plan = rollout.resolve(req, "setup")
+    assert plan["direct"] and plan["stable"] is None
+    rollout.deploy(plan)
+    verdict, fired = h.run_steps({"validate_params": req, "resolve": plan})
+    assert verdict["decision"] == "promote" and "without analysis" in verdict["reason"] and not fired
+    route = get_router().get(rt.route_name(h.MODEL))
+    assert rt.weights(route) == {h.V1: 100} and rt.state(route)["phase"] == "Promoted"
+    yield {"client": client, "tmp": tmp}
+    root = processes.run_dir()
+    for info in processes.running("", root):
+        processes.stop(info.name, root)
+    for k, v in saved.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def fresh_rollout(rollout_world):
+    """Before each test: v1 alone at 100 %, no rollout state, no faults, v1 champion and v2 challenger."""
+    from include.serving import prometheus_local
+    from include.serving import route as rt
+    from include.serving.router import get_router
+    from include.serving.servers import get_servers
+    from include.settings import get_settings
+    from tests.integration import rollout_harness as h
+
+    router, servers = get_router(), get_servers()
+    route = router.get(rt.route_name(h.MODEL))
+    clean = rt.new_route(h.MODEL, get_settings().serving_namespace, backends={h.V1: 100})
+    clean["metadata"]["resourceVersion"] = route["metadata"]["resourceVersion"]
+    for svc in (h.V2, h.V3):
+        servers.scale_down(svc)
+    servers.deploy(h.V1, rollout_world["client"].get_model_version(h.MODEL, "1").source)
+    router.replace(clean)
+    servers.stop_traffic()
+    prometheus_local.ensure_running()
+    c = rollout_world["client"]
+    c.set_registered_model_alias(h.MODEL, "champion", "1")
+    c.set_registered_model_alias(h.MODEL, "challenger", "2")
+    return rollout_world

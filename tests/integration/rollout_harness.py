@@ -124,3 +124,27 @@ def run_steps(xcoms: dict[str, Any], on_defer=None) -> tuple[dict, list[float]]:
 
 def canary_weight(router, service: str) -> int | None:
     return rt.weights(router.get(rt.route_name(MODEL))).get(service)
+
+
+# -- the rollout tests' common moves (fixtures `rollout_world` and `fresh_rollout` in conftest.py) ----------
+
+INTERVAL = 5  # the form's minimum analysis interval, to keep the suite short
+V1, V2, V3 = (rt.served_name(MODEL, v) for v in (1, 2, 3))
+# Latency ratios off: the verdict must not hinge on noise in a few requests' p95 on 2 shared cores.
+NO_LATENCY = {"metrics": {"latency-p95-ratio": None, "ttft-p95-ratio": None}}
+
+
+def start(version: str, run_id: str, **params) -> tuple[dict, dict]:
+    """Deploy `version` as the canary of a rollout with `params`; return its request and plan once it serves."""
+    from llmops_operators.canary import ServerReadyTrigger
+
+    from include.lifecycle import rollout
+    from include.serving.servers import get_servers
+
+    req = rollout.validate_params({"model_version": version, "interval_s": INTERVAL, "probe_size": 4,
+                                   "traffic_rate": 20, **params})
+    plan = rollout.resolve(req, run_id)
+    rollout.deploy(plan)
+    url = get_servers().url(plan["canary"]["service"])
+    assert first_event(ServerReadyTrigger(url, plan["canary"]["service"], time.time() + 60, 0.2))["ready"]
+    return req, plan

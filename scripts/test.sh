@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Lint, then every test: unit, DAG integrity, integration (servers on 127.0.0.1), e2e (real Airflow runs).
 # Two test processes share the machine (most e2e time is spent waiting on schedulers, triggers and
-# servers), each handed one test module at a time, longest first (tests/conftest.py); the tests marked
+# servers), each handed one test module at a time, the e2e ones first (tests/conftest.py); the tests marked
 # `serial` measure latency or timing, so they run afterwards, alone.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"

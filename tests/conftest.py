@@ -1,4 +1,4 @@
-"""Run order for the parallel part of `make test` (scripts/test.sh): longest tests first.
+"""Run order for the parallel part of `make test` (scripts/test.sh): e2e modules, then slow ones, then the rest.
 
 The e2e deployments take minutes each. The workers take one module at a time, in this order
 (`--dist loadscope --no-loadscope-reorder`: a module's fixtures are built once), so the long

@@ -88,11 +88,10 @@ class LocalCluster:
         for run_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
             if run_dir.name in running:
                 continue
-            live = [(f, proc) for f in sorted(ranks_dir(run_dir).glob("rank-*.pid"))
-                    if (proc := _recorded_process(f)) is not None]
-            procs = [proc for _, proc in live]
-            if live and all(launcher_gone(f) for f, _ in live):
-                pids = [p.pid for p in procs]
+            live = {f: proc for f in sorted(ranks_dir(run_dir).glob("rank-*.pid"))
+                    if (proc := _recorded_process(f)) is not None}
+            if live and all(launcher_gone(f) for f in live):
+                pids = [p.pid for p in live.values()]
                 actions.append(Action("Process", f"{run_dir.name} ranks {pids}", "stop",
                                       f"rank processes of run {run_dir.name} whose launcher is gone", gpus=len(pids),
                                       run=lambda d=run_dir: stop_recorded_ranks(d)))

@@ -201,18 +201,15 @@ def record_rank(checkpoint_dir: str | Path, rank: int, pid: int) -> None:
 def launcher_gone(path: Path) -> bool:
     """Whether the launcher that wrote this pid file has exited. Asked of it, not of the ranks' parent:
     an Airflow task renames its process, and a re-parented rank's new parent may be anything."""
-    try:
-        record = json.loads(path.read_text())["launcher"]
-        proc = psutil.Process(int(record["pid"]))
-        return abs(proc.create_time() - float(record["create_time"])) > START_TIME_TOLERANCE_S
-    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
-        return True
+    return _recorded_process(path, "launcher") is None
 
 
-def _recorded_process(path: Path) -> psutil.Process | None:
-    """The live process a pid file names, or None if it is gone or the pid now belongs to another."""
+def _recorded_process(path: Path, entry: str | None = None) -> psutil.Process | None:
+    """The live process a pid file names (with `entry`, the one under that key of the record), or None if
+    it is gone or the pid now belongs to another."""
     try:
         record = json.loads(path.read_text())
+        record = record[entry] if entry else record
         proc = psutil.Process(int(record["pid"]))
         if abs(proc.create_time() - float(record["create_time"])) > START_TIME_TOLERANCE_S:
             return None

@@ -127,7 +127,7 @@ def metrics(policy: Mapping[str, Any]) -> list[Metric]:
         key = f"metrics.{name}"
         out.append(Metric(
             name=name,
-            query=spec["query"],
+            query=_fill_thresholds(f"{key}.query", spec["query"], thresholds),
             interval=_num(f"{key}.interval", merged.get("interval"), MIN_INTERVAL_S, 3600),
             count=_int(f"{key}.count", merged.get("count"), 1, 1000),
             initial_delay=_num(f"{key}.initialDelay", merged.get("initialDelay", 0), 0, 3600),
@@ -143,6 +143,23 @@ def metrics(policy: Mapping[str, Any]) -> list[Metric]:
     if not out:
         raise PolicyError("metrics: the analysis needs at least one metric")
     return out
+
+
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+_QUERY_PLACEHOLDERS = {"canary", "stable", "window"}  # filled per step by Metric.promql
+
+
+def _fill_thresholds(field_name: str, query: str, thresholds: Mapping[str, float]) -> str:
+    def fill(m: re.Match) -> str:
+        key = m.group(1)
+        if key in _QUERY_PLACEHOLDERS:
+            return m.group(0)
+        if key not in thresholds:
+            raise PolicyError(f"{field_name}: unknown placeholder {m.group(0)}; known: "
+                              f"{', '.join(sorted(_QUERY_PLACEHOLDERS | set(thresholds)))}")
+        return f"{thresholds[key]:g}"
+
+    return _PLACEHOLDER.sub(fill, query)
 
 
 def _missing(name: str) -> Condition:

@@ -13,8 +13,8 @@ instrumentator does. The histogram buckets are finer than vLLM's (a tiny CPU mod
 milliseconds, vLLM's first bucket is 1 ms / 300 ms); names and labels are what matter to the queries.
 
 One engine lock: requests queue on it like vLLM's scheduler queue (`num_requests_waiting`).
-Fault injection for tests: `POST /admin/faults {"error_rate": 0.1, "delay_s": 0.05,
-"latency_factor": 3}` returns 500 on that share of generation requests and slows the rest;
+Fault injection for tests: `POST /admin/faults {"error_rate": 0.1, "delay_s": 0.05}` returns 500
+on that share of generation requests and slows the rest by that many seconds;
 `GET /admin/faults` reads it back. Binds 127.0.0.1 only.
 
 Run: python -m include.serving.modelserver --name=<process name> --model-dir DIR
@@ -48,7 +48,7 @@ class Engine:
         self.served_name = served_name
         self.created = int(time.time())
         self.lock = threading.Lock()
-        self.faults: dict[str, float] = {"error_rate": 0.0, "delay_s": 0.0, "latency_factor": 1.0}
+        self.faults: dict[str, float] = {"error_rate": 0.0, "delay_s": 0.0}
         self.rng = random.Random(seed)
         reg = self.registry = CollectorRegistry()
         self.e2e = Histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency",
@@ -74,7 +74,7 @@ class Engine:
 
     def set_faults(self, raw: dict[str, Any]) -> dict[str, float]:
         out = dict(self.faults)
-        for key, low, high in (("error_rate", 0.0, 1.0), ("delay_s", 0.0, 60.0), ("latency_factor", 1.0, 100.0)):
+        for key, low, high in (("error_rate", 0.0, 1.0), ("delay_s", 0.0, 60.0)):
             if key in raw:
                 value = float(raw[key])
                 if not low <= value <= high:
@@ -82,7 +82,7 @@ class Engine:
                 out[key] = value
         unknown = set(raw) - set(out)
         if unknown:
-            raise ValueError(f"unknown fault keys {sorted(unknown)}; expected error_rate, delay_s, latency_factor")
+            raise ValueError(f"unknown fault keys {sorted(unknown)}; expected error_rate, delay_s")
         self.faults = out
         return out
 
@@ -105,12 +105,12 @@ class Engine:
                 gen = time.monotonic() - gen_start
             finally:
                 self.running.labels(name).dec()
-        extra = faults["delay_s"] + gen * (faults["latency_factor"] - 1.0)
-        if extra > 0:
-            time.sleep(extra)
+        delay = faults["delay_s"]
+        if delay:
+            time.sleep(delay)
         done = time.monotonic()
         n_out = len(text.encode())
-        first = gen / max(n_out, 1) + extra  # the first token's share of the decode, plus the slowdown
+        first = gen / max(n_out, 1) + delay  # the first token's share of the decode, plus the injected delay
         self.ttft.labels(name).observe(gen_start - started + first)
         self.e2e.labels(name).observe(done - started)
         reason = "length" if n_out >= max_tokens else "stop"

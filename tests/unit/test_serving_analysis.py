@@ -100,6 +100,10 @@ def test_policy_defaults_load_and_validate():
     assert [m.name for m in an.for_step(list(ms.values()), 100)] == ["error-rate", "queue-depth"]
     eks = an.load_policy(profile="eks")
     assert "http_requests_total" in eks["metrics"]["error-rate"]["query"]
+    # the latency floor (a threshold) is filled into both sides of the ratio, per profile
+    for profile, floor in (("local", "0.05"), ("eks", "0.02")):
+        q = {m.name: m for m in an.metrics(an.load_policy(profile=profile))}["latency-p95-ratio"].promql("c", "s")
+        assert q.count(f"), {floor})") == 2 and "{" + "min_latency_s}" not in q
     over = an.load_policy({"thresholds": {"max_error_rate": 0.2}, "metrics": {"queue-depth": None}}, profile="local")
     assert "queue-depth" not in over["metrics"]
     assert {m.name: m for m in an.metrics(over)}["error-rate"].success.threshold == 0.2
@@ -111,6 +115,7 @@ def test_policy_defaults_load_and_validate():
     ({"metrics": {"error-rate": {"successCondition": "__import__('os')"}}}, "successCondition"),
     ({"metrics": {"error-rate": {"successCondition": "result < {nope}"}}}, "unknown threshold"),
     ({"metrics": {"x": {"query": ""}}}, "metrics.x.query"),
+    ({"metrics": {"x": {"query": "up > {nope}", "successCondition": "result < 1"}}}, "unknown placeholder"),
 ])
 def test_policy_refuses_what_cannot_run(override, field):
     with pytest.raises(an.PolicyError, match=field.replace("(", r"\(")):

@@ -11,6 +11,7 @@ import json
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -80,8 +81,8 @@ def test_healthy_canary_is_promoted(fresh_rollout):
     # every step's record is in the canary's MLflow run, every measurement Successful
     c = fresh_rollout["client"]
     run_id = c.get_model_version(h.MODEL, "2").run_id
-    rows = [r for i in (1, 2) for r in json.loads(open(c.download_artifacts(
-        run_id, f"rollout/healthy/step-{i}.json")).read())]
+    rows = [r for i in (1, 2) for r in json.loads(Path(c.download_artifacts(
+        run_id, f"rollout/healthy/step-{i}.json", dst_path=str(fresh_rollout["tmp"]))).read_text())]
     assert rows and {r["outcome"] for r in rows} == {"Successful"}
     assert {r["weight"] for r in rows} == {50, 100}
     assert any(r["metric"].startswith("probe:") for r in rows)

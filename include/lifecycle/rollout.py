@@ -78,12 +78,15 @@ def resolve(req: Mapping[str, Any], run_id: str, settings: Settings | None = Non
         raise RolloutError(f"model_version={canary_version}: not a registered version of {model}") from exc
     canary_service = rt.served_name(model, canary_version)
     noop = not mine and stable_service == canary_service
+    stable = None
+    if stable_version not in (None, canary_version):
+        stable = {"version": stable_version, "service": rt.served_name(model, stable_version),
+                  "source": reg._client(client).get_model_version(model, stable_version).source}
     plan = {
         "model": model, "run_id": run_id, "action": req["action"], "noop": noop,
         "canary": {"version": canary_version, "service": canary_service, "source": mv.source,
                    "mlflow_run_id": mv.run_id, "dataset_version": (mv.tags or {}).get(reg.DATASET_TAG)},
-        "stable": None if stable_version in (None, canary_version) else
-        {"version": stable_version, "service": rt.served_name(model, stable_version)},
+        "stable": stable,
         "steps": list(req["steps"]),
     }
     plan["direct"] = plan["stable"] is None or req["action"] == "rollback"

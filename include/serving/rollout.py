@@ -115,6 +115,10 @@ def deploy(plan: Mapping[str, Any], settings: Settings | None = None, *, wait_re
     """
     settings = settings or get_settings()
     servers = get_servers(settings)
+    if plan["stable"]:
+        # As a Deployment's controller would: a stable server that is gone (a local `stop-all`, a
+        # reboot) serves again before the route moves. A no-op where it runs.
+        servers.deploy(plan["stable"]["service"], plan["stable"]["source"])
     url = servers.deploy(plan["canary"]["service"], plan["canary"]["source"], wait=wait_ready)
     servers.ensure_observability()
     router = get_router(settings)

@@ -138,6 +138,7 @@ def rank_environment(
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(master_port),
             "LLMOPS_XCOM_PATH": str(xcom_path),
+            "TMPDIR": str(xcom_path.parent),  # the attempt's dir: a killed rank's temp files go with it
             "PYTHONPATH": str(PROJECT_ROOT) + (os.pathsep + pythonpath if pythonpath else ""),
             "OMP_NUM_THREADS": "1",
             "PYTHONUNBUFFERED": "1",

@@ -13,10 +13,12 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from include import tinylm
@@ -101,16 +103,24 @@ def test_two_local_ranks_train_and_export(tmp_path):
     assert tinylm.generate(model, "Q: color of item 2?", max_new_tokens=16).startswith("A:")
 
 
-def test_killed_rank_fails_the_launch_and_the_rerun_resumes_from_checkpoint(tmp_path):
+def test_killed_rank_fails_the_launch_and_the_rerun_resumes_from_checkpoint(tmp_path, monkeypatch):
     plan = make_plan(tmp_path, max_steps=200, checkpoint_interval=10)
     ckpt = tmp_path / "checkpoints"
     pids: dict[int, int] = {}
+    rank_tmp: list[str] = []
     outcome: dict[str, BaseException | dict] = {}
+    temp_root = tmp_path / "tmp"
+    temp_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp_root))  # where the launcher makes its attempt dirs
+
+    def started(by_rank: dict[int, int]) -> None:
+        pids.update(by_rank)
+        rank_tmp.extend(psutil.Process(pid).environ()["TMPDIR"] for pid in by_rank.values())
 
     def first_attempt():
         try:
             # no restart inside the launch: this test is about a later rerun (an Airflow retry)
-            outcome["result"] = launch(plan, 2, timeout=120, on_started=pids.update, policy=NO_RESTARTS)
+            outcome["result"] = launch(plan, 2, timeout=120, on_started=started, policy=NO_RESTARTS)
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             outcome["error"] = exc
 
@@ -150,6 +160,9 @@ def test_killed_rank_fails_the_launch_and_the_rerun_resumes_from_checkpoint(tmp_
     assert {r["attempt"] for r in after if r["step"] <= last_step} == {first_attempt_id}
     assert first_attempt_id not in {r["attempt"] for r in after if r["step"] > last_step}
     assert [r for r in after if r["step"] <= last_step] == [r for r in before if r["step"] <= last_step]
+    # the killed rank's temp files were in its attempt's dir, which the launcher removed
+    assert len(rank_tmp) == 2 and all(Path(t).parent == temp_root for t in rank_tmp), rank_tmp
+    assert list(temp_root.iterdir()) == []
 
 
 def test_launcher_passes_hostile_values_only_as_single_argv_items(tmp_path, monkeypatch):

@@ -45,6 +45,20 @@ def test_no_data_is_inconclusive_then_abort(fresh_rollout):
     assert h.canary_weight(get_router(), h.V2) == 0
 
 
+def test_a_stable_server_that_is_gone_serves_again_before_the_canary_gets_traffic(fresh_rollout):
+    """The route says v1 serves 100 % but its server is gone (`stop-all`, a reboot): the next rollout
+    starts it again from its registered weights, as a Deployment's controller would, then attaches v2."""
+    from include.serving.servers import get_servers
+
+    servers = get_servers()
+    assert servers.scale_down(h.V1) and servers.url(h.V1) is None
+    req, plan = h.start("2", "stable-gone", steps=[100], count=1, traffic_rate=0, probe_size=0)
+    assert plan["stable"]["source"] == fresh_rollout["client"].get_model_version(h.MODEL, "1").source
+    assert processes.http_ok(servers.url(h.V1) + "/v1/models")
+    assert rt.weights(get_router().get(rt.route_name(h.MODEL))) == {h.V1: 100, h.V2: 0}
+    rollout.abort(plan, "test over")
+
+
 @pytest.mark.parametrize("restart_after", [None, h.INTERVAL * 2.5])
 def test_prometheus_stopped_is_error(fresh_rollout, restart_after):
     # A Prometheus that just came back has no samples in the first window after the outage: this run

@@ -53,7 +53,7 @@ def router(monkeypatch):
 def plan(run="run-a", steps=(10, 50, 100)):
     return {"model": "llmops-assistant", "run_id": run, "action": "rollout", "noop": False, "direct": False,
             "canary": {"version": "2", "service": C, "source": "file:///m2"},
-            "stable": {"version": "1", "service": S}, "steps": list(steps)}
+            "stable": {"version": "1", "service": S, "source": "file:///m1"}, "steps": list(steps)}
 
 
 def claim(router, p):

@@ -20,7 +20,7 @@ MAX_LOCAL_RANKS = 8
 class LocalJobs:
     kind = "local"
     trainer_backend = "tiny"
-    retry_delay_s = 20
+    retry_delay_s = 5
     training_timeout_h = 2
 
     def __init__(self, settings: Settings) -> None:

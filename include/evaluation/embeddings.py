@@ -91,7 +91,7 @@ class LocalEmbeddings(BaseRagasEmbeddings):
         self.model_path = model_path or default_model_path()
         self.device = device or default_device()
         self.batch_size = batch_size
-        self.model = _load(self.model_path, device)
+        self.model = _load(self.model_path, self.device)
         self._vectors: dict[str, list[float]] = {}
         self._lock = threading.Lock()
         self._pending: list[tuple[list[str], asyncio.Future]] = []

@@ -3,11 +3,13 @@
 Airflow 3.3 parks a Human-in-the-loop task in `awaiting_input` and the scheduler's timeout sweep
 resumes it with its default, so this needs the scheduler, not `airflow dags test`. The load
 generator is off (traffic_rate 0): the canary's metrics have no data, which is Inconclusive.
+v1 serves before the deployment starts (the first rollout's DAG path is test_rollout_lifecycle's).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -18,6 +20,26 @@ from tests.integration import rollout_harness as h
 
 pytestmark = pytest.mark.slow
 APPROVAL_TIMEOUT_S = 15
+
+
+def first_rollout(env: dict[str, str]) -> None:
+    """v1 to 100 % with the rollout's own functions and operator, in this process, under `env`."""
+    from include.lifecycle import rollout
+    from include.settings import get_settings
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    try:
+        req = rollout.validate_params({"model_version": "1", "steps": [100]})
+        plan = rollout.resolve(req, "first")
+        rollout.deploy(plan)
+        verdict, _ = h.run_steps({"validate_params": req, "resolve": plan})
+        assert verdict["decision"] == "promote", verdict
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        get_settings.cache_clear()
 
 
 def test_inconclusive_canary_waits_for_approval_then_aborts_on_timeout(airflow_stack, tmp_path):
@@ -31,18 +53,13 @@ def test_inconclusive_canary_waits_for_approval_then_aborts_on_timeout(airflow_s
     client = MlflowClient(tracking)
     h.register(client, [good, f"file://{tmp_path / 'm2'}"], tmp_path / "artifacts")
     root = processes.run_dir(data.as_uri())
-    stack = airflow_stack(env={"LLMOPS_PROFILE": "local", "LLMOPS_DATA_ROOT": data.as_uri(),
-                               "LLMOPS_MLFLOW_TRACKING_URI": tracking,
-                               "LLMOPS_APPROVAL_TIMEOUT_SECONDS": str(APPROVAL_TIMEOUT_S)},
-                          components=("dag-processor", "scheduler", "triggerer", "api-server"))
+    env = {"LLMOPS_PROFILE": "local", "LLMOPS_DATA_ROOT": data.as_uri(), "LLMOPS_MLFLOW_TRACKING_URI": tracking}
     try:
+        first_rollout(env)
+        stack = airflow_stack(env={**env, "LLMOPS_APPROVAL_TIMEOUT_SECONDS": str(APPROVAL_TIMEOUT_S)},
+                              components=("dag-processor", "scheduler", "triggerer", "api-server"))
         stack.wait_for_dag("rollout_model")
         stack.airflow("dags", "unpause", "rollout_model")
-        stack.airflow("dags", "trigger", "rollout_model", "--run-id", "manual__first",
-                      "--conf", json.dumps({"model_version": "1", "steps": [100]}))
-        first = stack.wait_for_runs("rollout_model", 1, timeout=240)
-        assert first[0]["state"] == "success", stack.task_states("rollout_model")
-
         stack.airflow("dags", "trigger", "rollout_model", "--run-id", "manual__canary", "--conf", json.dumps({
             "model_version": "2", "steps": [50, 100], "interval_s": 5, "count": 1, "probe_size": 2,
             "traffic_rate": 0, "scale_down_delay_s": 1}))
@@ -54,10 +71,9 @@ def test_inconclusive_canary_waits_for_approval_then_aborts_on_timeout(airflow_s
 
         asked = stack.wait_until(asking, 240, "the approval task to ask")
         assert "inconclusive" in asked[0]["subject"] and asked[0]["defaults"] == ["abort"], asked
-        runs = stack.wait_for_runs("rollout_model", 2, timeout=120 + APPROVAL_TIMEOUT_S)
-        states = {r["task_id"]: r["state"] for r in stack.task_states("rollout_model")
-                  if r["run_id"] == "manual__canary"}
-        assert runs[-1]["state"] == "success", states
+        [run] = stack.wait_for_runs("rollout_model", 1, timeout=120 + APPROVAL_TIMEOUT_S)
+        states = {r["task_id"]: r["state"] for r in stack.task_states("rollout_model")}
+        assert run["state"] == "success", states
         assert states["approve"] == "success" and states["abort"] == "success", states
         assert states["promote"] == "skipped", states
 

@@ -101,7 +101,7 @@ def test_policy_defaults_load_and_validate():
     eks = an.load_policy(profile="eks")
     assert "http_requests_total" in eks["metrics"]["error-rate"]["query"]
     # the latency floor (a threshold) is filled into both sides of the ratio, per profile
-    for profile, floor in (("local", "0.05"), ("eks", "0.02")):
+    for profile, floor in (("local", "0.1"), ("eks", "0.02")):
         q = {m.name: m for m in an.metrics(an.load_policy(profile=profile))}["latency-p95-ratio"].promql("c", "s")
         assert q.count(f"), {floor})") == 2 and "{" + "min_latency_s}" not in q
     over = an.load_policy({"thresholds": {"max_error_rate": 0.2}, "metrics": {"queue-depth": None}}, profile="local")

@@ -107,20 +107,16 @@ def test_killed_rank_fails_the_launch_and_the_rerun_resumes_from_checkpoint(tmp_
     plan = make_plan(tmp_path, max_steps=200, checkpoint_interval=10)
     ckpt = tmp_path / "checkpoints"
     pids: dict[int, int] = {}
-    rank_tmp: list[str] = []
+    rank_tmp: list[str | None] = []
     outcome: dict[str, BaseException | dict] = {}
     temp_root = tmp_path / "tmp"
     temp_root.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp_root))  # where the launcher makes its attempt dirs
 
-    def started(by_rank: dict[int, int]) -> None:
-        pids.update(by_rank)
-        rank_tmp.extend(psutil.Process(pid).environ()["TMPDIR"] for pid in by_rank.values())
-
     def first_attempt():
         try:
             # no restart inside the launch: this test is about a later rerun (an Airflow retry)
-            outcome["result"] = launch(plan, 2, timeout=120, on_started=started, policy=NO_RESTARTS)
+            outcome["result"] = launch(plan, 2, timeout=120, on_started=pids.update, policy=NO_RESTARTS)
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             outcome["error"] = exc
 
@@ -132,6 +128,8 @@ def test_killed_rank_fails_the_launch_and_the_rerun_resumes_from_checkpoint(tmp_
         latest = tiny.latest_checkpoint(ckpt)
         if latest and latest[0] > 10:
             seen_step = latest[0]
+            # both ranks are past start-up and training: their environment is the one they run with
+            rank_tmp = [psutil.Process(pid).environ().get("TMPDIR") for pid in pids.values()]
             os.kill(pids[1], signal.SIGKILL)
             break
         time.sleep(0.01)
@@ -161,7 +159,7 @@ def test_killed_rank_fails_the_launch_and_the_rerun_resumes_from_checkpoint(tmp_
     assert first_attempt_id not in {r["attempt"] for r in after if r["step"] > last_step}
     assert [r for r in after if r["step"] <= last_step] == [r for r in before if r["step"] <= last_step]
     # the killed rank's temp files were in its attempt's dir, which the launcher removed
-    assert len(rank_tmp) == 2 and all(Path(t).parent == temp_root for t in rank_tmp), rank_tmp
+    assert len(rank_tmp) == 2 and all(t and Path(t).parent == temp_root for t in rank_tmp), rank_tmp
     assert list(temp_root.iterdir()) == []
 
 

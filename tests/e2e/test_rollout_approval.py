@@ -9,7 +9,6 @@ v1 serves before the deployment starts (the first rollout's DAG path is test_rol
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import pytest
@@ -22,27 +21,22 @@ pytestmark = pytest.mark.slow
 APPROVAL_TIMEOUT_S = 15
 
 
-def first_rollout(env: dict[str, str]) -> None:
-    """v1 to 100 % with the rollout's own functions and operator, in this process, under `env`."""
-    from include.lifecycle import rollout
+def first_rollout(monkeypatch, env: dict[str, str]) -> None:
+    """v1 to 100 % in this process, under the deployment's `env`."""
     from include.settings import get_settings
 
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
     try:
-        req = rollout.validate_params({"model_version": "1", "steps": [100]})
-        plan = rollout.resolve(req, "first")
-        rollout.deploy(plan)
-        verdict, _ = h.run_steps({"validate_params": req, "resolve": plan})
-        assert verdict["decision"] == "promote", verdict
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            get_settings.cache_clear()
+            verdict, _ = h.first_rollout()
     finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        get_settings.cache_clear()
+        get_settings.cache_clear()  # after the environment is restored
+    assert verdict["decision"] == "promote", verdict
 
 
-def test_inconclusive_canary_waits_for_approval_then_aborts_on_timeout(airflow_stack, tmp_path):
+def test_inconclusive_canary_waits_for_approval_then_aborts_on_timeout(airflow_stack, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     data = tmp_path / "data"
@@ -55,7 +49,7 @@ def test_inconclusive_canary_waits_for_approval_then_aborts_on_timeout(airflow_s
     root = processes.run_dir(data.as_uri())
     env = {"LLMOPS_PROFILE": "local", "LLMOPS_DATA_ROOT": data.as_uri(), "LLMOPS_MLFLOW_TRACKING_URI": tracking}
     try:
-        first_rollout(env)
+        first_rollout(monkeypatch, env)
         stack = airflow_stack(env={**env, "LLMOPS_APPROVAL_TIMEOUT_SECONDS": str(APPROVAL_TIMEOUT_S)},
                               components=("dag-processor", "scheduler", "triggerer", "api-server"))
         stack.wait_for_dag("rollout_model")

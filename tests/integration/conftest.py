@@ -211,7 +211,6 @@ def rollout_world(tmp_path_factory):
     broken checkpoint that answers nothing), v1 serving."""
     import shutil
 
-    from include.lifecycle import rollout
     from include.registry.mlflow_registry import get_client
     from include.serving import processes
     from include.serving import route as rt
@@ -231,11 +230,7 @@ def rollout_world(tmp_path_factory):
     h.register(client, [good, f"file://{tmp / 'm2'}", h.export_model(tmp / "m3", seed=3, mute=True)],
                tmp / "artifacts")
     # first rollout: no champion server, so v1 serves at 100 % once ready, without analysis
-    req = rollout.validate_params({"model_version": "1", "steps": [100], "interval_s": h.INTERVAL})
-    plan = rollout.resolve(req, "setup")
-    assert plan["direct"] and plan["stable"] is None
-    rollout.deploy(plan)
-    verdict, fired = h.run_steps({"validate_params": req, "resolve": plan})
+    verdict, fired = h.first_rollout()
     assert verdict["decision"] == "promote" and "without analysis" in verdict["reason"] and not fired
     route = get_router().get(rt.route_name(h.MODEL))
     assert rt.weights(route) == {h.V1: 100} and rt.state(route)["phase"] == "Promoted"

@@ -148,3 +148,14 @@ def start(version: str, run_id: str, **params) -> tuple[dict, dict]:
     url = get_servers().url(plan["canary"]["service"])
     assert first_event(ServerReadyTrigger(url, plan["canary"]["service"], time.time() + 60, 0.2))["ready"]
     return req, plan
+
+
+def first_rollout(version: str = "1") -> tuple[dict, list[float]]:
+    """`version` straight to 100 % (no champion server yet) with the rollout's own functions and operator."""
+    from include.lifecycle import rollout
+
+    req = rollout.validate_params({"model_version": version, "steps": [100], "interval_s": INTERVAL})
+    plan = rollout.resolve(req, "first")
+    assert plan["direct"] and plan["stable"] is None
+    rollout.deploy(plan)
+    return run_steps({"validate_params": req, "resolve": plan})

@@ -17,6 +17,7 @@ import pytest
 
 from include.lifecycle import rollout
 from include.serving import route as rt
+from include.serving.analysis import load_policy
 from include.serving.router import get_router
 from include.serving.servers import get_servers
 from tests.integration import rollout_harness as h
@@ -90,13 +91,14 @@ def test_healthy_canary_is_promoted(fresh_rollout):
 
 # 5xx: 40 req/s gives the error rate enough canary requests per window to tell 10 % from 5 %; at that
 # rate two CPU cores saturate and queueing makes the latency ratios noise, so that run checks the
-# error metric alone (a per-run policy override). Latency: the full default policy, unsaturated; 400 ms
-# more per answer is 4x the local latency floor (policy.yaml), the small model's own ~5 ms is under it.
+# error metric alone (a per-run policy override). Latency: the full default policy, unsaturated; the
+# injected delay is 4x the local latency floor (policy.yaml), the small model's own ~5 ms is under it.
+FLOOR_S = load_policy(profile="local")["thresholds"]["min_latency_s"]
 
 
 @pytest.mark.parametrize("faults, metrics, rate, policy", [
     ({"error_rate": 0.1}, ("error-rate",), 40, h.NO_LATENCY),
-    ({"delay_s": 0.4}, ("latency-p95-ratio", "ttft-p95-ratio"), 20, {}),
+    ({"delay_s": 4 * FLOOR_S}, ("latency-p95-ratio", "ttft-p95-ratio"), 20, {}),
 ])
 def test_regression_rolled_back_within_two_intervals(fresh_rollout, faults, metrics, rate, policy):
     metric = metrics[0]

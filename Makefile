@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test ui mlflow lint bench clean
+.PHONY: install system run test test-fast ui mlflow lint bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,24 +15,33 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	bash scripts/install_checkov.sh
 	touch $(STAMP)
 
-install: $(STAMP)
+# Everything both commands need, the machine's programs first (include/prereqs.py: Debian's packages,
+# with sudo when not root); a check that takes milliseconds when nothing is missing.
+install: system $(STAMP)
 
-run: $(STAMP)
+system:
+	@$(PYTHON) -m include.prereqs install
+
+run: install
 	bash scripts/run_local.sh
 
-test: $(STAMP)
+test: install
 	bash scripts/test.sh
 
-ui: $(STAMP)
+# The edit loop: lint, unit and DAG tests, no servers or schedulers (under 3 minutes).
+test-fast: install
+	bash scripts/test.sh --fast
+
+ui: install
 	bash scripts/ui.sh
 
-mlflow: $(STAMP)
+mlflow: install
 	bash -c 'source scripts/env.sh && exec mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$${LLMOPS_MLFLOW_TRACKING_URI:-sqlite:///$$LLMOPS_ROOT/.mlflow/mlflow.db}"'
 
-lint: $(STAMP)
+lint: install
 	$(BIN)/ruff check .
 
-bench: $(STAMP)
+bench: install
 	bash -c 'source scripts/env.sh && python benchmarks/dataprep.py && python benchmarks/eval.py'
 
 clean:

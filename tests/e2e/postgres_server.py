@@ -4,14 +4,13 @@ SQLite cannot carry a scheduler, a dag-processor, an API server and the CLI writ
 reader that must upgrade to a writer gets "database is locked" at once, whatever the busy timeout.
 So the deployments under test use Postgres, like docker-compose.yaml and the Helm chart.
 
-The server runs from the machine's PostgreSQL binaries (`initdb`, `postgres` on PATH or under
-/usr/lib/postgresql/<version>/bin). PostgreSQL refuses to run as root, so as root it runs as the
-`postgres` system user. `stop()` shuts it down and removes its data directory.
+The server runs from the machine's PostgreSQL binaries, found as `include/prereqs.py` finds them
+(`make install` installs Debian's `postgresql` when they are missing). PostgreSQL refuses to run as
+root, so as root it runs as the `postgres` system user. `stop()` shuts it down and removes its data directory.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import pwd
 import shutil
@@ -24,6 +23,8 @@ from pathlib import Path
 
 from airflow_stack import free_port
 
+from include import prereqs
+
 SUPERUSER = "airflow"
 
 
@@ -32,12 +33,10 @@ class PostgresUnavailable(RuntimeError):
 
 
 def _binary(name: str) -> str:
-    found = shutil.which(name) or max(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), default=None,
-                                       key=lambda p: int(Path(p).parts[-3]))  # the newest major version
-    if not found:
-        raise PostgresUnavailable(f"PostgreSQL's `{name}` was not found on PATH or under /usr/lib/postgresql: "
-                                  "install the server (Debian: apt-get install postgresql), as .ci/run does")
-    return found
+    try:
+        return prereqs.find(name)
+    except prereqs.Missing as e:
+        raise PostgresUnavailable(str(e)) from e
 
 
 class PostgresServer:

@@ -29,7 +29,7 @@ SETTINGS = Settings(profile="eks", data_root="s3://llmops-data/prod")
 
 def kustomized() -> list[dict]:
     if kustomize_command() is None:
-        pytest.skip("no kubectl/kustomize binary: run scripts/install_kubectl.py")
+        pytest.fail("no kubectl/kustomize binary: run `make install` (it runs scripts/install_kubectl.py)")
     return kustomize_build(REPO_ROOT / "k8s")
 
 

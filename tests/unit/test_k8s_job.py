@@ -185,7 +185,7 @@ def test_trainer_plan_is_checked_before_any_node_is_provisioned():
 
 
 def test_torchrun_accepts_the_arguments():
-    run = pytest.importorskip("torch.distributed.run")
+    from torch.distributed import run  # requirements-dev.txt
     launch = render(plan(nodes=4))
     args = run.parse_args(pod_spec(launch)["containers"][0]["args"])
     assert (args.nnodes, args.nproc_per_node) == ("4", "8")

@@ -59,7 +59,7 @@ def test_tree_builds_with_the_expected_objects():
 
 def test_real_kustomize_build_agrees_with_the_files():
     if kustomize_command() is None:
-        pytest.skip("no kustomize/kubectl binary: run scripts/install_kubectl.py")
+        pytest.fail("no kustomize/kubectl binary: run `make install` (it runs scripts/install_kubectl.py)")
     real = kustomize_build(K8S)
     assert sorted(ids(real)) == sorted(ids(manifests_from_files(K8S)))
     assert all(d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "llmops-finetune" for d in real)

@@ -4,9 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system run test test-fast ui mlflow lint bench clean
+.PHONY: install system run test test-fast ui cluster mlflow lint bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml scripts/install_kubectl.py scripts/install_checkov.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
@@ -34,6 +34,11 @@ test-fast: install
 
 ui: install
 	bash scripts/ui.sh
+
+# The eks profile's proving ground for a person: a local Kubernetes control plane with k8s/ applied,
+# built from the Go module proxy on first use (minutes), until Ctrl-C. make test starts its own.
+cluster: install
+	bash -c 'source scripts/env.sh && exec python scripts/cluster.py'
 
 mlflow: install
 	bash -c 'source scripts/env.sh && exec mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$${LLMOPS_MLFLOW_TRACKING_URI:-sqlite:///$$LLMOPS_ROOT/.mlflow/mlflow.db}"'

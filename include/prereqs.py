@@ -121,33 +121,40 @@ def install() -> int:
 
     Without apt, or when apt fails, print what to install by hand and fail: a run would stop later anyway.
     """
-    packages = sorted({p.package for p in missing() if p.package})
-    if not packages:
-        return 0
-    if not shutil.which("apt-get") or (os.geteuid() != 0 and not shutil.which("sudo")):
-        _by_hand(packages, "no apt-get here" if not shutil.which("apt-get") else "not root and no sudo")
+    absent = missing()
+    by_hand = [p for p in absent if p.hint]  # no Debian package fits (Go: Debian's is too old)
+    packages = sorted({p.package for p in absent if p.package})
+    if packages and (not shutil.which("apt-get") or (os.geteuid() != 0 and not shutil.which("sudo"))):
+        _by_hand(absent, "no apt-get here" if not shutil.which("apt-get") else "not root and no sudo")
         return 1
-    print(f"installing from Debian's packages: {' '.join(packages)}", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (_apt("update", "-q"), install_command(packages)):
-        result = subprocess.run(argv, env=env, capture_output=True, text=True)
-        if result.returncode:
-            cause = next((line for line in reversed(result.stderr.splitlines()) if line.strip()),
-                         f"exit {result.returncode}")
-            _by_hand(packages, f"`{' '.join(argv)}` failed: {cause}")
+    if packages:
+        print(f"installing from Debian's packages: {' '.join(packages)}", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for argv in (_apt("update", "-q"), install_command(packages)):
+            result = subprocess.run(argv, env=env, capture_output=True, text=True)
+            if result.returncode:
+                cause = next((line for line in reversed(result.stderr.splitlines()) if line.strip()),
+                             f"exit {result.returncode}")
+                _by_hand(absent, f"`{' '.join(argv)}` failed: {cause}")
+                return 1
+        by_hand += [p for p in missing() if p.package]
+        if by_hand:
+            _by_hand(by_hand, "installed, yet still not found")
             return 1
-    still = missing()
-    if still:
-        _by_hand(sorted({p.package for p in still if p.package}), "installed, yet still not found")
+    if by_hand:
+        _by_hand(by_hand, "no Debian package fits")
         return 1
     return 0
 
 
-def _by_hand(packages: list[str], why: str) -> None:
-    print(f"make install: cannot install {', '.join(packages)} ({why}). Install by hand:", file=sys.stderr)
-    for p in PROGRAMS.values():
-        if p.package in packages:
+def _by_hand(programs: list[Program], why: str) -> None:
+    names = ", ".join(p.package or p.name for p in programs if p.package or p.hint)
+    print(f"make install: cannot install {names} ({why}). Install by hand:", file=sys.stderr)
+    for p in programs:
+        if p.package:
             print(f"  {p.name:<13} Debian package {p.package:<16} {p.needed_for}", file=sys.stderr)
+        elif p.hint:
+            print(f"  {p.name:<13} {p.hint}: {p.needed_for}", file=sys.stderr)
 
 
 def preflight(purpose: str, data_root: str | None = None, ports: Iterable[int] = ()) -> list[str]:

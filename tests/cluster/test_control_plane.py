@@ -281,3 +281,22 @@ def test_kwok_chaos_stage_fails_a_pod_with_the_exit_code_asked_for(smoke: Contro
     pods = client.CoreV1Api(smoke.api_client).list_namespaced_pod(SMOKE_NS, label_selector="job-name=crash").items
     statuses = [s for p in pods for s in p.status.container_statuses or []]
     assert {s.state.terminated.exit_code for s in statuses if s.state.terminated} == {42}
+
+
+def test_admission_policy_type_checks(control_plane: ControlPlane, applied) -> None:
+    """The API server type-checks the policy's CEL against every kind it matches. Fields of another
+    kind are expected warnings; a type error (no matching overload) is a rule that cannot hold."""
+    from kubernetes import client
+
+    assert applied.returncode == 0, "needs k8s/ applied"
+    api = client.AdmissionregistrationV1Api(control_plane.api_client)
+
+    def checked():
+        status = api.read_validating_admission_policy("llm-training-airflow-guard").status
+        return status and status.type_checking and status.type_checking.expression_warnings is not None
+
+    _wait_for("the policy's type check", checked, timeout=30)
+    warnings = api.read_validating_admission_policy("llm-training-airflow-guard").status.type_checking
+    errors = [f"{w.field_ref}: {w.warning}" for w in warnings.expression_warnings
+              if "no matching overload" in w.warning]
+    assert not errors, "\n".join(errors)

@@ -2,8 +2,9 @@
 
 local: one `include.serving.modelserver` process per version (named `model-<service>`, pid file
 under the data root), serving the registered weights directly from the data root.
-eks: the Deployment and Service rendered by `k8s_objects` (vLLM on gpu-inference-pool), created or
-replaced through the Kubernetes API; the in-cluster Service address. `get_servers` picks one.
+eks: the Deployment, Service and PDB rendered by `k8s_objects` (vLLM on gpu-inference-pool), created
+through the Kubernetes API, an existing Deployment scaled to its desired replicas; the in-cluster
+Service address. `get_servers` picks one.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ class Servers(ABC):
 
     @abstractmethod
     def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True) -> str:
-        """Ensure the version's server exists (idempotent); return its base URL. With `wait`, a local
-        server is also ready when this returns; without it (and always on eks) the caller waits."""
+        """Ensure the version's server exists and serves (idempotent; a stopped or scaled-to-0 one
+        starts again); return its base URL. With `wait`, a local server is also ready when this
+        returns; without it (and always on eks) the caller waits."""
 
     @abstractmethod
     def url(self, service: str) -> str | None:
@@ -152,8 +154,10 @@ class EksServers(Servers):
         return self._client
 
     def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True) -> str:
-        from kubernetes.client import AppsV1Api, CoreV1Api
-        from kubernetes.client.exceptions import ApiException
+        """Create the version's Deployment, Service and PDB, or, when the Deployment exists, set its
+        replicas to the desired count: a version scaled to 0 when another was promoted serves again
+        (a rollback to the previous champion). A retried task never makes a second object."""
+        from kubernetes.client import AppsV1Api, CoreV1Api, PolicyV1Api
 
         from include.serving import k8s_objects
 
@@ -161,19 +165,12 @@ class EksServers(Servers):
         version = service.rsplit("-v", 1)[1]
         objs = k8s_objects.version_objects(self.settings.registered_model_name, version, source_uri,
                                            settings=self.settings, method=method)
-        apps, core = AppsV1Api(self.client), CoreV1Api(self.client)
-        for obj, create in ((objs["deployment"], apps.create_namespaced_deployment),
-                            (objs["service"], core.create_namespaced_service),
-                            (objs["pdb"], None)):
-            if create is None:
-                from kubernetes.client import PolicyV1Api
-
-                create = PolicyV1Api(self.client).create_namespaced_pod_disruption_budget
-            try:
-                create(ns, obj)
-            except ApiException as exc:
-                if exc.status != 409:  # already there: a retried task never makes a second one
-                    raise
+        apps = AppsV1Api(self.client)
+        if not _create(apps.create_namespaced_deployment, ns, objs["deployment"]):
+            replicas = objs["deployment"]["spec"]["replicas"]  # the Role: patch on deployments/scale
+            apps.patch_namespaced_deployment_scale(service, ns, {"spec": {"replicas": replicas}})
+        _create(CoreV1Api(self.client).create_namespaced_service, ns, objs["service"])
+        _create(PolicyV1Api(self.client).create_namespaced_pod_disruption_budget, ns, objs["pdb"])
         return self.url(service)
 
     def url(self, service: str) -> str | None:
@@ -211,6 +208,19 @@ class EksServers(Servers):
                 return False
             raise
         return True
+
+
+def _create(create: Any, namespace: str, obj: dict) -> bool:
+    """Create `obj`; False when it already exists (409)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        create(namespace, obj)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        return False
+    return True
 
 
 def _epoch(timestamp: str) -> float:

@@ -227,6 +227,7 @@ class ControlPlane:
             "admin", "kube-controller-manager", "kube-scheduler", "kwok", "jobset")}
         self._procs: list[_Proc] = []
         self._api_client = None
+        self.applied: subprocess.CompletedProcess | None = None  # apply_project()'s kubectl output
         # Nothing may outlive the test session: a finalizer also runs at interpreter exit, and
         # _die_with_parent covers a test process that is killed outright.
         self._finalizer = weakref.finalize(self, _kill_all, self._procs)
@@ -308,7 +309,7 @@ class ControlPlane:
 
         rendered = subprocess.run([find_kubectl(), "kustomize", str(REPO_ROOT / "k8s")], capture_output=True,
                                   text=True, timeout=120, check=True).stdout
-        self.kubectl("apply", "--server-side", "-f", "-", input=rendered, timeout=300)
+        self.applied = self.kubectl("apply", "--server-side", "-f", "-", input=rendered, timeout=300)
         for pool in get_pools().values():
             itype = pool.instances()[0]
             capacity = {"cpu": str(itype.vcpu), "memory": f"{itype.memory_gib}Gi"}

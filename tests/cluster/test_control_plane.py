@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from controlplane import CRDS, REPO_ROOT, ControlPlane, find_kubectl, module_dir
+from controlplane import CRDS, REPO_ROOT, ControlPlane, module_dir
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +29,10 @@ SMOKE_NS = "cp-smoke"  # a plain namespace for (c): no Pod Security or admission
 
 
 @pytest.fixture(scope="module")
-def applied(control_plane: ControlPlane) -> subprocess.CompletedProcess:
-    """k8s/ rendered by kustomize and server-side applied, exactly as the README tells an operator."""
-    kubectl = find_kubectl()
-    rendered = subprocess.run([kubectl, "kustomize", str(REPO_ROOT / "k8s")], capture_output=True, text=True,
-                              timeout=120, check=True)
-    return subprocess.run(
-        [kubectl, "--kubeconfig", str(control_plane.kubeconfig), "apply", "--server-side", "-f", "-"],
-        input=rendered.stdout, capture_output=True, text=True, timeout=300)
+def applied(cluster: ControlPlane) -> subprocess.CompletedProcess:
+    """k8s/ rendered by kustomize and server-side applied, exactly as the README tells an operator:
+    the session's one apply (conftest `cluster`), made before any test changed an object."""
+    return cluster.applied
 
 
 def test_k8s_manifests_apply_cleanly(applied: subprocess.CompletedProcess) -> None:

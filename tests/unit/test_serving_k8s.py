@@ -140,3 +140,63 @@ def test_eks_seams_call_only_what_the_role_allows():
     used = {(group, resource, verb) for verb, group, resource in client.calls}
     allowed = {(g, r, v) for (g, r), verbs in ko.API_CALLS.items() for v in verbs}
     assert used == allowed
+
+
+class ExistingClient(RecordingClient):
+    """As RecordingClient, on a cluster where the version's objects exist (every create is a 409)."""
+
+    def __init__(self):
+        super().__init__()
+        self.patches: list[tuple[str, object]] = []
+
+    def call_api(self, resource_path, method, path_params=None, query_params=None, header_params=None, body=None,
+                 *args, **kwargs):
+        from kubernetes.client.exceptions import ApiException
+
+        out = super().call_api(resource_path, method, path_params, query_params, header_params, body, *args, **kwargs)
+        if method == "POST":
+            raise ApiException(status=409, reason="AlreadyExists")
+        if method == "PATCH":
+            self.patches.append((resource_path.rsplit("/", 1)[-1], (path_params or {}).get("name"), body))
+        return out
+
+
+def test_redeploying_an_existing_version_scales_it_to_the_desired_replicas():
+    """A rollback to a version scaled to 0: the Deployment exists (409), so deploy sets its scale back to
+    the desired count, through the deployments/scale subresource the Role grants; nothing else changes."""
+    client = ExistingClient()
+    servers = EksServers(EKS, api_client=client)
+    assert servers.deploy("llmops-assistant-v1", SRC) == "http://llmops-assistant-v1.llm-serving.svc:8000"
+    desired = ko.version_objects(MODEL, 1, SRC, settings=EKS)["deployment"]["spec"]["replicas"]
+    assert client.patches == [("scale", "llmops-assistant-v1", {"spec": {"replicas": desired}})]
+    used = {(group, resource, verb) for verb, group, resource in client.calls}
+    assert used == {("apps", "deployments", "create"), ("", "services", "create"),
+                    ("policy", "poddisruptionbudgets", "create"), ("apps", "deployments/scale", "patch")}
+    assert used <= {(g, r, v) for (g, r), verbs in ko.API_CALLS.items() for v in verbs}
+
+
+def test_deploy_raises_what_is_not_already_exists():
+    from kubernetes.client.exceptions import ApiException
+
+    class Forbidden(RecordingClient):
+        def call_api(self, *args, **kwargs):
+            raise ApiException(status=403, reason="Forbidden")
+
+    with pytest.raises(ApiException) as exc:
+        EksServers(EKS, api_client=Forbidden()).deploy("llmops-assistant-v1", SRC)
+    assert exc.value.status == 403
+
+
+def test_vllm_requests_fit_every_instance_type_of_the_inference_pool():
+    """With room left on the node for the kubelet's reserve and the DaemonSets (the device plugins):
+    a request of a whole node's CPU or memory never schedules."""
+    from include.cluster.pools import GPU, get_pool
+
+    pool = get_pool(EKS.inference_pool)
+    resources = ko.version_objects(MODEL, 1, SRC, settings=EKS)["deployment"]["spec"]["template"]["spec"][
+        "containers"][0]["resources"]
+    requests = resources["requests"]
+    assert resources["limits"]["memory"] == requests["memory"] and resources["limits"][GPU] == requests[GPU] == "1"
+    cpu, memory_gib = float(requests["cpu"]), float(requests["memory"].removesuffix("Gi"))
+    for t in pool.instances():
+        assert cpu <= t.vcpu - 0.5 and memory_gib <= t.memory_gib - 2, (t.name, requests)

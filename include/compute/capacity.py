@@ -7,11 +7,15 @@ here (rank processes on this machine, a slot budget) or `EksCluster` in k8s_capa
 hook). Both return cleanup Actions (include/scheduling/cleanup.py) so the DAG lists, applies and
 reports them the same way.
 
-Stopping a run follows the launcher's stop-request convention (`training.restarts.STOP_REQUEST_FILE`
-in the run's checkpoint dir): the launcher does not restart ranks stopped on request, and the
-training task's pre_execute hook (include/lifecycle/training.py) refuses a relaunch until the run
-is admitted again, which clears it. It sits in compute, above the stages, because it joins the
-training stage's names and files with the scheduling stage's records.
+Stopping a run leaves a hold marker under the data root (`<data root>/offhours/stopped/<run name>.json`,
+object storage on both profiles): the training task's pre_execute hook (include/lifecycle/training.py)
+reads it and refuses a relaunch by a task retry until the run is admitted again, which clears it.
+It is not in the checkpoint dir because Airflow's pods on eks mount no checkpoint volume (the FSx
+claim lives in llm-training, for the trainer pods). Locally the stop also follows the launcher's
+stop-request convention (`training.restarts.STOP_REQUEST_FILE` in the run's checkpoint dir, which
+this machine shares with the ranks): the launcher does not restart ranks stopped on request. On
+eks the JobSet is deleted, so nothing restarts the pods. It sits in compute, above the stages,
+because it joins the training stage's names and files with the scheduling stage's records.
 """
 
 from __future__ import annotations
@@ -48,15 +52,39 @@ class OffhoursCluster(Protocol):
     def node_intervals(self, plan: dict[str, Any], result: dict[str, Any] | None) -> list[tuple[float, int]]: ...
 
 
-def mark_stopped(checkpoint_dir: Path, why: str) -> None:
-    """The training task's pre_execute hook reads this: no relaunch by a retry until re-admitted."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    (checkpoint_dir / STOP_MARKER).write_text(json.dumps(
-        {"stopped_at": datetime.now(UTC).isoformat(timespec="seconds"), "why": why}))
+def hold_marker(settings, run_name: str):
+    """The stopped run's hold marker: under the data root, which every Airflow task can read and write."""
+    from include.storage.objectstore import storage_path
+
+    return storage_path(f"{settings.data_root}/offhours/stopped/{run_name}.json")
+
+
+def mark_stopped(settings, run_name: str, why: str, stop_request_dir: Path | None = None) -> None:
+    """Hold the run: the training task's pre_execute hook reads the marker and refuses a relaunch by a
+    retry until the run is re-admitted. `stop_request_dir` (local profile: the run's checkpoint dir,
+    shared with its ranks) also gets the launcher's stop request, so it restarts no rank stopped now."""
+    body = json.dumps({"run_name": run_name, "stopped_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                       "why": why})
+    marker = hold_marker(settings, run_name)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_bytes(body.encode())
+    if stop_request_dir is not None:
+        stop_request_dir.mkdir(parents=True, exist_ok=True)
+        (stop_request_dir / STOP_MARKER).write_text(body)
+
+
+def stopped(settings, run_name: str) -> dict[str, Any] | None:
+    """The run's hold marker ({"stopped_at", "why", ...}), or None when it may launch."""
+    marker = hold_marker(settings, run_name)
+    return json.loads(marker.read_bytes()) if marker.exists() else None
 
 
 def clear_stop_marker(settings, record: dict[str, Any]) -> None:
-    (Path(settings.checkpoint_root) / run_names(record)["run_name"] / STOP_MARKER).unlink(missing_ok=True)
+    """The run is admitted again: lift the hold (and, locally, the launcher's stop request)."""
+    name = run_names(record)["run_name"]
+    hold_marker(settings, name).unlink(missing_ok=True)
+    if settings.is_local:  # on eks the checkpoint volume is the trainer pods', not Airflow's
+        (Path(settings.checkpoint_root) / name / STOP_MARKER).unlink(missing_ok=True)
 
 
 class LocalCluster:
@@ -105,7 +133,7 @@ class LocalCluster:
         grace = float(self.schedule.admission["local_stop_grace_s"])
 
         def stop() -> None:
-            mark_stopped(ckpt, "window closed")
+            mark_stopped(self.settings, names["run_name"], "window closed", stop_request_dir=ckpt)
             stop_recorded_ranks(ckpt, grace=grace)
 
         return [Action("Process", f"{names['run_name']} ({names['run_id']})", "stop",

@@ -153,19 +153,17 @@ class EksCluster:
     # ---- runs ----
     def stop_run(self, record: dict[str, Any]) -> list[Action]:
         """Delete the run's JobSet: its pods get SIGTERM and terminationGracePeriodSeconds to flush a
-        checkpoint. The marker in its checkpoint dir (shared FSx) stops task retries relaunching it."""
-        from pathlib import Path
-
+        checkpoint. The hold marker under the data root (Airflow's pods mount no checkpoint volume)
+        stops task retries relaunching it; it is written first, so a retry racing the delete is held."""
         from include.compute.kubernetes import delete_jobset
         from include.training.k8s_job import jobset_name
 
         names = run_names(record)
         name = jobset_name("finetune_lifecycle", names["run_id"])
         ns = self.settings.training_namespace
-        ckpt = Path(self.settings.checkpoint_root) / names["run_name"]
 
         def stop() -> None:
-            mark_stopped(ckpt, "window closed")
+            mark_stopped(self.settings, names["run_name"], "window closed")
             delete_jobset(self.hook, name, ns)
 
         return [Action("JobSet", name, "delete", "experiment run would overrun the window: pods get SIGTERM and "

@@ -27,6 +27,11 @@ _log = logging.getLogger(__name__)
 
 # Experiment runs are stopped this long before close so their checkpoint is flushed inside the window.
 CLOSE_MARGIN = timedelta(minutes=5)
+# The pools scaled to zero at window close, and so the only ones restored at open. Production
+# capacity is never scaled down (its runs continue past a window), so its NodePool is never read
+# here: the ClusterRole in k8s/airflow/offhours-rbac.yaml names exactly these pools' NodePools
+# (resourceNames), and a tick that read one more would get 403 Forbidden.
+SCALED_AT_CLOSE = ("experiment",)
 FINISHED = {"success": "done", "failed": "failed"}
 
 
@@ -172,11 +177,12 @@ def rollout_leftovers(settings, now: datetime, ttl_hours: float, log=print, *, r
 
 def close_cleanup(now: datetime, schedule: Schedule, cluster: OffhoursCluster, store: RequestStore, settings,
                   dry_run: bool, log=print) -> dict[str, Any]:
-    """Scale the experiment pool to zero (window closed), then leftovers and stale data."""
+    """Scale the SCALED_AT_CLOSE pools to zero (window closed), then leftovers and stale data."""
     running = {run_names(r)["run_name"] for r in store.in_state("admitted")}
     actions = []
-    if "experiment" in schedule.pools and schedule.pools["experiment"].open_window(now) is None:
-        actions += cluster.scale_to_zero("experiment")
+    for kind in SCALED_AT_CLOSE:
+        if kind in schedule.pools and schedule.pools[kind].open_window(now) is None:
+            actions += cluster.scale_to_zero(kind)
     actions += cluster.leftovers(now, running)
     actions += rollout_leftovers(settings, now, schedule.cleanup["rollout_leftover_hours"], log)
     actions += cleanup.data_actions(settings, registered=registered_runs(settings.registered_model_name),
@@ -190,9 +196,10 @@ def close_cleanup(now: datetime, schedule: Schedule, cluster: OffhoursCluster, s
 
 def open_restore(now: datetime, schedule: Schedule, cluster: OffhoursCluster, dry_run: bool,
                  log=print) -> list[dict[str, Any]]:
+    """Window open: the limits of the pools the close scaled to zero come back from k8s/ (no other pool's)."""
     actions = []
-    for kind, pool in schedule.pools.items():
-        if pool.open_window(now) is not None:
+    for kind in SCALED_AT_CLOSE:
+        if kind in schedule.pools and schedule.pools[kind].open_window(now) is not None:
             actions += cluster.restore_limits(kind)
     return [a.to_dict() for a in cleanup.apply(actions, dry_run, log)]
 

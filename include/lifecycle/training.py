@@ -151,19 +151,22 @@ def run_now_or_queue(plan: dict[str, Any], estimate: dict[str, Any], params: dic
 
 def hold_if_stopped(context: dict[str, Any]) -> None:
     """pre_execute hook of the training task: a run stopped at window close must not be relaunched
-    by a task retry while the window is shut; it fails for good and resumes when re-admitted."""
+    by a task retry while the window is shut; it fails for good and resumes when re-admitted.
+
+    The hold marker is under the data root (include/compute/capacity.py `hold_marker`), which this
+    task reads on both profiles; on eks its pod has no checkpoint volume."""
     plan = getattr(context.get("task"), "plan", None)
-    if not isinstance(plan, dict) or not plan.get("checkpoint_dir"):
+    if not isinstance(plan, dict) or not plan.get("run_name"):
         return
-    from pathlib import Path
+    import json
 
-    from include.training.restarts import STOP_REQUEST_FILE
+    from include.compute.capacity import stopped
 
-    marker = Path(plan["checkpoint_dir"]) / STOP_REQUEST_FILE
-    if marker.is_file():
+    held = stopped(get_settings(), str(plan["run_name"]))
+    if held is not None:
         from airflow.sdk.exceptions import AirflowFailException
 
-        raise AirflowFailException(f"stopped at window close ({marker.read_text().strip()}); it resumes "
+        raise AirflowFailException(f"stopped at window close ({json.dumps(held, sort_keys=True)}); it resumes "
                                    "from its checkpoint when the next off-hours window re-admits it")
 
 

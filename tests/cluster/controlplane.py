@@ -320,6 +320,21 @@ class ControlPlane:
             self.add_node(f"{pool.name}-node-0", taints=[t.__dict__ for t in pool.taints], capacity=capacity,
                           labels={**pool.labels, **pool.node_selector, INSTANCE_TYPE_LABEL: itype.name,
                                   CAPACITY_TYPE_LABEL: pool.capacity_types[0]})
+        self._wait_rbac("system:serviceaccount:airflow:airflow-worker", "list", "pods", "llm-training")
+
+    def _wait_rbac(self, user: str, verb: str, resource: str, namespace: str, timeout: float = 30) -> None:
+        """The authorizer learns new RoleBindings through an informer: wait until it grants one of them."""
+        from kubernetes import client
+
+        review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
+            user=user, resource_attributes=client.V1ResourceAttributes(verb=verb, resource=resource,
+                                                                       namespace=namespace)))
+        deadline = time.monotonic() + timeout
+        api = client.AuthorizationV1Api(self.api_client)
+        while not api.create_subject_access_review(review).status.allowed:
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"RBAC never granted {user} {verb} {resource} in {namespace}")
+            time.sleep(0.2)
 
     def sa_token(self, namespace: str, name: str, expiration_seconds: int = 3600) -> str:
         """A bound token for ServiceAccount namespace/name from the TokenRequest API, what a pod gets."""

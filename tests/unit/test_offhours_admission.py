@@ -127,16 +127,64 @@ def test_off_hours_params_queue_once_and_admitted_runs_launch(settings):
         store.transition(record["request"]["id"], "lost", "")
 
 
-def test_a_stopped_run_is_not_relaunched_by_a_retry(tmp_path):
+@pytest.fixture
+def env_settings(tmp_path, monkeypatch):
+    """The settings hold_if_stopped reads (get_settings), from the environment as in a task."""
+    from include.settings import get_settings
+
+    monkeypatch.setenv("LLMOPS_PROFILE", "local")
+    monkeypatch.setenv("LLMOPS_DATA_ROOT", f"file://{tmp_path}/data")
+    monkeypatch.setenv("LLMOPS_CHECKPOINT_ROOT", str(tmp_path / "ckpt"))
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def test_a_stopped_run_is_not_relaunched_by_a_retry_until_readmitted(env_settings, tmp_path):
+    """The hold marker is under the data root (readable by every Airflow task, on eks too: its pods have
+    no checkpoint volume); locally the stop also leaves the launcher's stop request in the checkpoint
+    dir, so it restarts no rank. Re-admission lifts both."""
+    from pathlib import Path
     from types import SimpleNamespace
 
     from airflow.sdk.exceptions import AirflowFailException
 
-    task = SimpleNamespace(plan={"checkpoint_dir": str(tmp_path)})
+    from include.compute.capacity import clear_stop_marker, hold_marker, mark_stopped, run_names, stopped
+
+    record = {"request": {"id": "req-1"}}
+    names = run_names(record)
+    ckpt = Path(env_settings.checkpoint_root) / names["run_name"]
+    task = SimpleNamespace(plan={"run_name": names["run_name"], "checkpoint_dir": str(ckpt)})
     hold_if_stopped({"task": task})  # no marker: launches
-    (tmp_path / STOP_REQUEST_FILE).write_text('{"stopped_at": "2026-06-02T10:00:00+00:00"}')
+    hold_if_stopped({"task": SimpleNamespace(plan={"checkpoint_dir": str(ckpt)})})  # no run name: nothing to hold
+
+    mark_stopped(env_settings, names["run_name"], "window closed", stop_request_dir=ckpt)
+    marker = hold_marker(env_settings, names["run_name"])
+    assert str(marker) == f"file://{tmp_path}/data/offhours/stopped/{names['run_name']}.json"
+    assert stopped(env_settings, names["run_name"])["why"] == "window closed"
+    assert (ckpt / STOP_REQUEST_FILE).is_file()  # what the local launcher reads (local_launcher._give_up_reason)
     with pytest.raises(AirflowFailException, match="stopped at window close"):
         hold_if_stopped({"task": task})
+    # Without the checkpoint dir (an eks Airflow pod has none), the data root alone holds the run.
+    (ckpt / STOP_REQUEST_FILE).unlink()
+    with pytest.raises(AirflowFailException, match="window closed"):
+        hold_if_stopped({"task": task})
+
+    mark_stopped(env_settings, names["run_name"], "window closed", stop_request_dir=ckpt)
+    clear_stop_marker(env_settings, record)
+    assert not marker.exists() and not (ckpt / STOP_REQUEST_FILE).exists()
+    assert stopped(env_settings, names["run_name"]) is None
+    hold_if_stopped({"task": task})
+    clear_stop_marker(env_settings, record)  # idempotent
+
+
+def test_the_eks_stop_writes_no_stop_request_into_a_checkpoint_dir(env_settings, tmp_path):
+    """mark_stopped without a stop-request dir (EksCluster.stop_run) writes only the data-root marker."""
+    from include.compute.capacity import mark_stopped, stopped
+
+    mark_stopped(env_settings, "ft-abc", "window closed")
+    assert stopped(env_settings, "ft-abc")["run_name"] == "ft-abc"
+    assert not (tmp_path / "ckpt").exists()
 
 
 def test_admission_module_never_imports_airflow():

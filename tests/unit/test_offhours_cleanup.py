@@ -242,6 +242,33 @@ def test_rbac_grants_exactly_the_karpenter_calls_the_code_makes(cluster):
     assert set(pool_rule["resourceNames"]) == named == {"gpu-experiment-pool"}
 
 
+def test_window_open_restores_only_the_pools_the_close_scales_and_the_cluster_role_names(cluster):
+    """Both pools' windows open: the tick restores (and reads) only the SCALED_AT_CLOSE pools' NodePools,
+    exactly the ClusterRole's resourceNames; reading gpu-training-pool was a 403 on every tick in a window."""
+    from include.cluster.pools import PLAN_POOLS
+    from include.lifecycle import offhours
+
+    seed_cluster(cluster)
+    settings = Settings(profile="eks", data_root="s3://bucket/llmops")
+    eks = EksCluster(settings, load(), KubernetesHook())
+    schedule = load()
+    opened = datetime(2026, 6, 2, 2, 0, tzinfo=UTC)  # Mon 22:00 New York: every pool's window is open
+    assert all(pool.open_window(opened) for pool in schedule.pools.values())
+    cluster.custom[("nodepools", "gpu-experiment-pool")]["spec"]["limits"] = {"nvidia.com/gpu": "0"}
+
+    restored = offhours.open_restore(opened, schedule, eks, dry_run=False, log=lambda _: None)
+    assert [(a["name"], a["done"]) for a in restored] == [("gpu-experiment-pool", True)]
+    read = {kw["name"] for m, kw in cluster.calls
+            if m.endswith("_cluster_custom_object") and kw["plural"] == "nodepools"}
+    role = next(d for d in yaml.safe_load_all((REPO_ROOT / "k8s" / "airflow" / "offhours-rbac.yaml").read_text())
+                if d["kind"] == "ClusterRole")
+    named = set(next(rule for rule in role["rules"] if rule["resources"] == ["nodepools"])["resourceNames"])
+    scaled = {getattr(settings, PLAN_POOLS[kind]) for kind in offhours.SCALED_AT_CLOSE}
+    assert read == scaled == named == {"gpu-experiment-pool"}
+    closed = datetime(2026, 6, 2, 14, 0, tzinfo=UTC)
+    assert offhours.open_restore(closed, schedule, eks, dry_run=False, log=lambda _: None) == []
+
+
 def _age(path: Path, days: float) -> None:
     stamp = time.time() - days * 86400
     for p in [path, *path.rglob("*")]:
@@ -382,10 +409,12 @@ def test_local_leftover_ranks_are_stopped_and_running_runs_are_not(settings):
         live.wait()
 
 
-def test_eks_actual_cost_from_the_jobs_pods_and_stop_at_close(cluster, tmp_path):
+def test_eks_actual_cost_from_the_jobs_pods_and_stop_at_close(cluster, tmp_path, monkeypatch):
     """Pods' start to finish x the node's GPUs; spot price on the experiment pool; every attempt counts.
-    Stopping a run deletes its JobSet (pods get SIGTERM and their grace period) and marks it stopped."""
-    from include.compute.capacity import STOP_MARKER
+    Stopping a run holds it (marker under the data root, written before the delete) and deletes its
+    JobSet (pods get SIGTERM and their grace period); nothing goes to the checkpoint root, which
+    Airflow's pods do not mount. tests/cluster/test_offhours_on_cluster.py proves the marker in S3."""
+    import include.compute.k8s_capacity as k8s_capacity
     from include.scheduling import cost
     from include.scheduling.requests import admitted_run_id
     from include.training.k8s_job import JOB_LABEL, jobset_name
@@ -415,10 +444,20 @@ def test_eks_actual_cost_from_the_jobs_pods_and_stop_at_close(cluster, tmp_path)
 
     cluster.jobsets[(NS, name)] = jobset(name, None, None)
     record = {"request": {"id": "req-1", "gpus": 8}}
+    marked = []
+
+    def mark_stopped(settings_, run_name, why, stop_request_dir=None):
+        marked.append({"run_name": run_name, "why": why, "stop_request_dir": stop_request_dir,
+                       "jobset_deleted": bool(cluster.calls_of("delete_namespaced_custom_object"))})
+
+    monkeypatch.setattr(k8s_capacity, "mark_stopped", mark_stopped)
     actions = eks.stop_run(record)
     cleanup.apply(actions, dry_run=False, log=lambda _: None)
+    assert [a.error for a in actions] == [""]
     assert cluster.calls_of("delete_namespaced_custom_object")[-1] == {
         "name": name, "namespace": NS, "propagation_policy": "Foreground"}
     from include.compute.capacity import run_names
 
-    assert (tmp_path / run_names(record)["run_name"] / STOP_MARKER).is_file()
+    assert marked == [{"run_name": run_names(record)["run_name"], "why": "window closed", "stop_request_dir": None,
+                       "jobset_deleted": False}]
+    assert list(tmp_path.iterdir()) == []  # the checkpoint root: untouched

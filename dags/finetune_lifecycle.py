@@ -25,10 +25,11 @@ from llmops_operators.training import training_job_operator
 
 from include.assets import CURATED_DATASET, REGISTERED_MODEL
 from include.compute import container_jobs
+from include.evaluation.gate import override_schema
 from include.lifecycle.training import hold_if_stopped
 from include.settings import get_settings
 from include.training.params import PARAM_DEFAULTS, param_schemas
-from include.validation import add_rule_words
+from include.validation import form_params
 
 JOBS = container_jobs()  # the profile's container-job seam: its defaults, timeouts and trainer backend
 DEFAULT = PARAM_DEFAULTS[JOBS.trainer_backend]
@@ -51,7 +52,7 @@ def ruled(name: str, default, **ui) -> Param:
     return Param(default, **RULES[name], **ui)
 
 
-PARAMS = add_rule_words({
+PARAMS = form_params({
     **section(
         "Model and data",
         base_model=ruled("base_model", DEFAULT["base_model"], title="Base model",
@@ -88,8 +89,10 @@ PARAMS = add_rule_words({
     ),
     **section(
         "Gate and registry",
-        gate_policy=Param({}, type=["null", "object"], title="Gate policy overrides",
-                          description="Optional. Merged over include/evaluation/policy.yaml; may only tighten it, "
+        # The schema is the gate's own override rules (include/evaluation/gate.py): a typo or a
+        # loosening is refused by the form and the REST API, before a run exists.
+        gate_policy=Param({}, title="Gate policy overrides", **override_schema(),
+                          description="Optional. Merged over include/evaluation/policy.yaml, "
                                       'e.g. {"confidence": 0.9, "metrics": {"rouge_score": {"floor": 0.3}}}.'),
     ),
 })

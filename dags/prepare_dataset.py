@@ -17,7 +17,7 @@ from llmops_operators.sensors import PartitionSensor
 
 from include.assets import CURATED_DATASET, RAW_DATA
 from include.settings import get_settings
-from include.validation import RULE_KEY, add_rule_words, with_words
+from include.validation import RULE_KEY, form_params, with_words
 
 DEFAULTS = {
     "owner": "ml-platform",
@@ -26,7 +26,7 @@ DEFAULTS = {
     "retry_exponential_backoff": True,
 }
 
-PARAMS = add_rule_words({
+PARAMS = form_params({
     "partition": with_words(Param(
         None, type=["null", "string"], format="date", pattern=r"^\d{4}-\d{2}-\d{2}$",
         title="Partition date", section="Source",

@@ -16,20 +16,20 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.standard.operators.hitl import HITLBranchOperator
 from airflow.sdk import Param, dag, task
+from llmops_operators.approval import TimedChoiceOperator
 from llmops_operators.canary import CanaryReadyOperator, CanaryStepsOperator, ScaleDownOperator
 from llmops_operators.notifiers import RolloutAbortNotifier
 
 from include.assets import REGISTERED_MODEL
 from include.serving.servers import rollout_defaults
 from include.settings import get_settings
-from include.validation import RULE_KEY, add_rule_words, with_words
+from include.validation import RULE_KEY, form_params, with_words
 
 DEFAULTS = rollout_defaults()  # per profile, from the serving seam
 APPROVAL_TIMEOUT = timedelta(seconds=get_settings().approval_timeout_seconds)
 
-PARAMS = add_rule_words({
+PARAMS = form_params({
     "action": Param("rollout", enum=["rollout", "rollback"], title="Action",
                     description="rollout: the version below as canary; rollback: back to the previous champion."),
     "model_version": with_words(Param(
@@ -125,11 +125,12 @@ def rollout_model():
     plan = resolve(req)
     ready = CanaryReadyOperator(task_id="wait_ready")
     steps = CanaryStepsOperator(task_id="analyse", execution_timeout=timedelta(hours=6))
-    approve = HITLBranchOperator(
+    # No answer in time takes "abort", and the request and the task log say so (TimedChoiceOperator).
+    approve = TimedChoiceOperator(
         task_id="approve", subject="Canary analysis inconclusive: promote or abort?",
         body="The analysis of {{ ti.xcom_pull(task_ids='resolve')['canary']['service'] }} had no usable data. "
              "{{ ti.xcom_pull(task_ids='analyse')['reason'] }}",
-        options=["promote", "abort"], defaults=["abort"], response_timeout=APPROVAL_TIMEOUT)
+        options=["promote", "abort"], timeout_default="abort", response_timeout=APPROVAL_TIMEOUT)
     outcome = steps.output
     promoted, aborted = promote(plan), abort(plan, outcome)
     scale_down = ScaleDownOperator(task_id="scale_down", trigger_rule="none_failed_min_one_success")

@@ -11,10 +11,13 @@ Shared by every stage and import-light (no Airflow, no torch): the trainer and e
   through once. Called wherever the lifecycle reaches MLflow or RAGAS; idempotent.
 - `forward_lines` copies a child process's pipe into a file (the launcher's failure tails read it)
   and hands each line, cleaned, to a callback as it arrives.
+- `failure_cause` reads a failure's one-line cause out of a task log (Airflow's JSON lines) or a
+  command's console output (a Python traceback), for a summary that leaves the traceback in the log.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -228,3 +231,69 @@ def forward_lines(pipe: IO[bytes], sink: str | os.PathLike | None, on_line: Call
     thread = threading.Thread(target=pump, name=name, daemon=True)
     thread.start()
     return thread
+
+
+# --------------------------------------------------------------------------- failure summaries
+
+_TRACEBACK = "Traceback (most recent call last):"
+_EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)(?::\s?(?P<message>.*))?$")
+MAX_CAUSE_CHARS = 400
+
+
+def failure_cause(text: str) -> str | None:
+    """'InputFailure: dataset version ... is not published under ...': the exception a failed task (or
+    command) ended with, as the last line of its traceback says it, on one line; None when `text` shows
+    none. `text` is a task log (Airflow's JSON lines: the last record carrying an exception, else the
+    last error record) or console output (the last traceback's exception line). A message that opens a
+    list ("...may only tighten ...:") keeps its first item; long messages are cut to MAX_CAUSE_CHARS."""
+    lines = text.splitlines()
+    records = [r for r in (_json_record(line) for line in lines) if r is not None]
+    if records:
+        for record in reversed(records):
+            raised = record.get("exception")
+            if isinstance(raised, list) and raised and isinstance(raised[0], dict):
+                return _one_line(str(raised[0].get("exc_type") or "Exception"), str(raised[0].get("exc_value") or ""))
+        for record in reversed(records):
+            if str(record.get("level", "")).lower() in ("error", "critical"):
+                return _clip(printable(str(record.get("event", ""))))
+    return _console_cause(lines)
+
+
+def _json_record(line: str) -> dict | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _console_cause(lines: list[str]) -> str | None:
+    starts = [i for i, line in enumerate(lines) if line.strip() == _TRACEBACK]
+    if not starts:
+        return None
+    for i in range(starts[-1] + 1, len(lines)):
+        line = lines[i]
+        if not line.strip() or line.startswith((" ", "\t")):
+            continue  # a frame, its source line, its carets
+        match = _EXCEPTION_LINE.match(line.strip())
+        if not match:
+            return _clip(printable(line))
+        rest = [candidate for candidate in lines[i + 1:i + 4] if candidate.strip()]
+        message = "\n".join([match["message"] or "", *rest])
+        return _one_line(match["type"].rsplit(".", 1)[-1], message)
+    return None
+
+
+def _one_line(exc_type: str, message: str) -> str:
+    parts = [printable(part).strip() for part in message.splitlines()]
+    parts = [part for part in parts if part]
+    head = parts[0] if parts else ""
+    if head.endswith(":") and len(parts) > 1:  # "... may only tighten the reviewed policy ...:" then "- why"
+        head = f"{head} {parts[1]}"
+    return _clip(f"{exc_type}: {head}" if head else exc_type)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_CAUSE_CHARS else text[:MAX_CAUSE_CHARS - 1] + "…"

@@ -8,6 +8,7 @@ and what it accepts, before any task does work.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Literal
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("local", "eks")
+_CRON = re.compile(r"[0-9*/,-]+(\s+[0-9A-Za-z*/,-]+){4}")
 
 Profile = Literal["local", "eks"]
 
@@ -67,8 +69,10 @@ class Settings:
     evaluator_image: str = "ghcr.io/llmops-finetune/evaluator:0.1.0"
     serving_image: str = "ghcr.io/llmops-finetune/vllm:0.1.0"  # images/vllm: upstream vLLM as a non-root user
     windows_file: str = ""  # off-hours windows and admission budgets; default include/scheduling/windows.yaml
-    # How often the offhours DAG admits and stops runs; default: every minute locally, every 5 on eks.
-    offhours_cron: str = ""
+    # How often the offhours DAG admits and stops runs (UTC cron): every 5 minutes on both profiles, the
+    # margin it stops an experiment run before a window closes (include/lifecycle/offhours.py CLOSE_MARGIN).
+    # Tests that open a window a minute ahead set "* * * * *".
+    offhours_cron: str = "*/5 * * * *"
     # SQS queue URL receiving the data bucket's ObjectCreated notifications; empty: no event-driven curation.
     raw_events_queue: str = ""
     raw_events_poll_seconds: int = 30
@@ -99,8 +103,9 @@ class Settings:
         if self.approval_timeout_seconds < 10:
             raise SettingsError(f"LLMOPS_APPROVAL_TIMEOUT_SECONDS={self.approval_timeout_seconds}: expected at "
                                 "least 10 seconds")
-        if not self.offhours_cron:
-            object.__setattr__(self, "offhours_cron", "*/5 * * * *" if self.profile == "eks" else "* * * * *")
+        if not _CRON.fullmatch(self.offhours_cron.strip()):
+            raise SettingsError(f"LLMOPS_OFFHOURS_CRON={self.offhours_cron!r}: expected five cron fields "
+                                "(minute hour day month weekday), e.g. '*/5 * * * *'")
         if not self.checkpoint_root.startswith("/"):
             raise SettingsError(f"LLMOPS_CHECKPOINT_ROOT={self.checkpoint_root!r}: expected an absolute path")
         if self.mlflow_ui_url:

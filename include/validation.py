@@ -70,10 +70,10 @@ class Rule:
         if self.kind == "enum":
             return "One of: " + ", ".join(str(c) for c in self.choices) + "."
         if self.kind == "integer":
-            return f"A whole number from {_num(self.low)} to {_num(self.high)}."
+            return f"A whole number from {num_words(self.low)} to {num_words(self.high)}."
         if self.open_low:
-            return f"A number above {_num(self.low)} and at most {_num(self.high)}."
-        return f"A number from {_num(self.low)} to {_num(self.high)}."
+            return f"A number above {num_words(self.low)} and at most {num_words(self.high)}."
+        return f"A number from {num_words(self.low)} to {num_words(self.high)}."
 
     def check(self, value: Any, label: str | None = None) -> Any:
         """`value` if it is accepted, else InputError naming the field and what it accepts."""
@@ -92,16 +92,46 @@ class Rule:
         return float(value) if self.kind == "number" else value
 
     def schema(self) -> dict[str, Any]:
-        """The JSON-schema fragment an Airflow Param takes for this rule."""
+        """The JSON-schema fragment an Airflow Param takes for this rule (bounds kept where the form's
+        number input does not clamp them: `unclamped`)."""
         if self.kind == "enum":
             return {"enum": list(self.choices), RULE_KEY: self.words()}
         out: dict[str, Any] = {"type": self.kind, "maximum": self.high}
         out["exclusiveMinimum" if self.open_low else "minimum"] = self.low
         out[RULE_KEY] = self.words()  # in the schema: a refused value's error quotes it
-        return out
+        return unclamped(out)
 
 
-def _num(x: Any) -> str:
+BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def unclamped(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with a number's bounds moved into `allOf` (in place; idempotent).
+
+    Airflow's trigger form maps a number field's top-level `minimum`/`maximum` onto its number
+    input's min/max, which silently clamp a typed value when the field loses focus: 0 nodes became 1
+    and the run started. Under `allOf` the rule is the same JSON Schema, the form leaves the value as
+    typed, and the API refuses it (HTTP 400, "0 is less than the minimum of 1" and the rule's words),
+    which the form shows; no run is created.
+    """
+    bounds = {key: schema.pop(key) for key in BOUND_KEYS if key in schema}
+    if bounds:
+        if RULE_KEY in schema:
+            bounds[RULE_KEY] = schema[RULE_KEY]  # the refusal quotes this sub-schema: keep the words in it
+        schema["allOf"] = [*schema.get("allOf", []), bounds]
+    return schema
+
+
+def schema_bounds(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A number schema's bounds, top-level or under `allOf` (`unclamped`)."""
+    out = {key: schema[key] for key in BOUND_KEYS if key in schema}
+    for sub in schema.get("allOf", ()):
+        out.update({key: sub[key] for key in BOUND_KEYS if key in sub})
+    return out
+
+
+def num_words(x: Any) -> str:
+    """A bound as a person writes it: 1,000,000 for a count, 0.95 or 1e-05 for a number."""
     return f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else f"{x:g}"
 
 
@@ -112,20 +142,21 @@ def schema_words(schema: Mapping[str, Any]) -> str | None:
         return schema[RULE_KEY]
     if "enum" in schema:
         return "One of: " + ", ".join(str(c) for c in schema["enum"]) + "."
-    low, high = schema.get("minimum"), schema.get("maximum")
-    above = schema.get("exclusiveMinimum")
+    bounds = schema_bounds(schema)
+    low, high = bounds.get("minimum"), bounds.get("maximum")
+    above = bounds.get("exclusiveMinimum")
     if low is None and high is None and above is None:
         return None
     what = "A whole number" if "integer" in (schema.get("type") or ()) else "A number"
     parts = []
     if above is not None:
-        parts.append(f"above {_num(above)}")
+        parts.append(f"above {num_words(above)}")
     if low is not None and high is not None:
-        return f"{what} from {_num(low)} to {_num(high)}."
+        return f"{what} from {num_words(low)} to {num_words(high)}."
     if low is not None:
-        parts.append(f"at least {_num(low)}")
+        parts.append(f"at least {num_words(low)}")
     if high is not None:
-        parts.append(f"at most {_num(high)}")
+        parts.append(f"at most {num_words(high)}")
     return f"{what} {' and '.join(parts)}."
 
 
@@ -135,8 +166,9 @@ def with_words(param: Any, words: str) -> Any:
     return param
 
 
-def add_rule_words(params: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Give every trigger-form Param its rule in words (duck-typed `.schema`/`.description`: no Airflow here).
+def form_params(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Every trigger-form Param with its rule in words and its bounds where the form does not clamp
+    them (`unclamped`); duck-typed `.schema`/`.description`: no Airflow here.
 
     The words end the field's description (the form shows it under the field) and stand in the
     schema under RULE_KEY, which the API quotes when it refuses a value: a person reads
@@ -144,11 +176,11 @@ def add_rule_words(params: Mapping[str, Any]) -> Mapping[str, Any]:
     """
     for param in params.values():
         words = schema_words(param.schema)
-        if not words:
-            continue
-        param.schema[RULE_KEY] = words
-        if words not in (param.description or ""):
-            param.description = f"{param.description} {words}".strip() if param.description else words
+        if words:
+            param.schema[RULE_KEY] = words
+            if words not in (param.description or ""):
+                param.description = f"{param.description} {words}".strip() if param.description else words
+        unclamped(param.schema)
     return params
 
 

@@ -1,5 +1,10 @@
 """Stage the shipped sample, run the lifecycle DAGs with `airflow dags test`, print what they made.
 
+Each command's whole output goes to `$AIRFLOW_HOME/<dag_id>.log`; each task's log is also written
+where the UI reads it (the `llmops` plugin's listener, plugins/llmops_operators/dag_test_logs.py),
+so `make ui` shows these runs' logs. A failure prints the failing task, its one-line cause and the
+log to read; the traceback stays in that log.
+
 Commands are argument lists: nothing here goes through a shell.
 """
 
@@ -9,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from include.data.catalog import latest_version, summary
@@ -20,12 +26,51 @@ def dags_test(dag_id: str, conf: dict) -> None:
     cmd = ["airflow", "dags", "test", dag_id, "--conf", json.dumps(conf)]
     print(f"$ {' '.join(cmd[:4])} --conf '{cmd[5]}'", flush=True)
     log = Path(os.environ["AIRFLOW_HOME"]) / f"{dag_id}.log"
+    started = datetime.now(UTC)
     with open(log, "w") as out:
         result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
     if result.returncode != 0:
-        sys.stdout.write(log.read_text()[-20000:])
-        raise SystemExit(f"{dag_id} failed (exit {result.returncode}); full log: {log}")
+        print(failure_summary(dag_id, started, log), flush=True)
+        raise SystemExit(f"{dag_id} failed (exit {result.returncode})")
     print(f"  {dag_id}: success (log: {log})")
+
+
+def failure_summary(dag_id: str, started: datetime, output: Path) -> str:
+    """What failed and why, in a few lines: each failed task of the run this command made, with the
+    cause its log ends with and that log's path; the command's own error when no task ran."""
+    from include.logs import failure_cause
+
+    lines = [f"{dag_id} failed:"]
+    for task in failed_tasks(dag_id, started):
+        text = task["log"].read_text(errors="replace") if task["log"].is_file() else ""
+        tries = (f"attempt {task['attempt']} of {task['attempts']}" if task["attempt"] >= task["attempts"]
+                 else f"attempt {task['attempt']}, failed without retrying")
+        lines.append(f"  task {task['task_id']} ({tries}): "
+                     f"{failure_cause(text) or 'no exception in its log'}")
+        lines.append(f"    log: {task['log']}")
+    if len(lines) == 1:
+        lines.append(f"  {failure_cause(output.read_text(errors='replace')) or 'no traceback in the output'}")
+    lines.append(f"  all output: {output}")
+    return "\n".join(lines)
+
+
+def failed_tasks(dag_id: str, started: datetime) -> list[dict]:
+    """The failed task instances of the run `airflow dags test` made after `started`, with their log files."""
+    from airflow.configuration import conf
+    from airflow.models import DagRun, TaskInstance
+    from airflow.utils.helpers import log_filename_template_renderer
+    from airflow.utils.session import create_session
+
+    render, base = log_filename_template_renderer(), Path(conf.get("logging", "base_log_folder"))
+    with create_session() as session:
+        run = session.query(DagRun).filter(DagRun.dag_id == dag_id, DagRun.start_date >= started).order_by(
+            DagRun.start_date.desc()).first()
+        if run is None:
+            return []
+        failed = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id,
+                                                    TaskInstance.state == "failed").all()
+        return [{"task_id": ti.task_id, "attempt": ti.try_number, "attempts": ti.max_tries + 1,
+                 "log": base / render(ti=ti)} for ti in failed]
 
 
 def lifecycle_outcome(dag_id: str = "finetune_lifecycle",

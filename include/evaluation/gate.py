@@ -116,6 +116,17 @@ def loosenings(base: Mapping[str, Any], overrides: Mapping[str, Any], merged: Ma
     return problems
 
 
+# Each number's accepted range: validate_policy checks with it, override_schema states it.
+NUMBERS: dict[str, dict[str, Any]] = {
+    "confidence": {"low": 0, "high": 1, "open_low": True, "open_high": True},
+    "n_bootstrap": {"low": 100, "high": 100_000, "integer": True},
+    "seed": {"low": 0, "high": 2**63 - 1, "integer": True},
+    "margin": {"low": 0, "high": 1e9},
+    "min_pairs": {"low": 2, "high": 1e9, "integer": True},
+}
+METRIC_NUMBERS: dict[str, dict[str, Any]] = {"floor": {"low": -1e9, "high": 1e9}, "margin": {"low": 0, "high": 1e9}}
+
+
 def _number(problems: list[str], name: str, value: Any, *, low: float | None = None, high: float | None = None,
             integer: bool = False, open_low: bool = False, open_high: bool = False) -> Any:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
@@ -141,13 +152,8 @@ def validate_policy(policy: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "version": policy.get("version", 1),
         "profile": policy.get("profile"),
-        "confidence": _number(problems, "confidence", policy.get("confidence", 0.95), low=0, high=1,
-                              open_low=True, open_high=True),
-        "n_bootstrap": _number(problems, "n_bootstrap", policy.get("n_bootstrap", 2000), low=100, high=100_000,
-                               integer=True),
-        "seed": _number(problems, "seed", policy.get("seed", 0), low=0, high=2**63 - 1, integer=True),
-        "margin": _number(problems, "margin", policy.get("margin", 0.0), low=0, high=1e9),
-        "min_pairs": _number(problems, "min_pairs", policy.get("min_pairs", 10), low=2, high=1e9, integer=True),
+        **{key: _number(problems, key, policy.get(key, default), **NUMBERS[key]) for key, default in
+           (("confidence", 0.95), ("n_bootstrap", 2000), ("seed", 0), ("margin", 0.0), ("min_pairs", 10))},
     }
     metrics = policy.get("metrics")
     if not isinstance(metrics, Mapping) or not metrics:
@@ -167,15 +173,70 @@ def validate_policy(policy: Mapping[str, Any]) -> dict[str, Any]:
             problems.append(f"metrics.{name}: unknown keys {sorted(extra)} (known: {sorted(METRIC_KEYS)})")
         floor = spec.get("floor")
         if floor is not None:
-            floor = _number(problems, f"metrics.{name}.floor", floor, low=-1e9, high=1e9)
+            floor = _number(problems, f"metrics.{name}.floor", floor, **METRIC_NUMBERS["floor"])
         margin = spec.get("margin", out["margin"])
-        margin = _number(problems, f"metrics.{name}.margin", margin, low=0, high=1e9)
+        margin = _number(problems, f"metrics.{name}.margin", margin, **METRIC_NUMBERS["margin"])
         required = spec.get("required", True)
         if not isinstance(required, bool):
             problems.append(f"metrics.{name}.required={required!r}: expected true or false")
         out["metrics"][name] = {"floor": floor, "margin": margin, "required": required}
     if problems:
         raise InputError("invalid gate policy:\n  - " + "\n  - ".join(problems))
+    return out
+
+
+def override_schema(profile: str | None = None, *, path: str | Path | None = None) -> dict[str, Any]:
+    """The JSON schema of a trigger's `gate_policy` for `profile`, derived from the rules load_policy
+    applies: the keys a trigger may set (OVERRIDE_KEYS, METRIC_KEYS, the profile's metrics), each number's
+    range (NUMBERS, METRIC_NUMBERS) narrowed to the tightening side of the resolved policy (_NOT_ABOVE,
+    _NOT_BELOW, a metric's floor and margin), a required metric staying required and present. No other
+    key: a typo ({"flor": 0.1}) is refused like a loosening, by the form and the REST API, before a run
+    exists. load_policy still checks at validate_params (a run started another way, a policy file edit).
+    """
+    from include.evaluation.scoring import METRICS_BY_PROFILE
+    from include.validation import RULE_KEY, num_words
+
+    base = load_policy(profile=profile, path=path)
+    top: dict[str, Any] = {}
+    for key in sorted(OVERRIDE_KEYS - {"metrics"}):
+        bound = {"at_most": base[key]} if key in _NOT_ABOVE else {"at_least": base[key]}
+        top[key] = _range(NUMBERS[key], **bound)
+    metrics: dict[str, Any] = {}
+    addable = [m for m in METRICS_BY_PROFILE.get(base["profile"], ()) if m not in base["metrics"]]
+    for name in [*base["metrics"], *addable]:
+        was = base["metrics"].get(name)
+        floor = _range(METRIC_NUMBERS["floor"], at_least=was["floor"] if was else None)
+        if not was or was["floor"] is None:
+            floor["type"] = ["number", "null"]
+        margin = _range(METRIC_NUMBERS["margin"], at_most=was["margin"] if was else None)
+        required = {"const": True} if was and was["required"] else {"type": "boolean"}
+        words = ", ".join(part for part in (
+            f"floor at least {num_words(was['floor'])}" if was and was["floor"] is not None else "",
+            f"margin at most {num_words(was['margin'])}" if was else "",
+            "stays required" if was and was["required"] else "") if part) or "may be added to the gate"
+        metrics[name] = {"type": "object" if was else ["object", "null"], "additionalProperties": False,
+                         "properties": {"floor": floor, "margin": margin, "required": required}, RULE_KEY: words}
+    top["metrics"] = {"type": "object", "additionalProperties": False, "properties": metrics,
+                      RULE_KEY: "Metrics: " + ", ".join(metrics) + "."}
+    words = "; ".join(f"{k} {'at most' if k in _NOT_ABOVE else 'at least'} {num_words(base[k])}"
+                      for k in sorted(OVERRIDE_KEYS - {"metrics"}))
+    return {"type": ["null", "object"], "additionalProperties": False, "properties": top,
+            RULE_KEY: f"May only tighten it: {words}; per metric a floor no lower, a margin no higher. "
+                     "No other keys."}
+
+
+def _range(rule: Mapping[str, Any], *, at_least: float | None = None, at_most: float | None = None) -> dict[str, Any]:
+    """A NUMBERS rule as JSON schema, narrowed to the resolved policy's value on the tightening side
+    (a valid policy's value lies inside the rule's range, so it is the tighter bound)."""
+    out: dict[str, Any] = {"type": "integer" if rule.get("integer") else "number"}
+    if at_least is not None:
+        out["minimum"] = at_least
+    else:
+        out["exclusiveMinimum" if rule.get("open_low") else "minimum"] = rule["low"]
+    if at_most is not None:
+        out["maximum"] = at_most
+    else:
+        out["exclusiveMaximum" if rule.get("open_high") else "maximum"] = rule["high"]
     return out
 
 

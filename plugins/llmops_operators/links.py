@@ -5,7 +5,9 @@ Airflow 3 computes an operator's links once, when the task ends, in the task's o
 (`get_link(operator, ti_key=<the running task instance>)`), stores each under its `xcom_key`, and
 the UI reads them back from XCom. So a link here reads the task's return value with
 `XCom.get_value` and builds the URL with include/links.py; the URL bases come from settings or the
-`mlflow_default` connection. A link with nothing to point at returns "" and shows disabled.
+`mlflow_default` connection. A link with nothing to point at returns "" and is not shown. The UI
+shows only http(s) and same-origin links, so a file under a file:// data root is linked through
+the api-server's read-only file view (files_app.py), an s3:// one through the S3 console.
 
 Most producing tasks are TaskFlow functions: `linked_task(*links, ...)` is `@task` with links (a
 thin `_PythonDecoratedOperator` subclass); custom operators list theirs in `operator_extra_links`.
@@ -90,24 +92,32 @@ class ModelVersionLink(_ValueLink):
         return model_version_url(mlflow_base(), value)
 
 
+def storage_url(uri: str | None) -> str | None:
+    """A storage object's browser URL: the S3 console, or the api-server's file view (files_app.py)."""
+    from airflow.sdk.configuration import conf
+
+    from include.links import object_url
+    from include.settings import get_settings
+
+    settings = get_settings()
+    return object_url(uri, settings.s3_console_url, data_root=settings.data_root,
+                      airflow_base=conf.get("api", "base_url", fallback="") or "")
+
+
 class GateReportLink(_ValueLink):
     label = "Gate report"
 
     def url(self, value: dict) -> str | None:
-        from include.links import object_url
-        from include.settings import get_settings
-
-        return object_url(value.get("report_uri"), get_settings().s3_console_url)
+        return storage_url(value.get("report_uri"))
 
 
 class DatasetManifestLink(_ValueLink):
     label = "Dataset manifest"
 
     def url(self, value: dict) -> str | None:
-        from include.links import manifest_uri, object_url
-        from include.settings import get_settings
+        from include.links import manifest_uri
 
-        return object_url(manifest_uri(value), get_settings().s3_console_url)
+        return storage_url(manifest_uri(value))
 
 
 class _TrainingJobLink(BaseOperatorLink):

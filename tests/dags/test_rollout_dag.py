@@ -70,7 +70,9 @@ def test_graph_and_waits(dag):
     assert isinstance(tasks["analyse"], CanaryStepsOperator)
     assert isinstance(tasks["scale_down"], ScaleDownOperator)
     approve = tasks["approve"]
-    assert approve.options == ["promote", "abort"] and approve.defaults == ["abort"]
+    # The timeout's choice is the operator's, not the request's defaults: an unanswered request stays
+    # unanswered in the UI ("No Response Received"), and the task says it timed out (test_approval.py).
+    assert approve.options == ["promote", "abort"] and approve.timeout_default == "abort" and not approve.defaults
     assert approve.response_timeout and approve.response_timeout <= timedelta(hours=1)
     assert tasks["approve"].downstream_task_ids == {"promote", "abort"}
     assert tasks["decide"].downstream_task_ids == {"promote", "abort", "approve", "scale_down"}

@@ -5,7 +5,7 @@ import copy
 import pytest
 from airflow.sdk.exceptions import ParamValidationError
 
-from include.validation import RULE_KEY
+from include.validation import RULE_KEY, schema_bounds
 
 
 @pytest.fixture(scope="module")
@@ -100,15 +100,26 @@ def test_every_rule_is_stated_in_words(dags):
             if "pattern" in sub:
                 assert sub.get(RULE_KEY) or schema.get(RULE_KEY), f"{where}: a pattern without words"
                 assert sub["pattern"] not in text, f"{where}: shows the regex"
-        if any(k in schema for k in ("pattern", "enum", "minimum", "maximum", "exclusiveMinimum")) \
-                or "pattern" in (schema.get("items") or {}):
+        bounds = schema_bounds(schema)
+        if any(k in schema for k in ("pattern", "enum")) or bounds or "pattern" in (schema.get("items") or {}):
             assert schema.get(RULE_KEY) and schema[RULE_KEY] in text, where
         for choice in schema.get("enum", []):
             assert str(choice) in text, f"{where}: does not name {choice!r}"
         for bound in ("minimum", "maximum", "exclusiveMinimum"):
-            if bound in schema:
-                value = schema[bound]
+            if bound in bounds:
+                value = bounds[bound]
                 assert (f"{value:,}" if isinstance(value, int) else f"{value:g}") in text, f"{where}: {bound}"
+
+
+def test_no_number_field_is_clamped_by_the_form(dags):
+    """Airflow's form maps a number field's top-level minimum/maximum onto the input's min/max, which
+    clamp a typed value on blur (0 nodes silently became 1): every bound sits under allOf instead, and
+    the schema still refuses the value."""
+    for dag_id, name, param in form_params(dags):
+        assert not {"minimum", "maximum"} & set(param.schema), f"{dag_id}.{name}: the form would clamp it"
+    params = copy.deepcopy(dags["finetune_lifecycle"].params)
+    with pytest.raises(ParamValidationError, match="0 is less than the minimum of 1"):
+        params.update({"nodes": 0})
 
 
 def test_optional_fields_are_not_marked_required_and_accept_empty(dags):

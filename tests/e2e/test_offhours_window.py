@@ -60,6 +60,7 @@ def test_window_admission_with_a_real_scheduler(airflow_stack, tmp_path):
     stack = airflow_stack(env={"LLMOPS_DATA_ROOT": data_root.as_uri(), "LLMOPS_PROFILE": "local",
                                "LLMOPS_CHECKPOINT_ROOT": str(tmp_path / "checkpoints"),
                                "LLMOPS_WINDOWS_FILE": str(windows),
+                               "LLMOPS_OFFHOURS_CRON": "* * * * *",  # a tick a minute: the window opens in one
                                "LLMOPS_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     stack.wait_for_dag("finetune_lifecycle")
     stack.wait_for_dag("offhours")

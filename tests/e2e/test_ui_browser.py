@@ -1,14 +1,20 @@
 """The Airflow UI as a person uses it, in a real browser (Debian's chromium through chromium-driver)
-against a real api-server and scheduler: the trigger form's sections and fields, invalid values
-refused with a message naming the field and no run created, a valid dry run that succeeds in the
-grid, then a short real run: its training log shows progress lines and the summary, and the gate's
-"MLflow run" extra link (the task's Details tab) opens that run in a real MLflow UI.
+against a real api-server and scheduler:
+- a run `airflow dags test` made (as `make run` makes them): its task logs open in the UI, with the
+  summary line, and its "Dataset manifest" link opens the manifest;
+- the trigger form's sections and fields; invalid values refused with a message naming the field and
+  no run created: a dataset version, a typo in the gate policy ({"flor": ...}), and 0 nodes (typed,
+  left as typed by the form, refused on Trigger, not silently raised to 1);
+- a valid dry run that succeeds in the grid, then a short real run: its training log shows progress
+  lines and the summary, the gate's "MLflow run" link opens that run in a real MLflow UI and its
+  "Gate report" link opens the report, served by the api-server.
 
 Screenshots land in `test-artifacts/ui/` (git-ignored); the README's are copied from there.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -111,6 +117,49 @@ class Page:
 
         self.until(go)
 
+    def insert_json(self, field: str, text: str) -> None:
+        """Replace an object field's JSON (a Monaco editor) with `text` in one edit, as a paste would:
+        typed key by key, the form re-formats the JSON under the cursor at each valid prefix."""
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+
+        def go():
+            box = self.d.find_element(By.ID, f"element_{field}")
+            self.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
+            box.find_element(By.CSS_SELECTOR, ".view-lines").click()
+            # Clear first: typed over a selection, a "{" would surround the selection instead.
+            ActionChains(self.d).key_down(Keys.CONTROL).send_keys("a").key_up(Keys.CONTROL).send_keys(
+                Keys.DELETE).perform()
+            self.d.execute_cdp_cmd("Input.insertText", {"text": text})
+            for _ in range(10):  # the form parses the edit and re-renders it formatted
+                time.sleep(0.3)
+                try:
+                    shown = json.loads(box.find_element(By.CSS_SELECTOR, ".view-lines").text.replace("\u00a0", " "))
+                except ValueError:
+                    continue
+                if shown == json.loads(text):
+                    return True
+            return False  # the editor was not focused yet: the text went elsewhere; again
+
+        self.until(go)
+
+    def value(self, field: str) -> str:
+        from selenium.webdriver.common.by import By
+
+        return self.d.find_element(By.NAME, f"element_{field}").get_attribute("value")
+
+    def refusal(self) -> str:
+        """The form's error for a refused trigger (HTTP 400), scrolled into view."""
+        from selenium.webdriver.common.by import By
+
+        message = self.until(lambda: "400" in self.dialog_text() and self.dialog_text())
+        for el in self.d.find_elements(By.XPATH, "//*[@role='dialog']//*[contains(text(), 'Invalid input for param')]"):
+            if el.is_displayed():
+                self.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
+                break
+        return message
+
     def has_field(self, field: str) -> bool:
         from selenium.webdriver.common.by import By
 
@@ -154,14 +203,18 @@ def _answers(url: str) -> bool:
         return False
 
 
-def publish_sample_dataset(data_root: str) -> str:
-    from include.data.catalog import publish, stage
-    from include.data.pipeline import PrepConfig
+def curate_with_dags_test(stack, data_root: str) -> tuple[str, str]:
+    """One sample partition through `airflow dags test prepare_dataset`, as `make run` does it;
+    returns the run id and the published dataset version."""
+    from include.data.catalog import latest_version
     from include.sample_data import stage_sample
 
     raw = stage_sample(data_root)
-    manifest = stage(data_root, [f"{raw}/dt=2026-11-01"], PrepConfig(), "ui-test")
-    return publish(data_root, manifest, "ui-test")[0]["version"]
+    stack.airflow("dags", "test", "prepare_dataset", "--conf", json.dumps({"source_uris": [f"{raw}/dt=2026-11-01"]}),
+                  timeout=300)
+    [run] = stack.dag_runs("prepare_dataset")
+    assert run["state"] == "success", stack.task_states("prepare_dataset")
+    return run["run_id"], latest_version(data_root)["version"]
 
 
 def open_trigger_form(page: Page, url: str) -> None:
@@ -172,8 +225,10 @@ def open_trigger_form(page: Page, url: str) -> None:
 
 def test_trigger_form_refuses_bad_values_then_runs_with_progress_and_links(airflow_stack, browser, mlflow_ui,
                                                                           tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
     data_root = (tmp_path / "data").as_uri()
-    version = publish_sample_dataset(data_root)
     stack = airflow_stack(
         env={"LLMOPS_PROFILE": "local", "LLMOPS_DATA_ROOT": data_root,
              "LLMOPS_CHECKPOINT_ROOT": str(tmp_path / "checkpoints"),
@@ -183,8 +238,25 @@ def test_trigger_form_refuses_bad_values_then_runs_with_progress_and_links(airfl
                 # Only the runs this test triggers: no nightly run when the form unpauses the DAG.
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"},
         api_apps="core,execution")
-    stack.wait_for_dag("finetune_lifecycle")
     page = Page(browser)
+
+    def body() -> str:
+        return page.d.find_element(By.TAG_NAME, "body").text
+
+    # A run `airflow dags test` made: its task logs are where the UI reads them.
+    prep_run, version = curate_with_dags_test(stack, data_root)
+    stack.wait_for_dag("finetune_lifecycle")
+    prep = f"{stack.api_url}/dags/prepare_dataset/runs/{prep_run}/tasks"
+    page.d.get(f"{prep}/curate")
+    page.until(lambda: f"-> dataset {version}" in body())  # curate's summary line
+    assert "Log file not found" not in body() and "curate: " in body(), body()[-3000:]  # a progress line
+    page.shot("dags-test-log")
+    page.d.get(f"{prep}/publish/details")
+    link = page.until(lambda: page.d.find_element(By.XPATH, "//a[normalize-space(.)='Dataset manifest'][@href]"))
+    assert link.get_attribute("href") == f"{stack.api_url}/llmops/files/curated/{version}/manifest.json"
+    link.click()
+    page.until(lambda: f'"version": "{version}"' in body())
+    page.shot("dataset-manifest")
 
     open_trigger_form(page, stack.api_url)
     text = page.dialog_text()
@@ -196,17 +268,37 @@ def test_trigger_form_refuses_bad_values_then_runs_with_progress_and_links(airfl
             assert page.until(lambda f=field: page.has_field(f)), f"{field} missing from section {name}"
     page.shot("trigger-form")
 
-    # An invalid value: the API refuses it with HTTP 400 naming the field; no run is created. (Numbers
-    # out of range cannot be entered: the form clamps them to the schema's minimum and maximum.)
-    for section, field, bad, words in [("Model and data", "dataset_version", "latest!", "Dataset version")]:
-        page.d.refresh()
-        open_trigger_form(page, stack.api_url)
-        page.click(section)
-        page.type(field, bad)
-        page.click("Trigger", last=True)
-        message = page.until(lambda: "400" in page.dialog_text() and page.dialog_text())
-        assert f"param {field}" in message and words in message, message
-        page.shot(f"refused-{field}")
+    # Invalid values: the API refuses each with HTTP 400 naming the field; the form shows it; no run is created.
+    page.d.refresh()
+    open_trigger_form(page, stack.api_url)
+    page.click("Model and data")
+    page.type("dataset_version", "latest!")
+    page.click("Trigger", last=True)
+    message = page.refusal()
+    assert "param dataset_version" in message and "Dataset version" in message, message
+    page.shot("refused-dataset_version")
+
+    page.d.refresh()  # a typo in the gate policy: refused by its schema, not at validate_params after the run began
+    open_trigger_form(page, stack.api_url)
+    page.click("Gate and registry")
+    page.insert_json("gate_policy", '{"metrics": {"rouge_score": {"flor": 0.1}}}')
+    page.click("Trigger", last=True)
+    message = page.refusal()
+    assert "param gate_policy" in message and "'flor' was unexpected" in message, message
+    page.shot("refused-gate_policy")
+
+    page.d.refresh()  # 0 nodes: left as typed (the form used to raise it to 1 on blur and run), then refused
+    open_trigger_form(page, stack.api_url)
+    page.click("Compute")
+    page.type("nodes", "0")
+    page.d.find_element(By.NAME, "element_nodes").send_keys(Keys.TAB)
+    time.sleep(1)  # the number input's blur handling, which clamped to the schema's minimum
+    assert page.value("nodes") == "0"
+    page.click("Trigger", last=True)
+    message = page.refusal()
+    assert "param nodes: 0 is less than the minimum of 1" in message and "A whole number from 1 to 64" in message, \
+        message
+    page.shot("refused-nodes")
     assert stack.dag_runs("finetune_lifecycle") == []
 
     page.d.refresh()
@@ -221,7 +313,7 @@ def test_trigger_form_refuses_bad_values_then_runs_with_progress_and_links(airfl
     states = {t["task_id"]: t["state"] for t in stack.task_states("finetune_lifecycle")}
     assert states["preflight"] == "success" and states["launch_training"] == "skipped", states
 
-    # A short real run from the form: the training log shows progress, the gate links to MLflow.
+    # A short real run from the form: the training log shows progress, the gate links to MLflow and its report.
     page.d.refresh()
     open_trigger_form(page, stack.api_url)
     page.click("Model and data")
@@ -235,9 +327,6 @@ def test_trigger_form_refuses_bad_values_then_runs_with_progress_and_links(airfl
     assert real["state"] == "success", stack.task_states("finetune_lifecycle")
     tasks = f"{stack.api_url}/dags/finetune_lifecycle/runs/{real['run_id']}/tasks"
 
-    def body() -> str:
-        return page.d.find_element("tag name", "body").text
-
     page.d.get(f"{stack.api_url}/dags/finetune_lifecycle/runs/{real['run_id']}")
     page.until(lambda: "success" in body().lower())
     time.sleep(2)  # the grid's boxes finish drawing
@@ -250,14 +339,20 @@ def test_trigger_form_refuses_bad_values_then_runs_with_progress_and_links(airfl
     assert "training: 30 steps on 2 ranks" in text, text[-3000:]  # the summary line
     page.shot("task-log")
 
-    from selenium.webdriver.common.by import By
-
     page.d.get(f"{tasks}/gate/details")  # extra links live in the task instance's Details tab
     link = page.until(lambda: page.d.find_element(By.XPATH, "//a[normalize-space(.)='MLflow run'][@href]"))
     page.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", link)
     href = link.get_attribute("href")
     assert href.startswith(mlflow_ui["url"] + "/#/experiments/"), href
+    report = page.d.find_element(By.XPATH, "//a[normalize-space(.)='Gate report'][@href]")
+    assert report.get_attribute("href").startswith(f"{stack.api_url}/llmops/files/evaluations/"), \
+        report.get_attribute("href")
     page.shot("gate-links")
+    report.click()
+    page.until(lambda: "PASSED" in body() or "REJECTED" in body())
+    assert "rouge_score" in body(), body()[:2000]
+    page.shot("gate-report")
+
     from mlflow import MlflowClient
 
     name = MlflowClient(mlflow_ui["tracking"]).get_run(href.rsplit("/", 1)[1]).info.run_name

@@ -11,7 +11,19 @@ from include.settings import Settings, get_settings
 
 
 def test_object_urls():
-    assert links.object_url("file:///data/curated/v/manifest.json") == "file:///data/curated/v/manifest.json"
+    # A file:// object opens through the api-server's file view (the UI drops file:// links) ...
+    manifest = "file:///data/root/curated/0123456789abcdef/manifest.json"
+    assert links.object_url(manifest, data_root="file:///data/root") == (
+        "/llmops/files/curated/0123456789abcdef/manifest.json")
+    assert links.object_url("file:///data/root/evaluations/ft 1/gate/report.html", data_root="file:///data/root/",
+                            airflow_base="https://airflow.example.com/") == (
+        "https://airflow.example.com/llmops/files/evaluations/ft%201/gate/report.html")
+    # ... only when a link names it and it lies under the data root; else no link at all (never file://).
+    for uri in ("file:///data/root/raw/dt=2026-11-01/a.jsonl", "file:///data/root/curated/v/quarantine.jsonl",
+                "file:///elsewhere/curated/v/manifest.json", "file:///data/root/../etc/curated/v/manifest.json",
+                "file:///data/rootx/curated/v/manifest.json"):
+        assert links.object_url(uri, data_root="file:///data/root") is None, uri
+    assert links.object_url(manifest) is None, "no data root: nothing the view could serve"
     assert links.object_url("s3://bucket/llmops/curated/v/manifest.json") == (
         "https://console.aws.amazon.com/s3/object/bucket?prefix=llmops/curated/v/manifest.json")
     minio = "http://localhost:9001/browser/{bucket}/{key}"
@@ -93,10 +105,11 @@ def test_dataset_manifest_links_from_publish_and_resolve_dataset(env, xcom, tmp_
     live, _ = catalog.publish(data, catalog.stage(data, [f"{data}/raw"], PrepConfig(), "r"), "r")
     xcom[("publish", "return_value")] = catalog.asset_extra(live)  # what the publish task returns
     xcom[("resolve_dataset", "return_value")] = resolve_dataset({"dataset_version": None}, None, env)
-    expected = f"{data}/curated/{live['version']}/manifest.json"
+    expected = f"/llmops/files/curated/{live['version']}/manifest.json"  # the api-server's file view
     assert link(DatasetManifestLink, "publish") == expected
     assert link(DatasetManifestLink, "resolve_dataset") == expected
-    assert json.loads(open(expected.removeprefix("file://")).read())["version"] == live["version"]
+    manifest = links.served_file(tmp_path / "data", expected.removeprefix("/llmops/files/"))[0]
+    assert json.loads(manifest.read_text())["version"] == live["version"]
     assert link(DatasetManifestLink, "curate") == "", "no value: the link shows disabled"
 
 
@@ -131,8 +144,9 @@ def test_mlflow_run_gate_report_and_model_version_links(env, xcom, tmp_path):
     run_url = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     assert link(MlflowRunLink, "gate") == run_url
     assert link(MlflowRunLink, "register") == run_url
-    assert link(GateReportLink, "gate") == decision["report_uri"]
-    assert open(decision["report_uri"].removeprefix("file://")).read().lstrip().lower().startswith("<!doctype html")
+    report = decision["report_uri"].removeprefix(f"{data}/")
+    assert link(GateReportLink, "gate") == f"/llmops/files/{report}"
+    assert links.served_file(tmp_path / "data", report)[0].read_text().lstrip().lower().startswith("<!doctype html")
     assert link(ModelVersionLink, "register") == (
         f"http://127.0.0.1:5000/#/models/{registered['model_name']}/versions/{registered['version']}")
     assert registered["version"] == "1"

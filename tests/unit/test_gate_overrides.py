@@ -115,3 +115,56 @@ def test_the_gate_logs_the_applied_policy_to_mlflow(monkeypatch):
                 override, LOCAL)
     assert json.loads(logged["eval/policy.json"]) == gate.load_policy(override, profile="local")
     assert json.loads(logged["eval/policy.json"])["metrics"]["rouge_score"]["floor"] == 0.4
+
+
+# --------------------------------------------------------------------------- the trigger form's schema
+
+TYPOS = [
+    ("local", {"flor": 0.1}),
+    ("local", {"metrics": {"rouge_score": {"flor": 0.1}}}),
+    ("eks", {"confidance": 0.9}),
+    ("local", {"metrics": {"rouge_score": {"floor": "0.3"}}}),
+    ("local", {"n_bootstrap": True}),
+]
+
+
+def schema_accepts(profile: str, override) -> bool:
+    import jsonschema
+
+    try:
+        jsonschema.validate(override, gate.override_schema(profile))
+    except jsonschema.ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("profile", "override", "field"), LOOSENINGS)
+def test_the_form_schema_refuses_every_loosening_load_policy_refuses(profile, override, field):
+    assert not schema_accepts(profile, override)
+
+
+@pytest.mark.parametrize(("profile", "override"), TYPOS)
+def test_the_form_schema_refuses_typos_and_load_policy_agrees(profile, override):
+    assert not schema_accepts(profile, override)
+    with pytest.raises(InputError):
+        gate.load_policy(override, profile=profile)
+
+
+@pytest.mark.parametrize(("profile", "override"), [*TIGHTENINGS, ("local", {}), ("eks", None)])
+def test_the_form_schema_accepts_every_tightening(profile, override):
+    assert schema_accepts(profile, override)
+    gate.load_policy(override, profile=profile)
+
+
+@pytest.mark.parametrize("profile", ["local", "eks"])
+def test_the_schema_bounds_are_the_resolved_policy_at_the_edge(profile):
+    """Exactly the policy's value is accepted, one step looser refused: the bounds come from the policy."""
+    base = gate.load_policy(profile=profile)
+    for name, spec in base["metrics"].items():
+        if spec["floor"] is not None:
+            assert schema_accepts(profile, {"metrics": {name: {"floor": spec["floor"]}}})
+            assert not schema_accepts(profile, {"metrics": {name: {"floor": spec["floor"] - 0.001}}}), name
+        assert not schema_accepts(profile, {"metrics": {name: {"margin": spec["margin"] + 0.001}}}), name
+    assert schema_accepts(profile, {"confidence": base["confidence"], "n_bootstrap": base["n_bootstrap"]})
+    assert not schema_accepts(profile, {"confidence": base["confidence"] + 0.001})
+    assert not schema_accepts(profile, {"n_bootstrap": base["n_bootstrap"] - 1})

@@ -28,9 +28,19 @@ def test_environment_overrides_and_trailing_slashes():
         ({"LLMOPS_RAW_EVENTS_QUEUE": "my-queue"}, "LLMOPS_RAW_EVENTS_QUEUE='my-queue': expected a URI"),
         ({"LLMOPS_RAW_EVENTS_POLL_SECONDS": "soon"}, "LLMOPS_RAW_EVENTS_POLL_SECONDS='soon': expected a whole number"),
         ({"LLMOPS_RAW_EVENTS_POLL_SECONDS": "0"}, "expected a whole number >= 1"),
+        ({"LLMOPS_OFFHOURS_CRON": "every minute"}, "LLMOPS_OFFHOURS_CRON='every minute': expected five cron fields"),
+        ({"LLMOPS_OFFHOURS_CRON": "* * * *"}, "expected five cron fields"),
     ],
 )
 def test_bad_values_fail_with_the_variable_name(env, message):
     with pytest.raises(SettingsError) as e:
         Settings.from_env(env)
     assert message in str(e.value)
+
+
+def test_offhours_ticks_every_five_minutes_on_both_profiles_unless_set():
+    """Once unpaused, a laptop's offhours DAG must not run every minute; five minutes is the margin it
+    stops experiment runs before a window closes. Tests that open a window a minute ahead set it."""
+    assert Settings.from_env({}).offhours_cron == "*/5 * * * *"
+    assert Settings.from_env({"LLMOPS_PROFILE": "eks", "LLMOPS_DATA_ROOT": "s3://b/x"}).offhours_cron == "*/5 * * * *"
+    assert Settings.from_env({"LLMOPS_OFFHOURS_CRON": "* * * * *"}).offhours_cron == "* * * * *"

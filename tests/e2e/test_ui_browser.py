@@ -15,7 +15,6 @@ Screenshots land in `test-artifacts/ui/` (git-ignored); the README's are copied 
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from include import prereqs
+
 pytestmark = pytest.mark.slow
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
 SECTIONS = ["Model and data", "Training", "Compute", "Gate and registry"]
 FIELDS = {"Model and data": ["base_model", "dataset_version", "method", "lora_rank"],
@@ -37,16 +37,15 @@ FIELDS = {"Model and data": ["base_model", "dataset_version", "method", "lora_ra
 
 @pytest.fixture
 def browser():
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.fail("chromium and chromium-driver are not installed (.ci/run installs them)")
+    chromium, chromedriver = prereqs.find("chromium"), prereqs.find("chromedriver")  # missing: one line
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
         options.add_argument(arg)
-    options.binary_location = CHROMIUM
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    options.binary_location = chromium
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     SHOTS.mkdir(parents=True, exist_ok=True)
     yield driver
     driver.quit()

@@ -3,11 +3,12 @@
 Why this shape (the decision is in include/training/restarts.py):
 - JobSet (`jobset.x-k8s.io/v1alpha2`), one replicatedJob `node` of one Indexed Job with
   completions = parallelism = nodes: pod i is node rank i, from its completion index. The child
-  Job has backoffLimit 0 and a podFailurePolicy, so any failed or lost rank fails it at once, and
-  the JobSet's failurePolicy (maxRestarts = the plan's max_restarts, BlockingRecreate) recreates
-  the whole group from the last complete checkpoint: no rank waits on a peer that has finished,
-  losing pod 0 costs one restart. A spot reclaim restarts without spending the budget, a bad plan
-  (exit code 2) fails the JobSet at once. torchrun's own --max-restarts is 0.
+  Job has backoffLimitPerIndex 0 (no rank retried alone) and a podFailurePolicy, so any failed or
+  lost rank fails it at once (one that only lost its peer stops, leaving the verdict to the cause),
+  and the JobSet's failurePolicy (maxRestarts = the plan's max_restarts, BlockingRecreate)
+  recreates the whole group from the last complete checkpoint: no rank waits on a peer that has
+  finished, losing pod 0 costs one restart. A spot reclaim restarts without spending the budget,
+  a bad plan (exit code 2) fails the JobSet at once. torchrun's own --max-restarts is 0.
 - DNS: with `network.enableDNSHostnames` the JobSet controller creates the headless Service
   `network.subdomain` (= the JobSet's name; not-ready addresses published; deleted with the JobSet)
   and names pods `<jobset>-<replicatedJob>-<jobIndex>-<podIndex>`, so rank 0 is
@@ -364,7 +365,7 @@ def render(plan: Mapping[str, Any], settings: Settings | None = None) -> Trainin
             completion_mode="Indexed",
             completions=nodes,
             parallelism=nodes,
-            backoff_limit=0,  # any failed pod fails the child Job; the JobSet restarts the group
+            backoff_limit_per_index=0,  # never retry a rank alone; the first cause fails the Job (restarts.py)
             pod_replacement_policy="Failed",  # never two pods of one rank at once
             pod_failure_policy=child_job_pod_failure_policy(),
             template=V1PodTemplateSpec(

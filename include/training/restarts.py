@@ -23,6 +23,12 @@ who runs the restart loop.
   survives an Airflow worker restart, and the rules tell failures apart by the child Job's
   failure message: a bad plan fails the JobSet (`FailJobSet`), a spot reclaim
   (`DisruptionTarget`) restarts without spending the budget, anything else spends one restart.
+  The child Job fails on the first failed pod that names a cause, never on a lost peer: a rank
+  exiting `PEER_LOST_EXIT_CODE` only fails its own index (`FailIndex`, backoffLimitPerIndex 0:
+  never retried alone), so the reclaimed rank's pod, which a drain or pod GC marks
+  `DisruptionTarget` only seconds later, still decides the restart, as the launcher's root cause
+  does locally. When every rank ends on a lost peer there is no other cause: the Job fails with
+  its failed indexes and that restart spends the budget.
   Kubeflow Trainer v2 builds its TrainJob on JobSet, so this is also the migration path.
   Cost: the JobSet controller must be installed (its CRD is in the shared CRDs), and Airflow has
   no JobSet operator, so the task creates and watches a custom object through the Kubernetes hook.
@@ -146,16 +152,21 @@ USER_ERROR_RULE_INDEX = 1
 
 
 def child_job_pod_failure_policy() -> dict[str, Any]:
-    """podFailurePolicy of each child Job (backoffLimit 0): every failure fails the Job at once.
+    """podFailurePolicy of each child Job (backoffLimitPerIndex 0): the first cause fails the Job at once.
 
     Rule 0 marks a disruption (spot reclaim, node drain) and rule 1 a bad plan, so that the JobSet
-    rules can tell them apart by the Job's failure message; any other exit code fails the Job
-    through backoffLimit 0, and the JobSet restarts the group.
+    rules can tell them apart by the Job's failure message. Rule 2: a lost peer is a consequence,
+    not a cause: that rank's index fails (no replacement pod) and the Job waits for the failure
+    that caused it, which a later rule or rule 0 then reports. Rule 3: any other exit code fails
+    the Job, and the JobSet restarts the group. A pod that fails without an exit code matching
+    these fails its index only; when every index has failed, so has the Job.
     """
     return {
         "rules": [
             {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [USER_ERROR_EXIT_CODE]}},
+            {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [PEER_LOST_EXIT_CODE]}},
+            {"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [PEER_LOST_EXIT_CODE]}},
         ]
     }
 
@@ -180,7 +191,7 @@ def jobset_failure_policy(policy: RestartPolicy) -> dict[str, Any]:
                 "onJobFailureReasons": ["PodFailurePolicy"],
                 "onJobFailureMessagePatterns": ["DisruptionTarget matching FailJob rule at index 0"],
             },
-            # Anything else (BackoffLimitExceeded: a crash, or PEER_LOST_EXIT_CODE): RestartJobSet,
-            # JobSet's default action, which spends one of maxRestarts.
+            # Anything else (a crash: FailJob rule 3; every rank lost its peer: FailedIndexes):
+            # RestartJobSet, JobSet's default action, which spends one of maxRestarts.
         ],
     }

@@ -37,6 +37,7 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow.sdk import BaseOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from include.compute.kubernetes import TERMINAL, delete_jobset, describe_progress, get_jobset, jobset_progress
 from include.settings import get_settings
@@ -240,18 +241,26 @@ class KubernetesTrainingJobOperator(BaseOperator):
     def rank0_log_tail(self, name: str, namespace: str) -> str:
         """The last lines of the newest rank 0 pod's log ('' when there is none to read)."""
         core = self.hook.core_v1_client
+        response = None
         try:
             pods = core.list_namespaced_pod(
                 namespace=namespace, label_selector=f"{JOB_LABEL}={name},{COMPLETION_INDEX_LABEL}=0").items
             if not pods:
                 return ""
             newest = max(pods, key=lambda p: p.metadata.creation_timestamp or 0)
-            text = core.read_namespaced_pod_log(name=newest.metadata.name, namespace=namespace, container=CONTAINER,
-                                                tail_lines=self.log_tail_lines)
-        except ApiException as exc:
-            self.log.warning("Could not read rank 0's log of JobSet %s/%s: %s", namespace, name, exc.reason)
+            # The raw body: the client (36.x) turns a preloaded plain-text log into the repr of its bytes.
+            response = core.read_namespaced_pod_log(name=newest.metadata.name, namespace=namespace,
+                                                    container=CONTAINER, tail_lines=self.log_tail_lines,
+                                                    _preload_content=False)
+            data = getattr(response, "data", response)
+        except (ApiException, HTTPError) as exc:
+            self.log.warning("Could not read rank 0's log of JobSet %s/%s: %s", namespace, name,
+                             getattr(exc, "reason", None) or exc)
             return ""
-        return str(text or "").rstrip()
+        finally:
+            getattr(response, "release_conn", lambda: None)()
+        text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data or "")
+        return text.rstrip()
 
     def _delete_and_wait(self, hook: KubernetesHook, name: str, namespace: str) -> None:
         """Delete the JobSet (and its Jobs, pods and Service), and return once the name is free."""

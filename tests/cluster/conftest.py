@@ -57,6 +57,7 @@ def as_airflow(cluster: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> Contro
     k8s_calls.PRODUCTION_TOKENS.add(yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"])
     conn = {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig), "in_cluster": False}}
     monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", json.dumps(conn))
+    monkeypatch.delenv("KUBECONFIG", raising=False)  # the provider refuses two sources of config
     monkeypatch.setenv("LLMOPS_PROFILE", "eks")
     from include.settings import get_settings
 

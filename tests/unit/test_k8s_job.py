@@ -202,15 +202,17 @@ def test_torchrun_accepts_the_arguments():
 
 def test_any_failed_pod_fails_the_child_job_at_once():
     job = job_spec(render(plan()))
-    assert job["backoffLimit"] == 0 and "backoffLimitPerIndex" not in job
+    assert job["backoffLimitPerIndex"] == 0 and "backoffLimit" not in job  # no index is ever retried alone
     assert job["podFailurePolicy"] == child_job_pod_failure_policy()
     assert job["podReplacementPolicy"] == "Failed"
     assert job["template"]["spec"]["restartPolicy"] == "Never"
     rules = job["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert rules[1] == {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [USER_ERROR_EXIT_CODE]}}
+    # A lost peer is a consequence: its index fails alone and the cause (a crash, a reclaim) decides.
+    assert rules[2] == {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [PEER_LOST_EXIT_CODE]}}
+    assert rules[3] == {"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [PEER_LOST_EXIT_CODE]}}
     assert "Ignore" not in {r["action"] for r in rules}  # nothing retries one index alone
-    assert PEER_LOST_EXIT_CODE not in rules[1]["onExitCodes"]["values"]  # a lost peer restarts the group
 
 
 def test_the_jobset_restarts_the_whole_group_within_the_plans_budget():

@@ -26,7 +26,24 @@ from kubernetes.client import (
     V1VolumeMount,
 )
 
-from include.cluster.pools import INSTANCE_TYPE_LABEL, Pool
+from include.cluster.pools import GPU, INSTANCE_TYPE_LABEL, Pool
+
+# CPU and memory of a GPU pod: this share of the smallest instance type its pool may launch; the rest
+# is the kubelet's reserve, the system and the DaemonSets (the device plugins). A whole node's CPU and
+# memory never schedule (g6e.xlarge's 4 vCPU are not all allocatable).
+NODE_SHARE = 0.75
+
+
+def gpu_pod_resources(pool: Pool, gpus: int, **extra_requests: str) -> dict[str, dict[str, str]]:
+    """Requests and limits that fit every instance type of `pool` with `gpus` GPUs (memory limit = request)."""
+    types = [t for t in pool.instances() if t.gpus >= gpus]
+    if not types:
+        raise ValueError(f"pool {pool.name}: no instance type with {gpus} GPU(s)")
+    cpu = max(1, int(min(t.vcpu for t in types) * NODE_SHARE))
+    memory = f"{max(1, int(min(t.memory_gib for t in types) * NODE_SHARE))}Gi"
+    return {"requests": {"cpu": str(cpu), "memory": memory, **extra_requests, GPU: str(gpus)},
+            "limits": {"memory": memory, GPU: str(gpus)}}
+
 
 # The runtime UID/GID the nemo-trainer and evaluator images create (images/*/Dockerfile).
 RUN_AS_USER = 10001

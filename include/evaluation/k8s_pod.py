@@ -52,7 +52,7 @@ from kubernetes.client import (
 )
 
 from include.cluster import podspec
-from include.cluster.pools import GPU, Pool, get_pool
+from include.cluster.pools import get_pool
 from include.cluster.preflight import as_manifest, check_pod_placement
 from include.evaluation.job import JobError, job_argument
 from include.images import pull_policy
@@ -77,8 +77,6 @@ SCRATCH_LIMIT = "100Gi"
 ACTIVE_DEADLINE_S = 6 * 3600  # a hung engine or judge never holds a GPU for more than this
 TERMINATION_GRACE_S = 30
 STARTUP_TIMEOUT_S = 1800  # Karpenter launching a GPU node plus pulling the vLLM image
-# CPU/memory share of the smallest allowed instance: the rest is kubelet, system and daemonsets.
-CPU_SHARE, MEMORY_SHARE = 0.75, 0.75
 
 _JINJA_MARKERS = ("{{", "{%", "{#")
 MAX_NAME_LENGTH = 53  # room for the operator's random suffix
@@ -88,19 +86,6 @@ _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 def pod_name(dag_id: str, run_id: str, role: str = "candidate") -> str:
     """A short DNS-1123 name per (DAG run, role); KubernetesPodOperator adds a random suffix."""
     return podspec.hashed_name(DEFAULT_NAME, role, dag_id, run_id, role, max_length=MAX_NAME_LENGTH, slug_length=20)
-
-
-def resources_for(pool: Pool) -> dict[str, dict[str, str]]:
-    """One GPU, and CPU/memory that fit every instance type the pool may launch."""
-    gpu_types = [t for t in pool.instances() if t.gpus >= GPUS]
-    if not gpu_types:
-        raise ValueError(f"pool {pool.name}: no instance type with {GPUS} GPU(s)")
-    cpu = max(1, int(min(t.vcpu for t in gpu_types) * CPU_SHARE))
-    memory = max(1, int(min(t.memory_gib for t in gpu_types) * MEMORY_SHARE))
-    return {
-        "requests": {"cpu": str(cpu), "memory": f"{memory}Gi", "ephemeral-storage": SCRATCH_REQUEST, GPU: str(GPUS)},
-        "limits": {"memory": f"{memory}Gi", GPU: str(GPUS)},
-    }
 
 
 def _argument(job: Mapping[str, Any]) -> str:
@@ -151,7 +136,8 @@ def render_pod(job: Mapping[str, Any], settings: Settings | None = None, *, name
             V1EnvVar(name="LLMOPS_JUDGE_API_KEY", value_from=V1EnvVarSource(
                 secret_key_ref=V1SecretKeySelector(name=JUDGE_SECRET, key=JUDGE_SECRET_KEY, optional=True))),
         ],
-        resources=V1ResourceRequirements(**resources_for(pool)),
+        resources=V1ResourceRequirements(**podspec.gpu_pod_resources(
+            pool, GPUS, **{"ephemeral-storage": SCRATCH_REQUEST})),
         volume_mounts=[shm_mount, *(V1VolumeMount(name=n, mount_path=p) for n, p in WRITABLE.items())],
         security_context=podspec.restricted_container(),
     )

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from include.cluster.podspec import RUN_AS_USER, restricted_container, restricted_pod
-from include.cluster.pools import GPU, Pool, get_pool
+from include.cluster.podspec import RUN_AS_USER, gpu_pod_resources, restricted_container, restricted_pod
+from include.cluster.pools import get_pool
 from include.images import pull_policy
 from include.serving.route import SERVICE_PORT, route_name, served_name
 from include.settings import Settings, get_settings
@@ -29,11 +29,6 @@ SERVICE_ACCOUNT = "vllm"  # IRSA / Pod Identity: read-only on the model bucket
 STARTUP_BUDGET_S = 1200  # pulling a multi-GB image and streaming weights: 20 minutes before giving up
 MAX_MODEL_LEN = 4096
 GPUS = 1
-# CPU and memory: this share of the smallest instance type the pool may launch; the rest is the
-# kubelet's reserve, the system and the DaemonSets (the device plugins). The evaluator pod on the same
-# pool sizes itself the same way (include/evaluation/k8s_pod.py). A whole node's 4 CPU / 32Gi never
-# scheduled: g5.xlarge has 16 GiB, and g6e.xlarge's 4 vCPU are not all allocatable.
-NODE_SHARE = 0.75
 # What EksRouter / EksServers call, as RBAC (apiGroup, resource, verbs): the Role grants exactly this.
 API_CALLS = {
     ("gateway.networking.k8s.io", "httproutes"): ("create", "get", "update"),
@@ -48,17 +43,6 @@ def labels(model: str, version: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/part-of": "llmops-finetune",
             "llmops.io/model": route_name(model), "llmops.io/version": str(version),
             "llmops.io/service": served_name(model, version)}
-
-
-def resources_for(pool: Pool) -> dict[str, dict[str, str]]:
-    """One GPU, and CPU/memory that fit every instance type the pool may launch."""
-    types = [t for t in pool.instances() if t.gpus >= GPUS]
-    if not types:
-        raise ValueError(f"pool {pool.name}: no instance type with {GPUS} GPU(s) to serve on")
-    cpu = max(1, int(min(t.vcpu for t in types) * NODE_SHARE))
-    memory = max(1, int(min(t.memory_gib for t in types) * NODE_SHARE))
-    return {"requests": {"cpu": str(cpu), "memory": f"{memory}Gi", GPU: str(GPUS)},
-            "limits": {"memory": f"{memory}Gi", GPU: str(GPUS)}}
 
 
 def _selector(model: str, version: str) -> dict[str, str]:
@@ -98,7 +82,7 @@ def version_objects(model: str, version: str | int, source_uri: str, *, settings
         "env": [{"name": "HOME", "value": "/cache"}, {"name": "HF_HOME", "value": "/cache/hf"},
                 {"name": "VLLM_NO_USAGE_STATS", "value": "1"}, {"name": "DO_NOT_TRACK", "value": "1"},
                 {"name": "AWS_REGION", "value": "us-east-1"}],
-        "resources": resources_for(pool),
+        "resources": gpu_pod_resources(pool, GPUS),
         "startupProbe": {"httpGet": {"path": "/health", **probe}, "periodSeconds": 10,
                          "failureThreshold": STARTUP_BUDGET_S // 10},
         "readinessProbe": {"httpGet": {"path": "/v1/models", **probe}, "periodSeconds": 5, "failureThreshold": 3},

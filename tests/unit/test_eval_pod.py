@@ -20,7 +20,6 @@ from include.evaluation.k8s_pod import (
     manifest,
     pod_name,
     render_pod,
-    resources_for,
 )
 from include.settings import Settings
 from tests.k8s_schemas import REPO_ROOT, manifests_from_files, validate
@@ -69,7 +68,7 @@ def test_rendered_pod_validates_and_fits_the_inference_pool():
 
 def test_requests_fit_every_instance_type_the_pool_may_launch():
     pool = get_pool(SETTINGS.inference_pool)
-    res = resources_for(pool)
+    res = container(manifest(job(), SETTINGS))["resources"]
     cpu, memory = int(res["requests"]["cpu"]), int(res["requests"]["memory"].removesuffix("Gi"))
     for instance in pool.instances():
         assert instance.gpus >= 1 and cpu < instance.vcpu and memory < instance.memory_gib, instance.name

@@ -66,6 +66,27 @@ def as_airflow(cluster: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> Contro
     get_settings.cache_clear()
 
 
+@pytest.fixture
+def forbidden(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """No request of the test may be refused (403), not even one the code catches and only logs."""
+    from training_world import forbidden_guard
+
+    refused = forbidden_guard(monkeypatch)
+    yield refused
+    assert not refused, "requests the Role or the admission policy refused:\n" + "\n".join(refused)
+
+
+@pytest.fixture
+def eks(as_airflow: ControlPlane, world, forbidden: list[str], monkeypatch: pytest.MonkeyPatch):
+    """The training modules' eks profile: as Airflow, over the module's `world` (training_world.py:
+    its nodes, S3 and stages), no 403 allowed; each test starts with the nodes free."""
+    from training_world import airflow_env, delete_runs
+
+    airflow_env(monkeypatch, world)
+    yield world
+    delete_runs(world.cluster, world.dag_id)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def record_k8s_calls() -> Iterator[None]:
     """Append every kubernetes-client call of this session to $LLMOPS_K8S_CALLS (coverage test)."""

@@ -2,7 +2,7 @@
 
 The JobSet the training operator renders (include/training/k8s_job.py, restarts.py) is launched as
 Airflow's ServiceAccount; kwok's chaos stage ends a chosen rank with a chosen exit code
-(test_training_on_cluster.py explains the markers). What decides each outcome:
+(training_world.py explains the markers). What decides each outcome:
 
 - the child Job (one Indexed Job, a pod per node, podReplacementPolicy Failed, backoffLimitPerIndex 0,
   so no rank is ever retried alone) applies its podFailurePolicy to the first pod that fails:
@@ -35,16 +35,13 @@ from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from airflow.providers.common.compat.sdk import AirflowFailException
 from controlplane import ControlPlane
 from kubernetes.client import CoreV1Api
-from test_training_on_cluster import (
+from training_world import (
     TRAINING_NS,
     World,
-    airflow_env,
     container_log,
-    delete_runs,
     describe_run,
     exit_rank,
     first_event,
-    forbidden_guard,
     launch,
     read_jobset,
     run_pods,
@@ -73,22 +70,6 @@ POD_GC_S = 120  # kube-controller-manager's pod GC: 40 s quarantine of a deleted
 def world(cluster: ControlPlane) -> Iterator[World]:
     with training_world(cluster, DAG_ID, NODES) as w:
         yield w
-
-
-@pytest.fixture
-def forbidden(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """No request of the test may be refused (403), not even one the code catches and only logs."""
-    refused = forbidden_guard(monkeypatch)
-    yield refused
-    assert not refused, "requests the Role or the admission policy refused:\n" + "\n".join(refused)
-
-
-@pytest.fixture
-def eks(as_airflow: ControlPlane, world: World, forbidden: list[str],
-        monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    airflow_env(monkeypatch, world)
-    yield world
-    delete_runs(world.cluster, world.dag_id)
 
 
 def restarting(cluster: ControlPlane, name: str, restarts: int, timeout: float = 30) -> dict:

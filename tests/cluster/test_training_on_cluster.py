@@ -10,23 +10,7 @@ k8s/training/admission-policy.yaml; the JobSet, Job and scheduler controllers cr
 Jobs and pods; kwok plays the kubelets. The `forbidden` fixture fails a test on any 403, also one the code
 catches and only logs (the rank-0 log tail, the pod operator's log reads).
 
-What a test adds to what the code renders is kwok's markers on the training pods' template (and
-a label on the evaluator pod), nothing else:
-- kwok's chaos stage (controlplane.KWOK_STAGES) fails a Running pod carrying its label, with the
-  exit code of its annotation. With a one-hour `delay` a rank stays Running until the test calls
-  `exit_rank` (exit code, zero delay) or `finish_rank` (label removed: kwok's pod-complete stage
-  ends it with 0). The delay needs an equal `jitter-delay`: kwok uses the jitter when it is not
-  larger than the delay, and the stage's default jitter is 1 s.
-- `KUBELET_STAGES` stand in for two things a kubelet does that kwok's fast stages leave out,
-  for pods with the `KUBELET_LABEL` only: a running pod that is deleted ends Failed with 143
-  (SIGTERM) before it goes (kwok removes it without a terminal phase, and the Job controller of
-  a podReplacementPolicy: Failed Job then waits forever for a failure that never comes); a bare pod
-  (kwok completes only pods a Job owns) runs to completion with 0.
-- `KubeletLogs` is the kubelet's containerLogs endpoint for this module's nodes (kwok runs without
-  a node port, so the API server's pods/log proxy would dial 127.0.0.1:10250 and fail): each
-  container's log is `LOG_LINES` lines naming its pod, and `tailLines` is honoured.
-
-The world (nodes, stages, S3, helpers) is in training_world.py, shared with test_jobset_fault_matrix.py.
+The world they run in (nodes, kwok's markers and stages, S3, helpers) is training_world.py.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """The world the training tests run in (test_training_on_cluster.py, test_jobset_fault_matrix.py): nodes
 shaped like the pools, the checkpoint volume, kwok stages, S3 on moto, and what they call the code with.
 
-The project's code runs unchanged through the provider's KubernetesHook with the `kubernetes_default`
-connection of `as_airflow` (a TokenRequest token of airflow/airflow-worker, never an admin): the
-DAG's setup/teardown tasks (include/lifecycle/training.py -> include/compute/kubernetes.py), the
-training operator (plugins/llmops_operators/k8s_training.py: execute, its JobSetTrigger,
-execute_complete, on_kill) and the evaluation operator (k8s_evaluation.py). The kube-apiserver
-enforces the Role of k8s/training/rbac.yaml and the ValidatingAdmissionPolicy of
-k8s/training/admission-policy.yaml; the JobSet, Job and scheduler controllers create and place the
-Jobs and pods; kwok plays the kubelets. The `forbidden` fixture fails a test on any 403, also one the code
-catches and only logs (the rank-0 log tail, the pod operator's log reads).
-
 What a test adds to what the code renders is kwok's markers on the training pods' template (and
 a label on the evaluator pod), nothing else:
 - kwok's chaos stage (controlplane.KWOK_STAGES) fails a Running pod carrying its label, with the

@@ -497,8 +497,10 @@ def airflow_env(monkeypatch: pytest.MonkeyPatch, world: World) -> None:
     # The pod operator would pass a KUBECONFIG of the person running the tests to its trigger.
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.setattr(k8s_training, "DELETE_POLL_S", 0.2)
-    for alias in [a for a in store._STORE_CACHE if a.startswith(("s3", "s3a", "s3n"))]:
-        monkeypatch.delitem(store._STORE_CACHE, alias)
+    # A cache of its own for the test: S3 stores attached to this module's moto server never outlive it
+    # (a later module on this worker would get a store pointing at a stopped server).
+    monkeypatch.setattr(store, "_STORE_CACHE", {a: s for a, s in store._STORE_CACHE.items()
+                                                if not a.startswith(("s3", "s3a", "s3n"))})
     get_settings.cache_clear()
 
 

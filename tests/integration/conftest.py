@@ -60,6 +60,13 @@ def reset_object_storage_cache() -> None:
         del store._STORE_CACHE[alias]
 
 
+@pytest.fixture(autouse=True)
+def fresh_object_stores() -> None:
+    """Each test attaches S3 from the current connection: a store another module attached to its own
+    S3 server (the cluster tests', stopped since) never answers for this one."""
+    reset_object_storage_cache()
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     from moto.server import ThreadedMotoServer

@@ -120,6 +120,7 @@ def install() -> int:
     """Install every missing system program from Debian's packages (sudo when not root).
 
     Without apt, or when apt fails, print what to install by hand and fail: a run would stop later anyway.
+    A program no Debian package fits (Go, for the tests' control plane) is named, not failed on.
     """
     absent = missing()
     by_hand = [p for p in absent if p.hint]  # no Debian package fits (Go: Debian's is too old)
@@ -137,13 +138,12 @@ def install() -> int:
                              f"exit {result.returncode}")
                 _by_hand(absent, f"`{' '.join(argv)}` failed: {cause}")
                 return 1
-        by_hand += [p for p in missing() if p.package]
-        if by_hand:
-            _by_hand(by_hand, "installed, yet still not found")
+        still = [p for p in missing() if p.package]
+        if still:
+            _by_hand(still + by_hand, "installed, yet still not found")
             return 1
-    if by_hand:
-        _by_hand(by_hand, "no Debian package fits")
-        return 1
+    for p in by_hand:  # only the tests need these: `make run` goes on, the tests stop in one line
+        print(f"make install: {p.name} is missing ({p.needed_for}): {p.hint}", file=sys.stderr)
     return 0
 
 

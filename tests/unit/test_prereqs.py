@@ -148,3 +148,13 @@ def test_every_program_the_code_looks_up_is_one_make_install_brings():
             looked_up |= set(re.findall(r"""shutil\.which\(\s*["']([\w.-]+)["']""", path.read_text()))
     assert looked_up, "the scan found no lookups: its pattern is broken"
     assert looked_up - brought_by_make_install <= set(prereqs.PROGRAMS), looked_up
+
+
+def test_a_missing_go_is_named_but_does_not_stop_make_run(tmp_path, monkeypatch, capsys):
+    """Go builds only the tests' control plane: `make install` names it, `make run` goes on."""
+    monkeypatch.setenv("PATH", path_without({"go"}, tmp_path))
+    assert [p.name for p in prereqs.missing()] == ["go"], "needs every other prerequisite installed"
+    assert prereqs.install() == 0
+    assert "make install: go is missing (the tests build" in capsys.readouterr().err
+    with pytest.raises(prereqs.Missing, match=r"^go is missing .*: install Go 1\.26 or newer"):
+        prereqs.find("go")

@@ -58,7 +58,7 @@ def bench_router(tmp: Path, n: int) -> float:
     v1 = rt.served_name("llmops-assistant", 1)
     stack = start_stack(tmp / "data", {v1: export_tiny(tmp / "m1", 1)})
     try:
-        direct_port = processes.read("model-" + v1, stack.root).port
+        direct_port = processes.read(processes.model_server_name(v1), stack.root).port
         gateway_port = int(stack.gateway().rsplit(":", 1)[1])
         timed_gets(direct_port, 200), timed_gets(gateway_port, 200)  # warm both paths
         direct, gateway = [], []
@@ -81,11 +81,10 @@ def bench_rollback(tmp: Path, interval: int) -> float:
     from llmops_operators.canary import ServerReadyTrigger
 
     from include.lifecycle import rollout
+    from include.platforms import get_platform
     from include.registry.mlflow_registry import get_client
     from include.serving import processes
     from include.serving import route as rt
-    from include.serving.router import get_router
-    from include.serving.servers import get_servers
     from tests.integration import rollout_harness as h
 
     h.write_eval_set(tmp / "data")
@@ -98,7 +97,7 @@ def bench_rollback(tmp: Path, interval: int) -> float:
                                            "steps": [50, 100], "traffic_rate": 40, "probe_size": 0})
             plan = rollout.resolve(req, run)
             rollout.deploy(plan)
-            url = get_servers().url(plan["canary"]["service"])
+            url = get_platform().servers().url(plan["canary"]["service"])
             h.first_event(ServerReadyTrigger(url, plan["canary"]["service"], time.time() + 120, 0.2))
             if version == "1":
                 h.run_steps({"validate_params": req, "resolve": plan})
@@ -108,7 +107,7 @@ def bench_rollback(tmp: Path, interval: int) -> float:
         stop = threading.Event()
 
         def watch() -> None:
-            router, seen = get_router(), False
+            router, seen = get_platform().router(), False
             while not stop.wait(0.05):
                 w = rt.weights(router.get(rt.route_name(plan["model"]))).get(canary)
                 seen = seen or bool(w)

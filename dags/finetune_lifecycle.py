@@ -4,7 +4,8 @@ Starts nightly, when prepare_dataset publishes a new curated version (asset even
 trigger form. A nightly, asset-triggered or backfill run with nothing new (no version published, or
 the version already decided for the same base model and method) skips at resolve_dataset; a manual
 trigger is the explicit ask and trains (a missing version fails it). Bad params are refused by the
-form's schema, then by `validate_params`, before anything is planned or launched. On eks the trainer
+form's schema, then by `validate_params` (from the same rules), before anything is planned or launched;
+the tasks after it receive its checked values and trust them. On eks the trainer
 is a NeMo JobSet (one Indexed Job, all-or-nothing restarts) on a Karpenter GPU pool; on local the
 same entrypoint runs as local ranks. The candidate then answers the evaluation set and RAGAS scores
 it; the gate compares it with floors and with the champion's per-sample scores, and only a passing
@@ -24,16 +25,17 @@ from llmops_operators.notifiers import GateRejectionNotifier
 from llmops_operators.training import training_job_operator
 
 from include.assets import CURATED_DATASET, REGISTERED_MODEL
-from include.compute import container_jobs
+from include.dag_ids import FINETUNE_LIFECYCLE
 from include.evaluation.gate import override_schema
 from include.lifecycle.training import hold_if_stopped
+from include.platforms import get_platform
 from include.settings import get_settings
 from include.training.params import PARAM_DEFAULTS, param_schemas
 from include.validation import form_params
 
-JOBS = container_jobs()  # the profile's container-job seam: its defaults, timeouts and trainer backend
+JOBS = get_platform().jobs()  # this platform's container jobs: its defaults, timeouts and trainer backend
 DEFAULT = PARAM_DEFAULTS[JOBS.trainer_backend]
-RULES = param_schemas()  # the same rules validate_params, the plan and the trainer check
+RULES = param_schemas()  # the same rules validate_params and the trainer check
 DEFAULTS = {
     "owner": "ml-platform",
     "retries": 2,
@@ -91,7 +93,7 @@ PARAMS = form_params({
         "Gate and registry",
         # The schema is the gate's own override rules (include/evaluation/gate.py): a typo or a
         # loosening is refused by the form and the REST API, before a run exists.
-        gate_policy=Param({}, title="Gate policy overrides", **override_schema(),
+        gate_policy=Param({}, title="Gate policy overrides", **override_schema(get_platform().name),
                           description="Optional. Merged over include/evaluation/policy.yaml, "
                                       'e.g. {"confidence": 0.9, "metrics": {"rouge_score": {"floor": 0.3}}}.'),
     ),
@@ -99,7 +101,7 @@ PARAMS = form_params({
 
 
 @dag(
-    dag_id="finetune_lifecycle",
+    dag_id=FINETUNE_LIFECYCLE,
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"),
                                  assets=CURATED_DATASET),
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
@@ -111,6 +113,7 @@ PARAMS = form_params({
     doc_md=__doc__,
 )
 def finetune_lifecycle():
+    # The one check of the trigger's params: the tasks after it read its output, already valid.
     @task(retries=0, multiple_outputs=False)
     def validate_params(params: dict) -> dict:
         from include.lifecycle.training import validate_params
@@ -118,16 +121,16 @@ def finetune_lifecycle():
         return validate_params(params)
 
     @linked_task(DatasetManifestLink, multiple_outputs=False)
-    def resolve_dataset(params: dict, triggering_asset_events=None, dag_run=None) -> dict:
+    def resolve_dataset(validated: dict, triggering_asset_events=None, dag_run=None) -> dict:
         from include.lifecycle.training import resolve_dataset
 
-        return resolve_dataset(params, triggering_asset_events, run_type=dag_run.run_type)
+        return resolve_dataset(validated["training"], triggering_asset_events, run_type=dag_run.run_type)
 
     @task(multiple_outputs=True)
-    def plan(dataset: dict, params: dict, dag_run=None) -> dict:
+    def plan(validated: dict, dataset: dict, dag_run=None) -> dict:
         from include.lifecycle.training import plan
 
-        return plan(params, dataset, dag_run.dag_id, dag_run.run_id)
+        return plan(validated, dataset, dag_run.dag_id, dag_run.run_id)
 
     @task(multiple_outputs=False)
     def preflight(plan: dict) -> dict:
@@ -178,10 +181,10 @@ def finetune_lifecycle():
     # Runs when the champion's evaluation was skipped (scores on record), not when everything before
     # it was (a run with nothing to train skips from resolve_dataset on).
     @linked_task(MlflowRunLink, GateReportLink, multiple_outputs=False, trigger_rule="none_failed_min_one_success")
-    def gate(plan: dict, dataset: dict, jobs: dict, params: dict) -> dict:
+    def gate(plan: dict, dataset: dict, jobs: dict, policy: dict) -> dict:
         from include.lifecycle.release import gate
 
-        return gate(plan, dataset, jobs, params["gate_policy"], get_settings())
+        return gate(plan, dataset, jobs, policy, get_settings())
 
     @task.branch
     def gate_decision(decision: dict) -> str:
@@ -206,9 +209,9 @@ def finetune_lifecycle():
 
         return reject(decision)
 
-    dataset = resolve_dataset()
-    validate_params() >> dataset
-    planned = plan(dataset)
+    validated = validate_params()
+    dataset = resolve_dataset(validated)
+    planned = plan(validated, dataset)
     checked = preflight(planned["plan"])
     rendezvous = setup_rendezvous(planned["plan"])
     train = training_job_operator(task_id="launch_training", plan=planned["plan"], pre_execute=hold_if_stopped,
@@ -222,7 +225,7 @@ def finetune_lifecycle():
     jobs = evaluation_jobs(planned["plan"], result, dataset)
     candidate = evaluation_operator(task_id="evaluate_candidate", job=jobs["candidate"], role="candidate")
     champion = evaluation_operator(task_id="evaluate_champion", job=jobs["champion"], role="champion")
-    decision = gate(planned["plan"], dataset, jobs)
+    decision = gate(planned["plan"], dataset, jobs, planned["gate_policy"])
     [candidate, champion] >> decision
     gate_decision(decision) >> [register(planned["plan"], result, dataset, decision), reject(decision)]
 

@@ -21,6 +21,7 @@ import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
+from include.dag_ids import FINETUNE_LIFECYCLE
 from include.settings import get_settings
 
 
@@ -55,7 +56,7 @@ def offhours():
 
     result = tick()
     TriggerDagRunOperator.partial(
-        task_id="trigger_admitted", trigger_dag_id="finetune_lifecycle", reset_dag_run=True,
+        task_id="trigger_admitted", trigger_dag_id=FINETUNE_LIFECYCLE, reset_dag_run=True,
         wait_for_completion=False,
     ).expand_kwargs(admitted(result)) >> report(result)
 

@@ -22,15 +22,17 @@ from llmops_operators.canary import CanaryReadyOperator, CanaryStepsOperator, Sc
 from llmops_operators.notifiers import RolloutAbortNotifier
 
 from include.assets import REGISTERED_MODEL
-from include.serving.servers import rollout_defaults
+from include.platforms import get_platform
+from include.serving.rollout import ACTION, RULES, STEP
+from include.serving.rollout import DEFAULTS as RULE_DEFAULTS
 from include.settings import get_settings
-from include.validation import RULE_KEY, form_params, with_words
+from include.validation import form_params, with_words
 
-DEFAULTS = rollout_defaults()  # per profile, from the serving seam
+DEFAULTS = get_platform().rollout_defaults  # this platform's
 APPROVAL_TIMEOUT = timedelta(seconds=get_settings().approval_timeout_seconds)
 
 PARAMS = form_params({
-    "action": Param("rollout", enum=["rollout", "rollback"], title="Action",
+    "action": Param(RULE_DEFAULTS["action"], **ACTION.schema(), title="Action",
                     description="rollout: the version below as canary; rollback: back to the previous champion."),
     "model_version": with_words(Param(
         "", type=["null", "string"], pattern=r"^[0-9]*$", title="Model version",
@@ -38,22 +40,17 @@ PARAMS = form_params({
                     "'challenger'."),
         "Empty, or a version number (digits only)."),
     "steps": with_words(Param(
-        [10, 25, 50, 100], type="array", items={"type": "integer", "exclusiveMinimum": 0, "maximum": 100,
-                                            RULE_KEY: "A weight in %, above 0, at most 100."},
+        RULE_DEFAULTS["steps"], type="array", items=STEP.schema(),
         minItems=1, title="Steps (canary weight %)",
         description="Canary weights in percent, e.g. 10, 25, 50, 100."),
         "Increasing weights in %, each above 0, at most 100."),
-    "interval_s": Param(10, type="integer", minimum=5, maximum=3600, title="Analysis interval (s)"),
-    "count": Param(3, type="integer", minimum=1, maximum=100, title="Measurements per step"),
-    "max_error_rate": Param(0.05, type="number", minimum=0, maximum=1, title="Max canary error rate"),
-    "max_latency_ratio": Param(2.0, type="number", minimum=1, maximum=100, title="Max p95 latency ratio"),
-    "probe_size": Param(16, type="integer", minimum=0, maximum=1000, title="Quality probe sample size"),
-    "traffic_rate": Param(float(DEFAULTS["traffic_rate"]), type="number", minimum=0, maximum=500,
-                          title="Load generator rate (req/s, local; 0 = off)"),
-    "ready_timeout_s": Param(int(DEFAULTS["ready_timeout_s"]), type="integer", minimum=10, maximum=7200,
-                             title="Canary readiness deadline (s)"),
-    "scale_down_delay_s": Param(int(DEFAULTS["scale_down_delay_s"]), type="integer", minimum=0, maximum=86400,
-                                title="Scale-down delay (s)"),
+    **{key: Param(DEFAULTS.get(key, RULE_DEFAULTS[key]), title=title, **RULES[key].schema())
+       for key, title in (("interval_s", "Analysis interval (s)"), ("count", "Measurements per step"),
+                          ("max_error_rate", "Max canary error rate"), ("max_latency_ratio", "Max p95 latency ratio"),
+                          ("probe_size", "Quality probe sample size"),
+                          ("traffic_rate", "Load generator rate (req/s, local; 0 = off)"),
+                          ("ready_timeout_s", "Canary readiness deadline (s)"),
+                          ("scale_down_delay_s", "Scale-down delay (s)"))},
     "analysis_policy": Param({}, type=["null", "object"], title="Analysis policy overrides",
                              description="Optional. Deep-merged over include/serving/policy.yaml."),
 })
@@ -123,8 +120,8 @@ def rollout_model():
 
     req = validate_params()
     plan = resolve(req)
-    ready = CanaryReadyOperator(task_id="wait_ready")
-    steps = CanaryStepsOperator(task_id="analyse", execution_timeout=timedelta(hours=6))
+    ready = CanaryReadyOperator(task_id="wait_ready", plan=plan, request=req)
+    steps = CanaryStepsOperator(task_id="analyse", plan=plan, request=req, execution_timeout=timedelta(hours=6))
     # No answer in time takes "abort", and the request and the task log say so (TimedChoiceOperator).
     approve = TimedChoiceOperator(
         task_id="approve", subject="Canary analysis inconclusive: promote or abort?",
@@ -133,7 +130,8 @@ def rollout_model():
         options=["promote", "abort"], timeout_default="abort", response_timeout=APPROVAL_TIMEOUT)
     outcome = steps.output
     promoted, aborted = promote(plan), abort(plan, outcome)
-    scale_down = ScaleDownOperator(task_id="scale_down", trigger_rule="none_failed_min_one_success")
+    scale_down = ScaleDownOperator(task_id="scale_down", plan=plan, request=req,
+                                   trigger_rule="none_failed_min_one_success")
     deploy_canary(plan) >> ready >> steps
     decide(outcome) >> [promoted, aborted, approve, scale_down]
     approve >> [promoted, aborted]

@@ -27,6 +27,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote, unquote
 
+from include.dag_ids import FINETUNE_LIFECYCLE, PREPARE_DATASET
+
 LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"  # `mlflow ui --backend-store-uri sqlite:///.mlflow/mlflow.db`
 AWS_S3_CONSOLE = "https://console.aws.amazon.com/s3/object/{bucket}?prefix={key}"
 FILES_PREFIX = "/llmops"  # where the plugin's file view is mounted on the api-server
@@ -34,8 +36,8 @@ FILES_ROUTE = "/files"
 # What the file view serves, relative to the data root, and the DAGs whose runs link it (a user needs
 # read access to one of them). One segment per `*`: no pattern reaches into raw/ or a quarantine.
 LINKED_FILES: dict[str, tuple[str, ...]] = {
-    "curated/*/manifest.json": ("prepare_dataset", "finetune_lifecycle"),
-    "evaluations/*/gate/report.html": ("finetune_lifecycle",),
+    "curated/*/manifest.json": (PREPARE_DATASET, FINETUNE_LIFECYCLE),
+    "evaluations/*/gate/report.html": (FINETUNE_LIFECYCLE,),
 }
 
 

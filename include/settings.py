@@ -12,13 +12,10 @@ import re
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PROFILES = ("local", "eks")
+PLATFORMS_DIR = Path(__file__).resolve().parent / "platforms"
 _CRON = re.compile(r"[0-9*/,-]+(\s+[0-9A-Za-z*/,-]+){4}")
-
-Profile = Literal["local", "eks"]
 
 
 class SettingsError(ValueError):
@@ -32,27 +29,53 @@ def _uri(name: str, value: str, schemes: tuple[str, ...]) -> str:
     return value.rstrip("/")
 
 
-def _int(name: str, value: str, minimum: int = 1) -> int:
+def _int(name: str, value: str) -> int:
+    from include.errors import InputError
+    from include.validation import Rule
+
     try:
-        number = int(value)
-    except ValueError:
-        number = minimum - 1
-    if number < minimum:
-        raise SettingsError(f"{name}={value!r}: expected a whole number >= {minimum}")
-    return number
+        return Rule(name, "integer", 1).check(int(value) if value.lstrip("-").isdigit() else value)
+    except InputError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _k8s_name(name: str, value: str) -> str:
-    import re
-
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
         raise SettingsError(f"{name}={value!r}: not a valid Kubernetes name (RFC 1123 label)")
     return value
 
 
+def platform_dirs() -> list[Path]:
+    """Where platform bundles are found: include/platforms/, then LLMOPS_PLATFORM_PATH's folders (a
+    backend kept outside this repository, or the tests' in-memory one)."""
+    extra = os.environ.get("LLMOPS_PLATFORM_PATH", "")
+    return [PLATFORMS_DIR, *(Path(p) for p in extra.split(os.pathsep) if p)]
+
+
+def platforms() -> tuple[str, ...]:
+    """The platform bundles there are: every folder with a platform.yaml (a second backend is one
+    more folder)."""
+    return tuple(sorted({p.parent.name for d in platform_dirs() for p in d.glob("*/platform.yaml")}))
+
+
+def platform_dir(name: str) -> Path:
+    """The bundle `name`; an unknown name is an error, never a fallback."""
+    for root in platform_dirs():
+        if re.fullmatch(r"[a-z][a-z0-9_]*", name) and (root / name / "platform.yaml").is_file():
+            return root / name
+    raise SettingsError(f"LLMOPS_PROFILE={name!r}: no such platform; expected one of {', '.join(platforms())}")
+
+
+def platform_file(name: str) -> dict:
+    """A bundle's platform.yaml: its settings defaults and its sections of the stages' policies."""
+    import yaml
+
+    return yaml.safe_load((platform_dir(name) / "platform.yaml").read_text()) or {}
+
+
 @dataclass(frozen=True)
 class Settings:
-    profile: Profile = "local"
+    profile: str = "local"  # the platform bundle: include/platforms/<profile>/
     data_root: str = f"file://{PROJECT_ROOT / '.data'}"
     aws_conn_id: str = "aws_default"
     mlflow_tracking_uri: str = f"sqlite:///{PROJECT_ROOT / '.mlflow' / 'mlflow.db'}"
@@ -91,15 +114,14 @@ class Settings:
     approval_timeout_seconds: int = 0
 
     def __post_init__(self) -> None:
-        if self.profile not in PROFILES:
-            raise SettingsError(f"LLMOPS_PROFILE={self.profile!r}: expected one of {', '.join(PROFILES)}")
-        schemes = ("s3",) if self.profile == "eks" else ("file", "s3")
-        object.__setattr__(self, "data_root", _uri("LLMOPS_DATA_ROOT", self.data_root, schemes))
+        defaults = platform_file(self.profile).get("settings") or {}  # an unknown platform fails here
+        object.__setattr__(self, "data_root", _uri("LLMOPS_DATA_ROOT", self.data_root,
+                                                   tuple(defaults["data_root_schemes"])))
         if not self.checkpoint_root:
-            default = "/checkpoints" if self.profile == "eks" else str(PROJECT_ROOT / ".data" / "checkpoints")
+            default = defaults["checkpoint_root"].replace("{project}", str(PROJECT_ROOT))
             object.__setattr__(self, "checkpoint_root", default)
         if not self.approval_timeout_seconds:
-            object.__setattr__(self, "approval_timeout_seconds", 3600 if self.profile == "eks" else 120)
+            object.__setattr__(self, "approval_timeout_seconds", int(defaults["approval_timeout_seconds"]))
         if self.approval_timeout_seconds < 10:
             raise SettingsError(f"LLMOPS_APPROVAL_TIMEOUT_SECONDS={self.approval_timeout_seconds}: expected at "
                                 "least 10 seconds")
@@ -138,10 +160,6 @@ class Settings:
             if raw:
                 values[f.name] = _int(f"LLMOPS_{f.name.upper()}", raw) if f.type in (int, "int") else raw
         return cls(**values)
-
-    @property
-    def is_local(self) -> bool:
-        return self.profile == "local"
 
     def storage_conn_id(self) -> str | None:
         """Connection for ObjectStoragePath: S3 needs the AWS connection, file:// needs none."""

@@ -50,7 +50,9 @@ def is_dataset_version(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Rule:
-    """One field's accepted values: an integer or number range, or an enumeration."""
+    """One field's accepted values: an integer or number range (either bound may be open or absent), or
+    an enumeration. `error` is the exception a refusal raises: a stage with its own error type (a policy
+    file, a settings variable) keeps it, and the message is the same everywhere."""
 
     field: str
     kind: str  # "integer" | "number" | "enum"
@@ -58,37 +60,50 @@ class Rule:
     high: float | None = None
     choices: Sequence[Any] = ()
     open_low: bool = False  # low itself is refused (learning_rate > 0)
+    open_high: bool = False  # high itself is refused (confidence < 1)
+    error: type[Exception] = InputError
 
     def accepted(self) -> str:
         if self.kind == "enum":
             return "one of " + ", ".join(repr(c) if isinstance(c, str) else str(c) for c in self.choices)
         what = "an integer" if self.kind == "integer" else "a number"
-        return f"{what} with {self.low} {'<' if self.open_low else '<='} value <= {self.high}"
+        if self.high is None:
+            return what if self.low is None else f"{what} with value {'>' if self.open_low else '>='} {self.low}"
+        high = f"{'<' if self.open_high else '<='} {self.high}"
+        if self.low is None:
+            return f"{what} with value {high}"
+        return f"{what} with {self.low} {'<' if self.open_low else '<='} value {high}"
 
     def words(self) -> str:
         """The rule as a sentence for a person (a form field's description, a refused value's hint)."""
         if self.kind == "enum":
             return "One of: " + ", ".join(str(c) for c in self.choices) + "."
-        if self.kind == "integer":
-            return f"A whole number from {num_words(self.low)} to {num_words(self.high)}."
-        if self.open_low:
-            return f"A number above {num_words(self.low)} and at most {num_words(self.high)}."
-        return f"A number from {num_words(self.low)} to {num_words(self.high)}."
+        what = "A whole number" if self.kind == "integer" else "A number"
+        if self.low is not None and self.high is not None and not self.open_low and not self.open_high:
+            return f"{what} from {num_words(self.low)} to {num_words(self.high)}."
+        parts = []
+        if self.low is not None:
+            parts.append(f"above {num_words(self.low)}" if self.open_low else f"at least {num_words(self.low)}")
+        if self.high is not None:
+            parts.append(f"below {num_words(self.high)}" if self.open_high else f"at most {num_words(self.high)}")
+        return f"{what} {' and '.join(parts)}." if parts else f"{what}."
 
     def check(self, value: Any, label: str | None = None) -> Any:
-        """`value` if it is accepted, else InputError naming the field and what it accepts."""
+        """`value` if it is accepted, else `error` naming the field (or `label`) and what it accepts."""
         ok = True
         if isinstance(value, bool):  # an int subclass; `true` is never a count or a size
             ok = False
         elif self.kind == "enum":
             ok = any(value == c and type(value) is type(c) for c in self.choices)
-        elif self.kind == "integer":
-            ok = isinstance(value, int) and self.low <= value <= self.high
         else:
-            ok = (isinstance(value, int | float) and math.isfinite(value) and value <= self.high
-                  and (value > self.low if self.open_low else value >= self.low))
+            ok = (isinstance(value, int) if self.kind == "integer"
+                  else isinstance(value, int | float) and math.isfinite(value))
+            if ok and self.low is not None:
+                ok = value > self.low if self.open_low else value >= self.low
+            if ok and self.high is not None:
+                ok = value < self.high if self.open_high else value <= self.high
         if not ok:
-            raise InputError(f"{label or self.field}={value!r}: expected {self.accepted()}")
+            raise self.error(f"{label or self.field}={value!r}: expected {self.accepted()}")
         return float(value) if self.kind == "number" else value
 
     def schema(self) -> dict[str, Any]:
@@ -96,8 +111,11 @@ class Rule:
         number input does not clamp them: `unclamped`)."""
         if self.kind == "enum":
             return {"enum": list(self.choices), RULE_KEY: self.words()}
-        out: dict[str, Any] = {"type": self.kind, "maximum": self.high}
-        out["exclusiveMinimum" if self.open_low else "minimum"] = self.low
+        out: dict[str, Any] = {"type": self.kind}
+        if self.high is not None:
+            out["exclusiveMaximum" if self.open_high else "maximum"] = self.high
+        if self.low is not None:
+            out["exclusiveMinimum" if self.open_low else "minimum"] = self.low
         out[RULE_KEY] = self.words()  # in the schema: a refused value's error quotes it
         return unclamped(out)
 
@@ -196,20 +214,6 @@ def check_all(rules: Mapping[str, Rule], values: Mapping[str, Any], *, required:
             continue
         out[key] = rule.check(values[key])
     return out
-
-
-def check_int(name: str, value: Any, low: int, high: int, error: type[Exception] = ValueError) -> int:
-    """`value` if it is an integer (not a bool) in [low, high]; else `error` naming the field and the range."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise error(f"{name}={value!r}: expected an integer in [{low}, {high}]")
-    return value
-
-
-def check_num(name: str, value: Any, low: float, high: float, error: type[Exception] = ValueError) -> float:
-    """`value` as a float if it is a number (not a bool) in [low, high]; else `error` naming the field."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise error(f"{name}={value!r}: expected a number in [{low}, {high}]")
-    return float(value)
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

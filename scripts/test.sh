@@ -9,7 +9,7 @@ cd "$LLMOPS_ROOT"
 ruff check . || exit 1
 if [ "${1:-}" = "--fast" ]; then  # make test-fast: the edit loop, nothing that starts a server or scheduler
   shift
-  OMP_NUM_THREADS=1 exec python -m pytest -n 2 -m "not slow and not serial" tests/unit tests/dags "$@"
+  OMP_NUM_THREADS=1 exec python -m pytest -n 2 -m "not slow and not serial" tests/unit tests/dags tests/platforms "$@"
 fi
 ok() { [ "$1" -eq 0 ] || [ "$1" -eq 5 ]; }  # 5: nothing collected in that part (a narrowed run)
 # The eks profile's control plane (tests/cluster): its first build on a machine takes minutes, so it

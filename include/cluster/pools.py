@@ -29,8 +29,10 @@ PRIORITY_CLASS_ANNOTATION = "llmops.io/priority-class"
 INSTANCE_TYPES_FILE = Path(__file__).with_name("instance_types.yaml")
 NODEPOOLS_SUBDIR = "karpenter"
 
-# What a training plan's `pool` means, as the name of a Settings field holding the pool name.
-PLAN_POOLS = {"production": "training_pool", "experiment": "experiment_pool"}
+# A training plan's `pool` (the trigger form's choice, the off-hours windows' sections) and the
+# Settings field holding the Karpenter NodePool it means.
+PRODUCTION, EXPERIMENT = "production", "experiment"
+PLAN_POOLS = {PRODUCTION: "training_pool", EXPERIMENT: "experiment_pool"}
 
 
 class PoolError(ValueError):

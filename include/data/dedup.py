@@ -16,6 +16,8 @@ from functools import lru_cache
 import numpy as np
 import xxhash
 
+from include.validation import Rule
+
 _NON_WORD = re.compile(r"[\W_]+")
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -101,8 +103,7 @@ class NearDuplicateIndex:
     """MinHash LSH over word trigrams; the first record of a near-duplicate cluster is kept."""
 
     def __init__(self, threshold: float = 0.85, num_perm: int = 128, seed: int = 1):
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"dedup threshold must be in (0, 1], got {threshold}")
+        Rule("dedup threshold", "number", 0.0, 1.0, open_low=True, error=ValueError).check(threshold)
         self.bands, self.rows = lsh_bands(threshold, num_perm)
         rng = np.random.default_rng(seed)
         self._a = rng.integers(1, 2**63, num_perm, dtype=np.uint64) | np.uint64(1)

@@ -35,6 +35,7 @@ from include.data.writers import HashingWriter, eval_line, json_line, train_line
 from include.errors import InputError
 from include.logs import Progress
 from include.prompts import format_prompt
+from include.validation import Rule
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -69,10 +70,9 @@ class PrepConfig:
         if not (0 < self.train_fraction < 1 and 0 <= self.validation_fraction < 1
                 and self.train_fraction + self.validation_fraction < 1):
             raise ValueError("train and validation fractions must leave room for a test split")
-        if not 0.5 <= self.dedup_threshold <= 0.95:  # above 0.95 LSH has too few bands to be useful
-            raise ValueError(f"dedup_threshold must be within [0.5, 0.95], got {self.dedup_threshold}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        # above 0.95 LSH has too few bands to be useful
+        Rule("dedup_threshold", "number", 0.5, 0.95, error=ValueError).check(self.dedup_threshold)
+        Rule("workers", "integer", 1, error=ValueError).check(self.workers)
 
 
 def assign_split(normalized: str | bytes, config: PrepConfig) -> str:

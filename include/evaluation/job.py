@@ -12,13 +12,12 @@ Secret) or, in-process, from the Airflow connection. A job that carries one is r
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from include.errors import InputError
-from include.validation import CONTROL_RE, uri_problem
+from include.validation import CONTROL_RE, Rule, uri_problem
 
 GENERATORS = ("tiny", "vllm")
 METRICS_PROFILES = ("local", "eks")
@@ -53,10 +52,26 @@ def check_uri(key: str, value: Any) -> str:
     return value.rstrip("/")
 
 
-def _int(key: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _bad(key, f"expected an integer with {low} <= value <= {high}", value)
-    return value
+def _int(field: str, low: int, high: int) -> Rule:
+    return Rule(field, "integer", low, high, error=JobError)
+
+
+# Each numeric key's range; a refusal names the key as "job key '<key>'".
+RULES: dict[str, Rule] = {
+    "limit": _int("limit", 1, 10_000_000),
+    "max_new_tokens": _int("max_new_tokens", 1, MAX_NEW_TOKENS_LIMIT),
+    "vllm.max_model_len": _int("vllm.max_model_len", 256, 1_048_576),
+    "vllm.gpu_memory_utilization": Rule("vllm.gpu_memory_utilization", "number", 0.1, 0.98, error=JobError),
+    "vllm.tensor_parallel_size": _int("vllm.tensor_parallel_size", 1, 8),
+    "vllm.seed": _int("vllm.seed", 0, 2**31 - 1),
+    "judge.max_workers": _int("judge.max_workers", 1, 512),
+    "judge.timeout_s": _int("judge.timeout_s", 1, 3600),
+    "judge.max_tokens": _int("judge.max_tokens", 16, 32768),
+}
+
+
+def _checked(key: str, value: Any) -> Any:
+    return RULES[key].check(value, label=f"job key {key!r}")
 
 
 def _text(key: str, value: Any, *, max_len: int = 512) -> str:
@@ -92,9 +107,9 @@ def _judge(raw: Any) -> dict[str, Any]:
         out["region_name"] = _text("judge.region_name", judge.get("region_name"), max_len=32)
         if judge.get("aws_conn_id") is not None:
             out["aws_conn_id"] = _text("judge.aws_conn_id", judge["aws_conn_id"], max_len=250)
-    out["max_workers"] = _int("judge.max_workers", judge.get("max_workers", 16), 1, 512)
-    out["timeout_s"] = _int("judge.timeout_s", judge.get("timeout_s", 120), 1, 3600)
-    out["max_tokens"] = _int("judge.max_tokens", judge.get("max_tokens", 2048), 16, 32768)
+    out["max_workers"] = _checked("judge.max_workers", judge.get("max_workers", 16))
+    out["timeout_s"] = _checked("judge.timeout_s", judge.get("timeout_s", 120))
+    out["max_tokens"] = _checked("judge.max_tokens", judge.get("max_tokens", 2048))
     return out
 
 
@@ -102,19 +117,16 @@ def _vllm(raw: Any) -> dict[str, Any]:
     opts = _section("vllm", raw, VLLM_KEYS)
     # Bounded by default: vLLM would otherwise take the model's full context (128k for Llama 3.1)
     # and refuse to start when the KV cache of a 24 GB inference GPU cannot hold it.
-    out: dict[str, Any] = {"max_model_len": _int("vllm.max_model_len", opts.get("max_model_len", DEFAULT_MAX_MODEL_LEN),
-                                                 256, 1_048_576)}
-    util = opts.get("gpu_memory_utilization", 0.85)
-    if (isinstance(util, bool) or not isinstance(util, int | float) or not math.isfinite(util)
-            or not 0.1 <= util <= 0.98):
-        raise _bad("vllm.gpu_memory_utilization", "expected a number within [0.1, 0.98]", util)
-    out["gpu_memory_utilization"] = float(util)
-    out["tensor_parallel_size"] = _int("vllm.tensor_parallel_size", opts.get("tensor_parallel_size", 1), 1, 8)
+    out: dict[str, Any] = {
+        "max_model_len": _checked("vllm.max_model_len", opts.get("max_model_len", DEFAULT_MAX_MODEL_LEN)),
+        "gpu_memory_utilization": _checked("vllm.gpu_memory_utilization", opts.get("gpu_memory_utilization", 0.85)),
+        "tensor_parallel_size": _checked("vllm.tensor_parallel_size", opts.get("tensor_parallel_size", 1)),
+    }
     dtype = opts.get("dtype", "auto")
     if dtype not in _DTYPES:
         raise _bad("vllm.dtype", f"expected one of {', '.join(_DTYPES)}", dtype)
     out["dtype"] = dtype
-    out["seed"] = _int("vllm.seed", opts.get("seed", 0), 0, 2**31 - 1)
+    out["seed"] = _checked("vllm.seed", opts.get("seed", 0))
     return out
 
 
@@ -137,9 +149,9 @@ def validate_job(raw: Any) -> dict[str, Any]:
         raise _bad("metrics_profile", f"expected one of {', '.join(METRICS_PROFILES)}", raw["metrics_profile"])
     job["generator"], job["metrics_profile"] = raw["generator"], raw["metrics_profile"]
     limit = raw.get("limit")
-    job["limit"] = None if limit is None else _int("limit", limit, 1, 10_000_000)
-    job["max_new_tokens"] = _int("max_new_tokens", raw.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS[job["generator"]]),
-                                 1, MAX_NEW_TOKENS_LIMIT)
+    job["limit"] = None if limit is None else _checked("limit", limit)
+    job["max_new_tokens"] = _checked("max_new_tokens", raw.get("max_new_tokens",
+                                                               DEFAULT_MAX_NEW_TOKENS[job["generator"]]))
     job["vllm"] = _vllm(raw.get("vllm") or {}) if job["generator"] == "vllm" else None
     if raw.get("vllm") and job["generator"] != "vllm":
         raise JobError("job key 'vllm': only meaningful with generator 'vllm'")
@@ -176,7 +188,7 @@ def build_job(model_uri: str, eval_uri: str, output_uri: str, *, generator: str,
               limit: int | None = None, max_new_tokens: int | None = None,
               judge: Mapping[str, Any] | None = None, vllm: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The validated job. Which generator and metrics a profile uses is the container-job seam's
-    choice (include/compute): tiny + non-LLM metrics locally, vLLM + the LLM judge on eks."""
+    choice (the platform's jobs): tiny + non-LLM metrics locally, vLLM + the LLM judge on eks."""
     job: dict[str, Any] = {
         "model_uri": model_uri, "eval_uri": eval_uri, "output_uri": output_uri,
         "generator": generator, "metrics_profile": metrics_profile, "limit": limit,

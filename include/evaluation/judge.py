@@ -29,6 +29,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+from include.validation import Rule
+
 DEFAULT_CONN_ID = "llm_judge"
 API_KEY_ENV = "LLMOPS_JUDGE_API_KEY"
 
@@ -90,14 +92,9 @@ def _build_base_url(conn: Any, extra: Mapping[str, Any]) -> str:
 
 
 def _ints(extra: Mapping[str, Any], conn_id: str) -> dict[str, int]:
-    out = {}
-    for key in ("max_workers", "timeout_s", "max_tokens"):
-        if key in extra:
-            value = extra[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise JudgeConfigError(f"connection {conn_id!r}: extra {key} must be a positive integer")
-            out[key] = value
-    return out
+    """The connection's integer extras, each at least 1 (the evaluation job's rules hold their upper bounds)."""
+    rule = {key: Rule(key, "integer", 1, error=JudgeConfigError) for key in ("max_workers", "timeout_s", "max_tokens")}
+    return {key: r.check(extra[key], f"connection {conn_id!r}: extra {key}") for key, r in rule.items() if key in extra}
 
 
 def judge_from_connection(conn_id: str = DEFAULT_CONN_ID) -> JudgeConfig:

@@ -1,5 +1,5 @@
 """What the off-hours DAG does on each tick: the scheduling stage (windows, admission, requests,
-cleanup rules) joined with the capacity seam (include/compute/capacity.py), the registry (which
+cleanup rules) joined with the capacity seam (the platform's `capacity()`), the registry (which
 checkpoints a registered version still needs) and the training stage's run names.
 
 Each tick: reconcile admitted runs with their DAG runs; for each pool, if its window is open,
@@ -17,7 +17,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from include.compute.capacity import OffhoursCluster, clear_stop_marker, run_names
+from include.cluster.pools import EXPERIMENT
+from include.dag_ids import FINETUNE_LIFECYCLE
+from include.platforms import get_platform
+from include.platforms.runs import run_names
+from include.platforms.seams import Capacity
 from include.scheduling import cleanup
 from include.scheduling.admission import PoolBudget, Request, admit, overruns
 from include.scheduling.requests import RequestStore, admitted_run_id
@@ -31,7 +35,7 @@ CLOSE_MARGIN = timedelta(minutes=5)
 # capacity is never scaled down (its runs continue past a window), so its NodePool is never read
 # here: the ClusterRole in k8s/airflow/offhours-rbac.yaml names exactly these pools' NodePools
 # (resourceNames), and a tick that read one more would get 403 Forbidden.
-SCALED_AT_CLOSE = ("experiment",)
+SCALED_AT_CLOSE = (EXPERIMENT,)
 FINISHED = {"success": "done", "failed": "failed"}
 
 
@@ -48,7 +52,7 @@ def reconcile(store: RequestStore, dagrun_state: Callable[[str], str | None], lo
     return changed
 
 
-def budgets(schedule: Schedule, windows: dict[str, dict], cluster: OffhoursCluster,
+def budgets(schedule: Schedule, windows: dict[str, dict], cluster: Capacity,
             store: RequestStore) -> dict[str, PoolBudget]:
     running = store.in_state("admitted")
     out = {}
@@ -64,7 +68,7 @@ def budgets(schedule: Schedule, windows: dict[str, dict], cluster: OffhoursClust
     return out
 
 
-def admit_waiting(now: datetime, schedule: Schedule, cluster: OffhoursCluster, store: RequestStore,
+def admit_waiting(now: datetime, schedule: Schedule, cluster: Capacity, store: RequestStore,
                   settings, log=print) -> list[dict[str, Any]]:
     """One admission pass; returns TriggerDagRunOperator kwargs for every request admitted now."""
     windows = window_state(schedule, now)
@@ -79,7 +83,7 @@ def admit_waiting(now: datetime, schedule: Schedule, cluster: OffhoursCluster, s
             f"${v.request.cost_usd:,.2f}): {v.outcome}: {v.reason}")
         if v.outcome == "admitted":
             record = store.get(rid)
-            clear_stop_marker(settings, record)  # a stopped run resumes from its checkpoint
+            cluster.release_hold(record)  # a stopped run resumes from its checkpoint
             store.transition(rid, "admitted", v.reason, admitted_at=now.isoformat(), waiting_reason=None,
                              window_opened=windows[v.request.pool]["opened"])
             triggers.append({"trigger_run_id": admitted_run_id(rid), "conf": v.request.conf})
@@ -90,10 +94,10 @@ def admit_waiting(now: datetime, schedule: Schedule, cluster: OffhoursCluster, s
     return triggers
 
 
-def stop_overruns(now: datetime, schedule: Schedule, cluster: OffhoursCluster, store: RequestStore,
+def stop_overruns(now: datetime, schedule: Schedule, cluster: Capacity, store: RequestStore,
                   dry_run: bool, log=print) -> list[dict[str, Any]]:
     """Experiment runs that would run past the close: stopped gracefully and queued again."""
-    pool = schedule.pools.get("experiment")
+    pool = schedule.pools.get(EXPERIMENT)
     if pool is None:
         return []
     window = pool.open_window(now)
@@ -148,12 +152,10 @@ def rollout_leftovers(settings, now: datetime, ttl_hours: float, log=print, *, r
     """Model servers an aborted or crashed rollout left at weight 0, read through the serving seams: the
     route's weights and rollout state (router), the running servers (servers)."""
     from include.serving import route as rt
-    from include.serving.router import get_router
-    from include.serving.servers import get_servers
 
     try:
-        router = router or get_router(settings)
-        servers = servers or get_servers(settings)
+        router = router or get_platform(settings).router()
+        servers = servers or get_platform(settings).servers()
         route = router.get(rt.route_name(settings.registered_model_name))
         deployed = servers.deployed()
     except Exception as exc:  # noqa: BLE001 - the rest of the cleanup still runs; the log says why
@@ -175,7 +177,7 @@ def rollout_leftovers(settings, now: datetime, ttl_hours: float, log=print, *, r
                                      namespace=servers.namespace, scale_down=servers.scale_down)
 
 
-def close_cleanup(now: datetime, schedule: Schedule, cluster: OffhoursCluster, store: RequestStore, settings,
+def close_cleanup(now: datetime, schedule: Schedule, cluster: Capacity, store: RequestStore, settings,
                   dry_run: bool, log=print) -> dict[str, Any]:
     """Scale the SCALED_AT_CLOSE pools to zero (window closed), then leftovers and stale data."""
     running = {run_names(r)["run_name"] for r in store.in_state("admitted")}
@@ -194,7 +196,7 @@ def close_cleanup(now: datetime, schedule: Schedule, cluster: OffhoursCluster, s
     return result
 
 
-def open_restore(now: datetime, schedule: Schedule, cluster: OffhoursCluster, dry_run: bool,
+def open_restore(now: datetime, schedule: Schedule, cluster: Capacity, dry_run: bool,
                  log=print) -> list[dict[str, Any]]:
     """Window open: the limits of the pools the close scaled to zero come back from k8s/ (no other pool's)."""
     actions = []
@@ -223,7 +225,7 @@ def save_state(settings, state: dict[str, Any]) -> None:
     path.write_bytes(json.dumps(state, indent=2, sort_keys=True).encode())
 
 
-def tick(now: datetime, schedule: Schedule, cluster: OffhoursCluster, store: RequestStore, settings,
+def tick(now: datetime, schedule: Schedule, cluster: Capacity, store: RequestStore, settings,
          dagrun_state: Callable[[str], str | None], dry_run: bool = False, log=print) -> dict[str, Any]:
     """One pass of the off-hours DAG; returns what it did (and the triggers to fire)."""
     now = now.astimezone(UTC)
@@ -252,7 +254,7 @@ def tick(now: datetime, schedule: Schedule, cluster: OffhoursCluster, store: Req
 
 # ---- the DAG's task bodies: build the real parts from settings and tick ----
 
-def dagrun_state(run_id: str, dag_id: str = "finetune_lifecycle") -> str | None:
+def dagrun_state(run_id: str, dag_id: str = FINETUNE_LIFECYCLE) -> str | None:
     """State of a finetune_lifecycle run through the task SDK; None when it does not exist (yet)."""
     from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
@@ -263,14 +265,13 @@ def dagrun_state(run_id: str, dag_id: str = "finetune_lifecycle") -> str | None:
 
 
 def run_tick(dry_run: bool, now: datetime | None = None, state_of=dagrun_state) -> dict[str, Any]:
-    from include.compute.capacity import get_cluster
     from include.scheduling.requests import RequestStore
     from include.scheduling.windows import load
     from include.settings import get_settings
 
     settings = get_settings()
     schedule = load()
-    result = tick(now or datetime.now(UTC), schedule, get_cluster(settings, schedule),
+    result = tick(now or datetime.now(UTC), schedule, get_platform(settings).capacity(schedule),
                   RequestStore.for_settings(settings), settings, state_of, dry_run=dry_run)
     phases = [f"{k} " + (f"open until {v['closes']}" if v["open"] else f"closed, next {v['next_open']}")
               for k, v in result["windows"].items()]

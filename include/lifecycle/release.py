@@ -11,9 +11,9 @@ import logging
 import os
 import subprocess
 
-from include.compute import container_jobs
 from include.lifecycle import summaries
 from include.lifecycle.failfast import fail_fast
+from include.platforms import get_platform
 from include.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def eval_jobs(plan: dict, result: dict, dataset: dict, settings: Settings) -> di
     """The candidate's evaluation job, and the champion's when its scores on this set are not on record."""
     from include.registry.mlflow_registry import champion_scores
 
-    make = container_jobs(settings).evaluation_job
+    make = get_platform(settings).jobs().evaluation_job
     jobs = {"candidate": make(result["model_uri"], dataset["uri"], evaluation_uri(settings, plan, "candidate")),
             "champion": None}
     champion, scores = champion_scores(settings.registered_model_name, dataset["version"])
@@ -70,11 +70,14 @@ def _scores(output_uri: str) -> list[dict]:
 
 
 @fail_fast
-def gate(plan: dict, dataset: dict, jobs: dict, policy_overrides: dict | None, settings: Settings) -> dict:
-    """Decide on per-sample evidence; the JSON and HTML reports go to storage and the MLflow run."""
+def gate(plan: dict, dataset: dict, jobs: dict, policy: dict, settings: Settings) -> dict:
+    """Decide on per-sample evidence; the JSON and HTML reports go to storage and the MLflow run.
+
+    `policy` is the run's gate policy as `validate_params` resolved and checked it (its XCom): trusted.
+    """
     import json
 
-    from include.evaluation.gate import decide, load_policy
+    from include.evaluation.gate import GatePolicy, decide
     from include.evaluation.report import render_html
     from include.registry import mlflow_registry as reg
     from include.storage import files
@@ -84,7 +87,7 @@ def gate(plan: dict, dataset: dict, jobs: dict, policy_overrides: dict | None, s
         champion = _scores(jobs["champion"]["output_uri"])
     else:
         champion = reg.champion_scores(settings.registered_model_name, dataset["version"])[1]
-    decision = decide(candidate, champion, load_policy(policy_overrides, profile=settings.profile))
+    decision = decide(candidate, champion, GatePolicy.from_dict(policy))
     report = render_html(decision, candidate, champion, context={"dataset": dataset["version"],
                                                                   "run": plan["run_id"]})
     out = evaluation_uri(settings, plan, "gate")

@@ -1,46 +1,31 @@
-"""The rollout DAG's tasks: the canary state machine (include/serving) joined with the registry and
-the evaluation stage.
+"""The rollout DAG's tasks: the canary's state machine over the platform's router and servers,
+joined with the registry and the evaluation stage.
 
-What joins stages lives here: resolving which versions are stable and canary (the registry's
-aliases against what the route serves), closing a step (the quality probe scores answers with
-the evaluation stage's metrics; the step table goes to the canary's MLflow run), the load
-generator's prompts (the curated eval set) and syncing `champion` with what serves. The serving
-stage's own state machine (deploy, set a step's weight, abort, promote, scale down) is re-exported
-so the DAG and the canary operators import one module.
+The state machine (deploy, set a step's weight, abort, promote, scale down) reads the route first
+and edits it with the serving stage's rules (`serving.rollout`: who owns the route, the state it
+carries). What joins stages lives here too: resolving which versions are stable and canary (the
+registry's aliases against what the route serves), closing a step (the quality probe scores
+answers with the evaluation stage's metrics; the step table goes to the canary's MLflow run), the
+load generator's prompts (the curated eval set) and syncing `champion` with what serves. The loop
+over the steps is `lifecycle/canary.py`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from include.platforms import get_platform
 from include.serving import analysis as an
+from include.serving import rollout as rules
 from include.serving import route as rt
 from include.serving import step_analysis
-from include.serving.rollout import (
-    RolloutBusy,
-    RolloutError,
-    abort,
-    analysis_policy,
-    begin_step,
-    check_owner,
-    current_step,
-    deploy,
-    promote,
-    route_state,
-    scale_down_loser,
-    service_version,
-    validate_params,
-)
-from include.serving.router import get_router
-from include.serving.servers import get_servers
+from include.serving.rollout import RolloutBusy, RolloutError, check_owner, new_state, service_version
+from include.serving.rollout import validate_params as validate_params  # the DAG's first task
 from include.settings import Settings, get_settings
-
-__all__ = ["RolloutBusy", "RolloutError", "abort", "analysis_policy", "begin_step", "current_step", "deploy",
-           "eval_uri", "finish_step", "promote", "resolve", "run_probe", "scale_down_loser", "sync_aliases",
-           "traffic_prompts", "validate_params"]
 
 log = logging.getLogger(__name__)
 ROLLOUT_TAG, ROLLOUT_REASON_TAG = "llmops.rollout", "llmops.rollout_reason"
@@ -51,8 +36,9 @@ def resolve(req: Mapping[str, Any], run_id: str, settings: Settings | None = Non
     from include.registry import mlflow_registry as reg
 
     settings = settings or get_settings()
+    client = client or reg.get_client()
     model = settings.registered_model_name
-    current = get_router(settings).get(rt.route_name(model))
+    current = get_platform(settings).router().get(rt.route_name(model))
     check_owner(current, run_id)
     mine = rt.state(current) if current is not None and rt.state(current).get("run") == run_id else {}
     stable_service = rt.serving_at_100(current) if current is not None else None
@@ -73,7 +59,7 @@ def resolve(req: Mapping[str, Any], run_id: str, settings: Settings | None = Non
             version = str(chal.version)
         canary_version, stable_version = version, service_version(stable_service)
     try:
-        mv = reg._client(client).get_model_version(model, canary_version)
+        mv = client.get_model_version(model, canary_version)
     except Exception as exc:
         raise RolloutError(f"model_version={canary_version}: not a registered version of {model}") from exc
     canary_service = rt.served_name(model, canary_version)
@@ -81,7 +67,7 @@ def resolve(req: Mapping[str, Any], run_id: str, settings: Settings | None = Non
     stable = None
     if stable_version not in (None, canary_version):
         stable = {"version": stable_version, "service": rt.served_name(model, stable_version),
-                  "source": reg._client(client).get_model_version(model, stable_version).source}
+                  "source": client.get_model_version(model, stable_version).source}
     plan = {
         "model": model, "run_id": run_id, "action": req["action"], "noop": noop,
         "canary": {"version": canary_version, "service": canary_service, "source": mv.source,
@@ -93,6 +79,148 @@ def resolve(req: Mapping[str, Any], run_id: str, settings: Settings | None = Non
     if noop:
         log.info("%s v%s already serves 100 %%: nothing to do", model, canary_version)
     return plan
+
+
+def analysis_policy(req: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
+    return rules.analysis_policy(req, get_platform(settings).name)
+
+
+def deploy(plan: Mapping[str, Any], settings: Settings | None = None, *, wait_ready: bool = True) -> str:
+    """Start (or find) the canary's server and attach it to the route at weight 0; claim the route.
+
+    `wait_ready=False` returns once the server is started, without holding the caller while the
+    model loads: the DAG's `wait_ready` task waits for it deferred, in the triggerer.
+    """
+    settings = settings or get_settings()
+    servers = get_platform(settings).servers()
+    if plan["stable"]:
+        # As a Deployment's controller would: a stable server that is gone (a local `stop-all`, a
+        # reboot) serves again before the route moves. A no-op where it runs.
+        servers.deploy(plan["stable"]["service"], plan["stable"]["source"])
+    url = servers.deploy(plan["canary"]["service"], plan["canary"]["source"], wait=wait_ready)
+    servers.ensure_observability()
+    router = get_platform(settings).router()
+    name = rt.route_name(plan["model"])
+    canary, stable = plan["canary"]["service"], (plan["stable"] or {}).get("service")
+
+    def edit(route: dict) -> dict:
+        check_owner(route, plan["run_id"])
+        if rt.state(route).get("run") == plan["run_id"]:
+            return route  # already claimed by this run (a retry)
+        if stable:
+            route = rt.attach(route, stable, canary)
+        elif canary not in rt.weights(route):
+            for rule in route["spec"]["rules"]:
+                rule.setdefault("backendRefs", []).append({"name": canary, "port": rt.SERVICE_PORT, "weight": 0})
+        return rt.with_state(route, new_state(plan, phase="Deploying", step=-1, weight=0))
+
+    if router.get(name) is None:
+        try:
+            router.create(rt.new_route(plan["model"], settings.serving_namespace,
+                                       backends={stable: 100} if stable else {canary: 0}))
+        except Exception as exc:  # created meanwhile by a concurrent attempt: edit it below
+            log.info("route create: %s", exc)
+    router.update(name, edit)
+    return url
+
+
+def route_state(plan: Mapping[str, Any], settings: Settings | None = None) -> tuple[dict, dict]:
+    route = get_platform(settings).router().get(rt.route_name(plan["model"]))
+    if route is None:
+        raise RolloutError(f"HTTPRoute for {plan['model']} does not exist: run deploy first")
+    return route, rt.state(route)
+
+
+def begin_step(plan: Mapping[str, Any], index: int, settings: Settings | None = None) -> dict:
+    """Set step `index`'s weight (once) and mark a fresh analysis start; returns the route state.
+
+    A retry of the same step finds the weight already set: it changes annotations only.
+    """
+    weight = plan["steps"][index]
+    canary, stable = plan["canary"]["service"], plan["stable"]["service"]
+
+    def edit(route: dict) -> dict:
+        check_owner(route, plan["run_id"])
+        st = rt.state(route)
+        if st.get("phase") in ("Aborted", "Promoted"):
+            raise RolloutError(f"rollout already {st['phase']}: no further step")
+        attempts = st.get("attempts", 0) + 1 if st.get("step") == index else 1
+        if rt.weights(route).get(canary) != weight:
+            route = rt.set_weights(route, stable, canary, weight)
+        return rt.with_state(route, {**st, "phase": "Progressing", "step": index, "weight": weight,
+                                     "attempts": attempts, "analysis_started_at": time.time()})
+
+    updated = get_platform(settings).router().update(rt.route_name(plan["model"]), edit)
+    st = rt.state(updated)
+    log.info("step %d/%d: canary %s at %d %% (attempt %d)", index + 1, len(plan["steps"]), canary, weight,
+             st["attempts"])
+    return st
+
+
+def current_step(plan: Mapping[str, Any], settings: Settings | None = None) -> int:
+    """The step the route says this run is at (0 when it has not started one)."""
+    _, st = route_state(plan, settings)
+    return max(int(st.get("step", -1)), 0) if st.get("run") == plan["run_id"] else 0
+
+
+def abort(plan: Mapping[str, Any], reason: str, settings: Settings | None = None) -> dict:
+    """Canary weight 0 in ONE update (with the Aborted state), before anything else; idempotent."""
+    canary = plan["canary"]["service"]
+    stable = (plan["stable"] or {}).get("service")
+
+    def edit(route: dict) -> dict:
+        st = rt.state(route)
+        if st.get("run") not in (None, plan["run_id"]) and rt.in_progress(route):
+            raise RolloutBusy(f"route owned by run {st.get('run')!r}")
+        if st.get("run") == plan["run_id"] and st.get("phase") == "Aborted":
+            return route
+        if stable and canary in rt.weights(route):
+            route = rt.set_weights(route, stable, canary, 0)
+        return rt.with_state(route, {**new_state(plan), **{k: v for k, v in st.items() if k == "step"},
+                                     "phase": "Aborted", "weight": 0, "reason": reason[:500]})
+
+    updated = get_platform(settings).router().update(rt.route_name(plan["model"]), edit)
+    log.warning("rollout aborted: canary %s at weight 0 (%s)", canary, reason)
+    return rt.state(updated)
+
+
+def promote(plan: Mapping[str, Any], note: str = "", settings: Settings | None = None) -> dict:
+    """Canary at 100 % (stable 0) with the Promoted state; idempotent."""
+    canary = plan["canary"]["service"]
+    stable = (plan["stable"] or {}).get("service")
+
+    def edit(route: dict) -> dict:
+        check_owner(route, plan["run_id"])
+        st = rt.state(route)
+        if st.get("phase") == "Aborted" and st.get("run") == plan["run_id"]:
+            raise RolloutError("this rollout was aborted; it cannot be promoted")
+        if stable and stable in rt.weights(route):
+            route = rt.set_weights(route, stable, canary, 100)
+        else:
+            for rule in route["spec"]["rules"]:
+                for ref in rule.get("backendRefs") or []:
+                    ref["weight"] = 100 if ref["name"] == canary else 0
+        return rt.with_state(route, {**new_state(plan), **st, "phase": "Promoted", "weight": 100,
+                                     "step": len(plan["steps"]) - 1, "note": note})
+
+    updated = get_platform(settings).router().update(rt.route_name(plan["model"]), edit)
+    log.info("promoted %s to 100 %%%s", canary, f" ({note})" if note else "")
+    return rt.state(updated)
+
+
+def scale_down_loser(plan: Mapping[str, Any], settings: Settings | None = None) -> str | None:
+    """Stop the version that no longer takes traffic and drop its weight-0 backendRef."""
+    route, st = route_state(plan, settings)
+    loser = plan["canary"]["service"] if st.get("phase") == "Aborted" else (plan["stable"] or {}).get("service")
+    if loser is None:
+        return None
+    if rt.weights(route).get(loser, 0) != 0:
+        raise RolloutError(f"{loser} still takes traffic: not scaling it down")
+    servers = get_platform(settings).servers()
+    servers.scale_down(loser)
+    get_platform(settings).router().update(rt.route_name(plan["model"]),
+                                lambda r: rt.detach(r, loser) if loser in rt.weights(r) else r)
+    return loser
 
 
 def eval_uri(plan: Mapping[str, Any], settings: Settings | None = None) -> str | None:
@@ -125,7 +253,7 @@ def run_probe(plan: Mapping[str, Any], policy: Mapping[str, Any], settings: Sett
     uri = eval_uri(plan, settings)
     if not plan.get("stable") or not cfg.get("sample_size") or uri is None:
         return {"phase": an.SUCCESSFUL, "metrics": {}, "skipped": "no stable, sample size 0 or no eval set"}
-    servers = get_servers(settings)
+    servers = get_platform(settings).servers()
     canary = (servers.url(plan["canary"]["service"]), plan["canary"]["service"])
     stable = (servers.url(plan["stable"]["service"]), plan["stable"]["service"])
     try:
@@ -168,7 +296,7 @@ def sync_aliases(plan: Mapping[str, Any], settings: Settings | None = None, clie
 
     _, st = route_state(plan, settings)
     version = plan["canary"]["version"]
-    c = reg._client(client)
+    c = client or reg.get_client()
     if st.get("phase") == "Promoted":
         reg.promote(plan["model"], version, client=c)
         c.set_model_version_tag(plan["model"], version, ROLLOUT_TAG, "promoted")

@@ -4,7 +4,7 @@ The training tasks' off-hours side is here too: queue a `window=off-hours` run i
 launching it (the scheduling stage's request store), hold a run stopped at window close, and log
 a run's actual GPU-hours and cost (the capacity seam's node intervals, the registry's run).
 
-Where the profiles differ, the container-job seam (`include.compute.container_jobs`) decides.
+Where the platforms differ, the platform's container jobs (`get_platform().jobs()`) decide.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from include.compute import container_jobs
 from include.lifecycle.failfast import NothingToDo, fail_fast
+from include.platforms import get_platform
 from include.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -23,14 +23,19 @@ log = logging.getLogger(__name__)
 
 @fail_fast
 def validate_params(params: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
-    """Refuse bad trigger params before anything is planned; return the placement."""
+    """Refuse bad trigger params before anything is planned: the run's one check of them.
+
+    Returns {"training": a TrainingPlan, "gate_policy": the run's GatePolicy}, as XCom dicts: every later
+    task reads them back with `from_dict` and trusts them (only the trainer's container checks again).
+    """
     from include.evaluation.gate import load_policy
     from include.training.planning import validate_params as check
 
-    placement = check(params, container_jobs(settings))
+    platform = get_platform(settings)
+    training = check(params, platform.jobs())
     # The gate may only be tightened from a trigger: checked here, before any GPU time is spent.
-    load_policy(params.get("gate_policy") or None, profile=(settings or get_settings()).profile)
-    return placement
+    policy = load_policy(params.get("gate_policy") or None, profile=platform.name)
+    return {"training": training.to_dict(), "gate_policy": policy.to_dict()}
 
 
 # Runs a person (or the off-hours admission acting for one) asked for; every other run type
@@ -86,35 +91,41 @@ def skip_if_trained(version: str, params: Mapping[str, Any], run_type: str, sett
 
 
 @fail_fast
-def plan(params: Mapping[str, Any], dataset: Mapping[str, Any], dag_id: str, run_id: str,
+def plan(validated: Mapping[str, Any], dataset: Mapping[str, Any], dag_id: str, run_id: str,
          settings: Settings | None = None) -> dict[str, Any]:
-    """{"plan", "estimate"}: the flat plan every launcher takes, and its GPU-hours and cost."""
+    """{"plan", "estimate", "gate_policy"}: the flat plan every launcher takes, its GPU-hours and cost,
+    and the gate it must pass, from `validate_params`' output (valid already: not checked again).
+
+    The gate policy rides along so the gate task needs nothing from before the plan: a run that skips
+    at resolve_dataset skips the gate too.
+    """
     from include.lifecycle.summaries import planned
-    from include.training.planning import build_plan
+    from include.training.planning import TrainingPlan, build_plan
 
     settings = settings or get_settings()
-    out = build_plan(params, dataset, settings, dag_id, run_id, container_jobs(settings))
+    out = build_plan(TrainingPlan.from_dict(validated["training"]), dataset, settings, dag_id, run_id,
+                     get_platform(settings).jobs())
     log.info("%s", planned(out))
-    return out
+    return {**out, "gate_policy": validated["gate_policy"]}
 
 
 @fail_fast
 def preflight(plan: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
     """Check what would be launched against the cluster's pools, or this machine."""
-    return container_jobs(settings).preflight(plan)
+    return get_platform(settings).jobs().preflight(plan)
 
 
 def setup_rendezvous(plan: Mapping[str, Any]) -> dict[str, Any]:
-    return container_jobs().setup_rendezvous(plan)
+    return get_platform().jobs().setup_rendezvous(plan)
 
 
 def teardown_rendezvous(plan: Mapping[str, Any]) -> None:
-    container_jobs().teardown_rendezvous(plan)
+    get_platform().jobs().teardown_rendezvous(plan)
 
 
 def collect_result(plan: Mapping[str, Any]) -> dict[str, Any]:
-    from include.compute import read_result
     from include.lifecycle.summaries import trained
+    from include.training.results import read_result
 
     result = read_result(plan)
     log.info("%s", trained(result))
@@ -153,14 +164,14 @@ def hold_if_stopped(context: dict[str, Any]) -> None:
     """pre_execute hook of the training task: a run stopped at window close must not be relaunched
     by a task retry while the window is shut; it fails for good and resumes when re-admitted.
 
-    The hold marker is under the data root (include/compute/capacity.py `hold_marker`), which this
+    The hold marker is under the data root (include/platforms/runs.py `hold_marker`), which this
     task reads on both profiles; on eks its pod has no checkpoint volume."""
     plan = getattr(context.get("task"), "plan", None)
     if not isinstance(plan, dict) or not plan.get("run_name"):
         return
     import json
 
-    from include.compute.capacity import stopped
+    from include.platforms.runs import stopped
 
     held = stopped(get_settings(), str(plan["run_name"]))
     if held is not None:
@@ -173,7 +184,6 @@ def hold_if_stopped(context: dict[str, Any]) -> None:
 def log_actual_cost(plan: dict[str, Any], estimate: dict[str, Any], result: dict[str, Any] | None,
                     settings=None) -> dict[str, Any]:
     """Measure the run, log estimate/actual/error to its MLflow run, and to its off-hours request."""
-    from include.compute.capacity import get_cluster
     from include.registry import mlflow_registry as reg
     from include.scheduling.admission import request_from_plan
     from include.scheduling.cost import actual_usage, compare, node_price
@@ -185,7 +195,7 @@ def log_actual_cost(plan: dict[str, Any], estimate: dict[str, Any], result: dict
     schedule = load()
     est = request_from_plan(plan, estimate, request_id="-", priority=0, created_at=datetime.now(UTC), conf={},
                             local_seconds_per_step=schedule.admission["local_seconds_per_step"])
-    intervals = get_cluster(settings, schedule).node_intervals(plan, result)
+    intervals = get_platform(settings).capacity(schedule).node_intervals(plan, result)
     actual = actual_usage(intervals, node_price(plan))
     metrics = compare({"gpu_hours": est.gpu_hours, "cost_usd": est.cost_usd}, actual)
     run = reg.get_or_create_run(settings.mlflow_experiment, plan["dag_id"], plan["run_id"], run_name=plan["run_name"])

@@ -1,5 +1,5 @@
 """Off-hours scheduling: windows, admission of queued training requests, cleanup rules, cost figures.
 
 Plain rules over plain data; include/lifecycle/offhours.py runs them against the capacity seam
-(include/compute/capacity.py), the registry and the serving seams.
+(the platform's capacity seam), the registry and the serving seams.
 """

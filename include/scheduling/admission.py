@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from include.cluster.pools import EXPERIMENT
+
 LOCAL_INSTANCE = "local"  # planning's placement on the local profile
 
 
@@ -152,7 +154,7 @@ def overruns(running: list[dict[str, Any]], now: datetime, close: datetime | Non
     """
     out = []
     for run in running:
-        if run["pool"] != "experiment":
+        if run["pool"] != EXPERIMENT:
             continue
         ends = datetime.fromisoformat(run["started_at"]).timestamp() + float(run["hours"]) * 3600
         if close is None or now >= close or ends > close.timestamp() or ends <= now.timestamp():

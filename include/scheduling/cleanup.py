@@ -1,6 +1,6 @@
 """Cleanup actions with a dry run: every deletion is an Action that names its object and why.
 
-Planning and doing are separate: the capacity seam (include/compute/capacity.py, k8s_capacity.py)
+Planning and doing are separate: the platform's capacity seam (include/platforms/<name>/capacity.py)
 and the data cleanup here first list Actions, then `apply` runs them unless dry_run. The summary adds up what
 was (or would be) freed: nodes, GPUs, $/h of capacity stopped, bytes.
 

@@ -21,6 +21,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from croniter import CroniterBadDateError, croniter
 
+from include.cluster.pools import PLAN_POOLS
+from include.validation import Rule
+
 WINDOWS_FILE = Path(__file__).with_name("windows.yaml")
 WEEK_MIN = 7 * 24 * 60
 REASONS = ("Drifted", "Underutilized", "Empty")
@@ -37,8 +40,7 @@ def parse_duration(field: str, value: Any) -> timedelta:
     if not m or not any(m.groups()):
         raise WindowError(f"{field}={value!r}: expected hours and/or minutes like 10h, 90m or 1h30m")
     minutes = int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
-    if not 0 < minutes <= WEEK_MIN:
-        raise WindowError(f"{field}={value!r}: expected more than 0 and at most 168h")
+    Rule(field, "number", 0, WEEK_MIN / 60, open_low=True, error=WindowError).check(minutes / 60, f"{field} in hours")
     return timedelta(minutes=minutes)
 
 
@@ -233,11 +235,18 @@ class Schedule:
         return self.pools[kind]
 
 
-SECTIONS = {
-    "admission": {"cost_budget_usd_per_window": (0, 1e7), "local_gpu_slots": (1, 1024),
-                  "local_seconds_per_step": (0, 3600), "local_stop_grace_s": (1, 3600)},
-    "cleanup": {"checkpoint_days": (0, 3650), "staging_hours": (0, 8760), "finished_job_ttl_hours": (0, 8760),
-                "rollout_leftover_hours": (0, 8760)},
+def _number(section: str, key: str, low: float, high: float) -> Rule:
+    return Rule(f"{section}.{key}", "number", low, high, error=WindowError)
+
+
+SECTIONS: dict[str, dict[str, Rule]] = {
+    section: {key: _number(section, key, low, high) for key, (low, high) in bounds.items()}
+    for section, bounds in {
+        "admission": {"cost_budget_usd_per_window": (0, 1e7), "local_gpu_slots": (1, 1024),
+                      "local_seconds_per_step": (0, 3600), "local_stop_grace_s": (1, 3600)},
+        "cleanup": {"checkpoint_days": (0, 3650), "staging_hours": (0, 8760), "finished_job_ttl_hours": (0, 8760),
+                    "rollout_leftover_hours": (0, 8760)},
+    }.items()
 }
 OPTIONAL = {("cleanup", "rollout_leftover_hours"): 1}  # a windows file written before the key existed
 
@@ -245,7 +254,7 @@ OPTIONAL = {("cleanup", "rollout_leftover_hours"): 1}  # a windows file written 
 def parse(doc: dict, source: str = "windows.yaml") -> Schedule:
     pools = {}
     for kind, spec in (doc.get("pools") or {}).items():
-        if kind not in ("production", "experiment"):
+        if kind not in PLAN_POOLS:
             raise WindowError(f"{source}: pools.{kind}: expected production or experiment")
         windows = tuple(_window(f"pools.{kind}.windows[{i}]", w) for i, w in enumerate(spec.get("windows") or ()))
         if not windows:
@@ -256,13 +265,11 @@ def parse(doc: dict, source: str = "windows.yaml") -> Schedule:
                                   for i, b in enumerate((spec.get("budgets") or {}).get(part) or ()))
         pools[kind] = PoolWindows(kind, windows, budgets)
     sections: dict[str, dict[str, float]] = {}
-    for section, keys in SECTIONS.items():
+    for section, rules in SECTIONS.items():
         sections[section] = {}
-        for key, (low, high) in keys.items():
+        for key, rule in rules.items():
             value = (doc.get(section) or {}).get(key, OPTIONAL.get((section, key)))
-            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-                raise WindowError(f"{source}: {section}.{key}={value!r}: expected a number in [{low}, {high}]")
-            sections[section][key] = value
+            sections[section][key] = rule.check(value, label=f"{source}: {rule.field}")
     return Schedule(pools, **sections)
 
 

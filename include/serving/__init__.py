@@ -1,9 +1,3 @@
-"""Serving and the canary rollout: model servers, the traffic router, metrics, analysis, the rollout.
-
-Two seams, each chosen once from `settings.profile`:
-- router (`router.get_router`): the Gateway API HTTPRoute is the single source of truth for the split;
-  local keeps it in a file and translates it into Envoy, eks edits it through the Kubernetes API;
-- metrics (`metrics.get_metrics`): a Prometheus HTTP API client; local Prometheus, or in-cluster /
-  Amazon Managed Prometheus (SigV4) on eks.
-Nothing else in this package branches on the profile.
-"""
+"""Serving and the canary rollout: the model server, the HTTPRoute's edits, analysis, the rollout's
+state machine, and the interfaces of the serving seams (router, servers, metrics), which each
+platform implements (include/platforms/<name>/)."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from include.validation import check_int, check_num, deep_merge
+from include.validation import Rule, deep_merge
 
 POLICY_PATH = Path(__file__).with_name("policy.yaml")
 SUCCESSFUL, FAILED, INCONCLUSIVE, ERROR, RUNNING = "Successful", "Failed", "Inconclusive", "Error", "Running"
@@ -97,19 +97,21 @@ class Metric:
         return INCONCLUSIVE
 
 
-_int = partial(check_int, error=PolicyError)
-_num = partial(check_num, error=PolicyError)
+def _check(field_name: str, value: Any, low: float, high: float, *, kind: str) -> Any:
+    """`value` by its field's `Rule`; a refusal is a PolicyError naming the field and the range."""
+    return Rule(field_name, kind, low, high, error=PolicyError).check(value)
 
 
-def load_policy(overrides: Mapping[str, Any] | None = None, *, profile: str | None = None) -> dict[str, Any]:
-    """policy.yaml, its profile section, then the run's overrides, deep-merged and validated."""
-    raw = yaml.safe_load(POLICY_PATH.read_text())
-    if profile is None:
-        from include.settings import get_settings
+_int = partial(_check, kind="integer")
+_num = partial(_check, kind="number")
 
-        profile = get_settings().profile
-    sections = raw.pop("profiles", {}) or {}
-    policy = deep_merge(raw, sections.get(profile) or {})
+
+def load_policy(overrides: Mapping[str, Any] | None = None, *, profile: str) -> dict[str, Any]:
+    """policy.yaml, platform `profile`'s `analysis:` section (include/platforms/<profile>/platform.yaml),
+    then the run's overrides, deep-merged and validated."""
+    from include.settings import platform_file
+
+    policy = deep_merge(yaml.safe_load(POLICY_PATH.read_text()), platform_file(profile).get("analysis") or {})
     policy = deep_merge(policy, overrides or {})
     metrics(policy)  # validates
     return policy

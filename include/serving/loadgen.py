@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
+from include.validation import Rule
+
 DEFAULT_PROMPTS = ("What does the scheduler do?", "How is a model promoted?", "Explain a canary rollout.")
 
 
@@ -116,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--prompts-file", help="JSON list of prompts (eval questions)")
     args = parser.parse_args(argv)
-    if not 0 < args.rate <= 1000:
-        parser.error(f"--rate={args.rate}: expected 0 < rate <= 1000")
+    try:
+        Rule("--rate", "number", 0, 1000, open_low=True, error=ValueError).check(args.rate)
+    except ValueError as exc:
+        parser.error(str(exc))
     prompts: Sequence[str] = DEFAULT_PROMPTS
     if args.prompts_file:
         with open(args.prompts_file, encoding="utf-8") as fh:

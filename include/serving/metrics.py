@@ -1,13 +1,8 @@
-"""The metrics seam: a Prometheus HTTP API client; local Prometheus or in-cluster / AMP on eks.
+"""The metrics seam: a Prometheus HTTP API client; each platform says where its Prometheus is.
 
 `PrometheusClient.query` runs an instant query and returns the vector's (labels, value) pairs;
 an unreachable server, a non-2xx answer or an API error (bad PromQL) raises `MetricsError`, which
-the analysis counts as an Error (not Inconclusive). `get_metrics` is the one place the profile
-picks the endpoint:
-- local: the local Prometheus (`prometheus_local`), at the port it runs on now;
-- eks: the Airflow connection `prometheus_default` (host = base URL). With extra
-  `{"sigv4": true, "region": ...}` requests are signed for Amazon Managed Prometheus (service `aps`)
-  with the credentials of the amazon provider's AWS connection (IRSA / Pod Identity on the cluster).
+the analysis counts as an Error (not Inconclusive).
 """
 
 from __future__ import annotations
@@ -18,11 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from typing import Any
 
-from include.settings import Settings, get_settings
-
-PROMETHEUS_CONN_ID = "prometheus_default"
 QUERY_TIMEOUT_S = 5.0
 
 
@@ -83,47 +74,3 @@ class PrometheusClient:
             raise MetricsError(f"query returned {len(rows)} series, expected one: {promql}")
         value = rows[0][1]
         return None if math.isnan(value) else value
-
-
-def _sigv4_signer(conn: Any) -> Callable[[urllib.request.Request], None]:
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
-
-    extra = conn.extra_dejson
-    region = extra.get("region") or extra.get("region_name")
-    hook = AwsBaseHook(aws_conn_id=extra.get("aws_conn_id", "aws_default"), client_type="sts")
-
-    def sign(req: urllib.request.Request) -> None:
-        creds = hook.get_session(region_name=region).get_credentials().get_frozen_credentials()
-        aws = AWSRequest(method=req.get_method(), url=req.full_url, data=req.data,
-                         headers=dict(req.header_items()))
-        SigV4Auth(creds, "aps", region).add_auth(aws)
-        for key, value in aws.headers.items():
-            req.add_unredirected_header(key, value)
-
-    return sign
-
-
-def eks_client(conn_id: str = PROMETHEUS_CONN_ID) -> PrometheusClient:
-    from airflow.sdk import BaseHook
-
-    conn = BaseHook.get_connection(conn_id)
-    base = conn.host if "://" in (conn.host or "") else f"{conn.schema or 'http'}://{conn.host}"
-    if conn.port:
-        base = f"{base}:{conn.port}"
-    extra = conn.extra_dejson
-    if extra.get("path"):
-        base = base.rstrip("/") + "/" + extra["path"].strip("/")
-    return PrometheusClient(base, sign=_sigv4_signer(conn) if extra.get("sigv4") else None)
-
-
-def get_metrics(settings: Settings | None = None) -> PrometheusClient:
-    """The one place the profile picks the Prometheus endpoint."""
-    settings = settings or get_settings()
-    if settings.is_local:
-        from include.serving import processes, prometheus_local
-
-        root = processes.run_dir(settings.data_root)
-        return PrometheusClient(lambda: prometheus_local.url(root))
-    return eks_client()

@@ -34,8 +34,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from include.validation import Rule
+
 LATENCY_BUCKETS = tuple(round(0.001 * 1.25 ** k, 6) for k in range(45))  # 1 ms .. ~23 s, 25 % apart
 MAX_TOKENS_LIMIT = 256
+MAX_TOKENS = Rule("max_tokens", "integer", 1, MAX_TOKENS_LIMIT, error=ValueError)
 
 
 class Engine:
@@ -76,10 +79,7 @@ class Engine:
         out = dict(self.faults)
         for key, low, high in (("error_rate", 0.0, 1.0), ("delay_s", 0.0, 60.0)):
             if key in raw:
-                value = float(raw[key])
-                if not low <= value <= high:
-                    raise ValueError(f"{key}={value}: expected a number in [{low}, {high}]")
-                out[key] = value
+                out[key] = Rule(key, "number", low, high, error=ValueError).check(float(raw[key]))
         unknown = set(raw) - set(out)
         if unknown:
             raise ValueError(f"unknown fault keys {sorted(unknown)}; expected error_rate, delay_s")
@@ -183,9 +183,7 @@ def _make_handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
                 if model != engine.served_name:
                     self._send(404, {"error": {"message": f"model {model!r} not served here"}})
                     return
-                max_tokens = int(body.get("max_tokens", 16))
-                if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-                    raise ValueError(f"max_tokens={max_tokens}: expected 1..{MAX_TOKENS_LIMIT}")
+                max_tokens = MAX_TOKENS.check(int(body.get("max_tokens", 16)))
                 if path == "/v1/completions":
                     prompt = body.get("prompt")
                     if isinstance(prompt, list) and len(prompt) == 1:

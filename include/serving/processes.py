@@ -188,6 +188,19 @@ def running(prefix: str = "", root: Path | None = None) -> list[ProcessInfo]:
     return [i for i in found if i is not None]
 
 
+MODEL_SERVER_PREFIX = "model-"
+
+
+def model_server_name(service: str) -> str:
+    """The process name of a version's model server (`include.serving.modelserver`)."""
+    return MODEL_SERVER_PREFIX + service
+
+
+def model_server_ports(root: Path | None = None) -> dict[str, int]:
+    """Service name -> port of every running model server."""
+    return {i.name.removeprefix(MODEL_SERVER_PREFIX): i.port for i in running(MODEL_SERVER_PREFIX, root)}
+
+
 def child_env() -> dict[str, str]:
     """The environment with this checkout first on the import path, for `python -m include...`."""
     from include.settings import PROJECT_ROOT

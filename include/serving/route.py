@@ -25,6 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from include.validation import Rule
+
 API_VERSION = "gateway.networking.k8s.io/v1"
 ANNOTATION_PREFIX = "rollout.llmops.io/"
 STATE_ANNOTATION = ANNOTATION_PREFIX + "state"
@@ -102,8 +104,7 @@ def set_weights(route: Mapping[str, Any], stable: str, canary: str, canary_weigh
 
     Argo's rule: both backendRefs must be referenced; nothing else changes.
     """
-    if not 0 <= canary_weight <= 100:
-        raise RouteError(f"canary weight {canary_weight}: expected 0..100")
+    Rule("canary weight", "integer", 0, 100, error=RouteError).check(canary_weight)
     out = copy.deepcopy(dict(route))
     touched = 0
     for rule in out["spec"].get("rules") or []:

@@ -1,7 +1,7 @@
 """One step's analysis around the trigger: build the AnalysisRun, measure, judge the step.
 
 The trigger (plugins/llmops_operators/canary.py) only schedules: it asks the `AnalysisRun` what is
-due, calls `measure` (a Prometheus query through the metrics seam) and records. Before it starts,
+due, calls `measure` (a Prometheus query through the platform's metrics client) and records. Before it starts,
 `start` builds the run from the policy and the route's analysis start; after it ends, `verdict`
 turns the run and the quality probe's result (include/lifecycle/probe.py, run by
 include/lifecycle/rollout.py, which also records the step table) into what happens next: next
@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from include.serving import analysis as an
-from include.serving.metrics import MetricsError, get_metrics
-from include.settings import Settings
+from include.serving.metrics import MetricsError, PrometheusClient
 
 NEXT, PROMOTE, ABORT, ASK = "next", "promote", "abort", "inconclusive"
 
@@ -25,12 +24,12 @@ def start(plan: Mapping[str, Any], policy: Mapping[str, Any], weight: int, start
 
 
 def measure(run: an.AnalysisRun, metric: an.Metric, plan: Mapping[str, Any], at: float,
-            settings: Settings | None = None) -> an.Measurement:
+            metrics: PrometheusClient) -> an.Measurement:
     """Query one metric and record its outcome (an unreachable Prometheus or bad query is an Error)."""
     canary = plan["canary"]["service"]
     stable = (plan["stable"] or {}).get("service", "")
     try:
-        value = get_metrics(settings).scalar(metric.promql(canary, stable))
+        value = metrics.scalar(metric.promql(canary, stable))
     except MetricsError as exc:
         return run.record(metric.name, at, error=str(exc)[:300])
     return run.record(metric.name, at, value)

@@ -37,10 +37,12 @@ def _airflow_storage() -> bool:
 
 def fs_and_path(uri: str) -> tuple[Any, str]:
     """(fsspec filesystem, path within it) for a file:// or s3:// URI."""
-    if _airflow_storage():
-        from include.storage.objectstore import storage_path
+    if _airflow_storage():  # the project's AWS connection applies (objectstore.storage_path builds the same)
+        from airflow.sdk import ObjectStoragePath
 
-        p = storage_path(uri)
+        from include.settings import get_settings
+
+        p = ObjectStoragePath(uri, conn_id=get_settings().aws_conn_id if uri.startswith("s3://") else None)
         return p.fs, p.path
     import fsspec
 

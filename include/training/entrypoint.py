@@ -3,7 +3,8 @@
 On EKS every process of every pod of the JobSet's Indexed Job runs it under torchrun (NeMo backend); on the
 local profile `local_launcher` starts N copies of it with the same rank environment (tiny backend).
 The plan arrives as one JSON argument and is validated before anything runs, so
-nothing a user typed is ever parsed by a shell or trusted unchecked.
+nothing a user typed is ever parsed by a shell or trusted unchecked: Airflow checked the params once
+already, but this process may run a newer image, or a hand-written plan.
 
 Kept import-light (no torch, no NeMo, no Airflow at module level): the NeMo image has no Airflow.
 The plan's rules are in plan.py and params.py; storage is include/storage/files.py.
@@ -27,6 +28,7 @@ from include.errors import InputError
 from include.storage.files import publish_dir, publish_file, stage_dir
 from include.training.plan import validate_plan
 from include.training.restarts import PEER_LOST_EXIT_CODE, is_peer_loss
+from include.validation import Rule
 
 RESULT_FILE = "result.json"  # rank 0's result, also published next to the model
 DATASET_FILES = ("training.jsonl", "validation.jsonl", "test.jsonl")
@@ -59,9 +61,7 @@ class RankEnv:
                 value = int(raw)
             except ValueError:
                 raise InputError(f"environment {name}={raw!r}: expected an integer") from None
-            if value < 0:
-                raise InputError(f"environment {name}={raw!r}: expected a non-negative integer")
-            return value
+            return Rule(name, "integer", 0).check(value, f"environment {name}")
 
         out = cls(
             rank=read_int("RANK", 0),

@@ -55,19 +55,17 @@ from kubernetes.client import (
 
 from include.cluster import podspec
 from include.cluster.network import RUN_LABEL, run_network_policy
-from include.cluster.pools import EFA, GPU, PLAN_POOLS, InstanceType, Pool, pool_for_plan
+from include.cluster.pools import EFA, GPU, InstanceType, Pool, pool_for_plan
 from include.cluster.preflight import as_manifest, check_pod_placement
 from include.errors import InputError
-from include.images import check_reference, pull_policy
+from include.images import pull_policy
 from include.settings import Settings, get_settings
-from include.training.params import PARAM_RULES
-from include.training.plan import trainer_plan
+from include.training.plan import trainer_keys
 from include.training.rendezvous import DEFAULT_WAIT_TIMEOUT_S, WAIT_TIMEOUT_ENV, master_address
 from include.training.restarts import (
     RestartPolicy,
     child_job_pod_failure_policy,
     jobset_failure_policy,
-    restart_policy,
 )
 
 # JobSets are named `train-<dag slug>-<hash>`; the headless Service (the pods' subdomain) and the
@@ -102,8 +100,6 @@ TORCHRUN_MAX_RESTARTS = 0  # never restart one node's workers in place: the JobS
 RDZV_JOIN_TIMEOUT_S = 1800  # the last node may still be provisioning
 TERMINATION_GRACE_S = 90  # spot gives 2 minutes' notice; room to flush a checkpoint
 TTL_AFTER_FINISHED_S = 3 * 24 * 3600
-
-REQUIRED_KEYS = ("run_name", "dag_id", "run_id", "pool", "nodes", "gpus_per_node", "instance_type")
 
 
 def jobset_name(dag_id: str, run_id: str) -> str:
@@ -166,48 +162,19 @@ class TrainingLaunch:
         return [as_manifest(self.network_policy), self.jobset]
 
 
-def _count(plan: Mapping[str, Any], key: str, problems: list[str]) -> int:
-    """nodes / gpus_per_node by the same rule as the trigger form and the trainer."""
-    try:
-        return PARAM_RULES[key].check(plan.get(key))
-    except InputError as exc:
-        problems.append(str(exc))
-        return 0
-
-
-def _validate(plan: Mapping[str, Any], settings: Settings) -> tuple[Pool, InstanceType, str]:
-    problems = [f"{key}: required" for key in REQUIRED_KEYS if key not in plan]
-    if problems:
-        raise InputError("; ".join(problems))
-    if plan["pool"] not in PLAN_POOLS:
-        raise InputError(f"pool={plan['pool']!r}: expected one of {', '.join(PLAN_POOLS)}")
+def _placement(plan: Mapping[str, Any], settings: Settings) -> tuple[Pool, InstanceType]:
+    """The plan's pool and instance type. The plan is `build_plan`'s, from params `validate_params`
+    checked and placed (the instance holds nodes x gpus_per_node): only the checkpoint directory, which
+    comes from the settings, is checked against the volume every rank mounts."""
     pool = pool_for_plan(plan["pool"], settings)
-    nodes = _count(plan, "nodes", problems)
-    gpus = _count(plan, "gpus_per_node", problems)
-    instance_type = plan["instance_type"]
-    instance = None
-    if instance_type not in pool.instance_types:
-        problems.append(f"instance_type={instance_type!r}: pool {pool.name} allows "
-                        f"{', '.join(pool.instance_types)}")
-    else:
-        instance = next(t for t in pool.instances() if t.name == instance_type)
-        if gpus > instance.gpus:
-            problems.append(f"gpus_per_node={gpus}: {instance.name} has {instance.gpus} GPUs")
-        elif nodes > 1 and gpus and gpus != instance.gpus:
-            problems.append(f"gpus_per_node={gpus}: multi-node runs take whole nodes; "
-                            f"set it to {instance.gpus} ({instance.name})")
-    checkpoint = plan.get("checkpoint_dir")
-    if checkpoint is not None and not str(checkpoint).startswith(f"{CHECKPOINT_MOUNT}/"):
-        problems.append(f"checkpoint_dir={checkpoint!r}: must be under {CHECKPOINT_MOUNT}/, the shared "
-                        "FSx volume every rank mounts")
-    image = plan.get("image") or settings.trainer_image
-    try:
-        check_reference("image", image)
-    except ValueError as exc:
-        problems.append(str(exc))
-    if problems:
-        raise InputError("; ".join(problems))
-    return pool, instance, image
+    instances = {t.name: t for t in pool.instances()}
+    if plan["instance_type"] not in instances:  # a lookup, for a plan build_plan did not make
+        raise InputError(f"instance_type={plan['instance_type']!r}: pool {pool.name} has {', '.join(instances)}")
+    checkpoint = plan["checkpoint_dir"]
+    if not str(checkpoint).startswith(f"{CHECKPOINT_MOUNT}/"):
+        raise InputError(f"checkpoint_dir={checkpoint!r}: must be under {CHECKPOINT_MOUNT}/, the shared FSx "
+                         "volume every rank mounts (LLMOPS_CHECKPOINT_ROOT)")
+    return pool, instances[plan["instance_type"]]
 
 
 def torchrun_args(name: str, master: str, nodes: int, gpus_per_node: int, plan_json: str) -> list[str]:
@@ -275,31 +242,25 @@ def rendezvous_network_policy(plan: Mapping[str, Any], settings: Settings | None
     """The run's NetworkPolicy alone (names and labels only): what setup creates before the launch,
     without rendering the JobSet again. Same object as `render(plan).network_policy`."""
     settings = settings or get_settings()
-    if plan.get("pool") not in PLAN_POOLS:
-        raise InputError(f"pool={plan.get('pool')!r}: expected one of {', '.join(PLAN_POOLS)}")
     name = jobset_name(str(plan["dag_id"]), str(plan["run_id"]))
     return run_network_policy(name, settings.training_namespace, run_labels(plan, name, settings))
 
 
 def render(plan: Mapping[str, Any], settings: Settings | None = None) -> TrainingLaunch:
-    """The JobSet and NetworkPolicy for `plan`; raise InputError (PreflightError among them) if it cannot run."""
+    """The JobSet and NetworkPolicy for `plan` (`build_plan`'s: valid already, so not checked again);
+    PreflightError if the pools cannot run it.
+
+    The pod's trainer validates its part of the plan (the image may be newer than Airflow).
+    """
     settings = settings or get_settings()
-    pool, instance, image = _validate(plan, settings)
+    pool, instance = _placement(plan, settings)
+    image = plan.get("image") or settings.trainer_image
     nodes, gpus = plan["nodes"], plan["gpus_per_node"]
     namespace = settings.training_namespace
     name = jobset_name(str(plan["dag_id"]), str(plan["run_id"]))
     master = master_address(pod_host_prefix(name), name, namespace)
-    # The trainer's own validator, here too: a bad plan fails before any GPU node is provisioned, and
-    # the JobSet records every default it runs with. The pod validates again (the image may be newer).
-    try:
-        checked = trainer_plan(plan)
-        restarts = restart_policy(plan)
-    except InputError as exc:
-        raise InputError(f"trainer plan: {exc}") from None
-    try:
-        plan_json = json.dumps(checked, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"the plan is not JSON-serialisable: {exc}") from None
+    restarts = RestartPolicy.from_plan(plan)
+    plan_json = json.dumps(trainer_keys(plan), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
     efa = instance.efa_interfaces if nodes > 1 else 0  # one node: NVLink only, no fabric needed
     cpu, memory, shm = _sizes(instance, gpus)

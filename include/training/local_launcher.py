@@ -39,16 +39,10 @@ from typing import Any
 
 import psutil
 
+from include.errors import InputError
 from include.logs import forward_lines
-from include.training.plan import validate_plan
 from include.training.rendezvous import WAIT_TIMEOUT_ENV
-from include.training.restarts import (
-    PEER_LOST_EXIT_CODE,
-    STOP_REQUEST_FILE,
-    USER_ERROR_EXIT_CODE,
-    RestartPolicy,
-    restart_policy,
-)
+from include.training.restarts import PEER_LOST_EXIT_CODE, STOP_REQUEST_FILE, USER_ERROR_EXIT_CODE, RestartPolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT_MODULE = "include.training.entrypoint"
@@ -99,11 +93,16 @@ class LaunchError(RuntimeError):
         self.attempts = attempts
 
 
+class InvalidPlan(LaunchError, InputError):
+    """A rank's entrypoint refused the plan (USER_ERROR_EXIT_CODE): bad input that no retry fixes."""
+
+
 class _AttemptFailed(Exception):
     def __init__(self, failures: list[RankFailure], timed_out: bool = False):
         super().__init__("attempt failed")
         self.failures = sorted(failures, key=RankFailure.cause_order)
         self.timed_out = timed_out
+        self.bad_plan = any(f.returncode == USER_ERROR_EXIT_CODE and not f.terminated_by_launcher for f in failures)
 
     def summary(self) -> str:
         summary = "; ".join(f.describe() for f in self.failures) or "no rank failed"
@@ -267,17 +266,16 @@ def launch(
 
     `policy` defaults to the restart defaults of the plan's backend; `timeout` (if given) tightens
     its wall-clock bound. LaunchError says whether the budget or the bound ran out, or a rank
-    reported a bad plan, and names each failed rank of the last attempt with its exit code and
-    stderr tail. `on_started` receives {rank: pid} once each attempt's ranks are up, `on_restart`
-    (attempt, failures) once a failed attempt's ranks are all gone (tests inject faults with
-    them); `log_dir` keeps each attempt's rank logs. Ranks an earlier, killed launch of the same
-    checkpoint_dir left running are stopped first: two trainers must never write one directory.
+    reported a bad plan (InvalidPlan, an InputError too), and names each failed rank of the last
+    attempt with its exit code and stderr tail. `on_started` receives {rank: pid} once each attempt's
+    ranks are up, `on_restart` (attempt, failures) once a failed attempt's ranks are all gone (tests
+    inject faults with them); `log_dir` keeps each attempt's rank logs. Ranks an earlier, killed
+    launch of the same checkpoint_dir left running are stopped first: two trainers must never write
+    one directory. `plan` is build_plan's, not checked here: each rank's entrypoint validates it.
     """
-    plan = validate_plan(plan)
-    expected = plan["nodes"] * plan["gpus_per_node"]
-    if nprocs != expected:
-        raise ValueError(f"nprocs={nprocs} but the plan asks for nodes x gpus_per_node = {expected}")
-    policy = restart_policy(plan) if policy is None else policy
+    if nprocs != (world := plan["nodes"] * plan["gpus_per_node"]):
+        raise ValueError(f"nprocs={nprocs} but the plan asks for nodes x gpus_per_node = {world}")
+    policy = RestartPolicy.from_plan(plan) if policy is None else policy
     bound = policy.max_wall_s if timeout is None else min(timeout, policy.max_wall_s)
     base = dict(os.environ if env is None else env)
     base[WAIT_TIMEOUT_ENV] = str(policy.rendezvous_timeout_s)
@@ -293,8 +291,8 @@ def launch(
         except _AttemptFailed as failed:
             why = _give_up_reason(failed, attempt, policy, bound, deadline, checkpoint_dir)
             if why:
-                raise LaunchError(f"training failed: {why}; last attempt: {failed.summary()}", failed.failures,
-                                  attempt) from None
+                raise (InvalidPlan if failed.bad_plan else LaunchError)(
+                    f"training failed: {why}; last attempt: {failed.summary()}", failed.failures, attempt) from None
             wait = policy.backoff(attempt)
             log.warning("attempt %d failed (%s); restarting all %d ranks from the last complete checkpoint "
                         "in %.1fs (restart %d of at most %d)", attempt, failed.failures[0].describe(), nprocs,
@@ -316,7 +314,7 @@ def _give_up_reason(failed: _AttemptFailed, attempt: int, policy: RestartPolicy,
         return f"stopped on request ({stop_request.read_text().strip()}); not restarted"
     if failed.timed_out:
         return f"the wall-clock bound of {bound:.0f}s (max_wall_s) ran out in attempt {attempt}"
-    if any(f.returncode == USER_ERROR_EXIT_CODE and not f.terminated_by_launcher for f in failed.failures):
+    if failed.bad_plan:
         return f"a rank reported an invalid plan (exit code {USER_ERROR_EXIT_CODE}); not restarted"
     if attempt > policy.max_restarts:
         return (f"{attempt} attempt(s) failed and the restart budget (max_restarts={policy.max_restarts}) "

@@ -1,5 +1,6 @@
 """The training fields' rules, in one place: the DAG's trigger Params are generated from them,
-`validate_params` and the trainer's plan validator check with them, so none can drift.
+`validate_params` (the one check in Airflow) and the trainer's plan validator (the one in the image)
+check with them, so none can drift.
 
 Plain Python (no Airflow, no NeMo import): the trainer image validates its plan with these rules.
 """
@@ -9,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from include.cluster.pools import PLAN_POOLS
 from include.errors import InputError
 from include.validation import DATASET_VERSION_RE, RULE_KEY, Rule, check_all, is_dataset_version
 
 METHODS = ("lora", "full")
-POOLS = ("production", "experiment")
+POOLS = tuple(PLAN_POOLS)
 GPU_COUNTS = (1, 2, 4, 8)
 MAX_NODES = 64
 
@@ -76,7 +78,7 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     version = params.get("dataset_version")
     if version is not None and not is_dataset_version(version):
         raise InputError(f"dataset_version={version!r}: expected 16 lowercase hex digits, or empty")
-    return checked
+    return {**checked, "dataset_version": version}
 
 
 def param_schemas() -> dict[str, dict[str, Any]]:

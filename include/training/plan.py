@@ -1,9 +1,12 @@
-"""The trainer's plan: one JSON object, validated the same way in Airflow and inside the image.
+"""The trainer's plan: one JSON object, built in Airflow from the checked params and validated inside the image.
 
-The numeric and enumerated keys use the shared rules (include/training/params.py), so the
-trigger form, `validate_params`, this plan and the Job renderer accept exactly the same values.
-Every refusal is an InputError naming the key and what it accepts. Plain Python (no torch, NeMo
-or Airflow): the NeMo image imports it.
+Airflow checks the trigger's params once (`planning.validate_params`) and builds the plan from them
+(`complete`) without checking again; the trainer's entrypoint validates it (`validate_plan`), because it
+crosses a process and image boundary: the image may be newer than Airflow, or the plan hand-written.
+The numeric and enumerated keys use the shared rules (include/training/params.py), so the trigger
+form, `validate_params` and this validator accept exactly the same values. Every refusal is an
+InputError naming the key and what it accepts. Plain Python (no torch, NeMo or Airflow): the NeMo
+image imports it.
 """
 
 from __future__ import annotations
@@ -58,11 +61,22 @@ def _check_uri(key: str, value: Any) -> str:
     return value.rstrip("/")
 
 
-def trainer_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a launch plan the trainer reads, validated and with its defaults filled in."""
-    if not isinstance(plan, Mapping):
-        raise InputError(f"the plan must be a JSON object (got {type(plan).__name__})")
-    return validate_plan({k: v for k, v in plan.items() if k not in LAUNCH_KEYS})
+def trainer_keys(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a launch plan the trainer reads, as it is (built from checked params: no check here)."""
+    return {k: v for k, v in plan.items() if k not in LAUNCH_KEYS}
+
+
+def complete(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """`raw` with its backend's defaults and the derived global batch size, in PLAN_KEYS order.
+
+    No checks: `validate_plan` calls it on values it has checked, `build_plan` on values
+    `validate_params` has checked.
+    """
+    plan: dict[str, Any] = {**_DEFAULTS[raw["backend"]], **raw}
+    if "global_batch_size" not in plan:
+        data_parallel = plan["nodes"] * plan["gpus_per_node"] // (plan["tensor_parallel"] * plan["pipeline_parallel"])
+        plan["global_batch_size"] = plan["micro_batch_size"] * data_parallel
+    return {key: plan[key] for key in PLAN_KEYS}
 
 
 def validate_plan(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,9 +122,8 @@ def validate_plan(raw: Mapping[str, Any]) -> dict[str, Any]:
     if world % model_parallel:
         raise _bad("tensor_parallel", f"tensor_parallel x pipeline_parallel must divide nodes x gpus_per_node = "
                    f"{world}", plan["tensor_parallel"])
-    data_parallel = world // model_parallel
-    per_step = plan["micro_batch_size"] * data_parallel
-    plan.setdefault("global_batch_size", per_step)
+    plan = complete(plan)
+    per_step = plan["micro_batch_size"] * world // model_parallel
     if plan["global_batch_size"] % per_step:
         raise _bad("global_batch_size", f"must be a multiple of micro_batch_size x data-parallel size = {per_step}",
                    plan["global_batch_size"])
@@ -123,4 +136,4 @@ def validate_plan(raw: Mapping[str, Any]) -> dict[str, Any]:
             raise _bad("seq_length", "the tiny backend supports at most 2048", plan["seq_length"])
     else:
         base_model_rule().check(plan["base_model"], label="plan key 'base_model'")
-    return {key: plan[key] for key in PLAN_KEYS}
+    return plan

@@ -46,13 +46,13 @@ The renderer is include/training/k8s_job.py, the operator plugins/llmops_operato
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from include.container import USER_ERROR_EXIT_CODE  # noqa: F401 -- re-exported beside the peer-loss code
 from include.errors import InputError
+from include.validation import Rule
 
 PEER_LOST_EXIT_CODE = 75  # sysexits EX_TEMPFAIL: "temporary failure, retry"
 MAX_BACKOFF_S = 300.0  # exponential backoff is capped here
@@ -62,12 +62,16 @@ STOP_REQUEST_FILE = ".offhours-stop.json"
 
 RESTART_KEYS = ("max_restarts", "restart_backoff_s", "max_wall_s", "rendezvous_timeout_s")
 
-# key -> (low, high, integer?)
-_BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "max_restarts": (0, 100, True),
-    "restart_backoff_s": (0.0, MAX_BACKOFF_S, False),
-    "max_wall_s": (10.0, 14 * 24 * 3600.0, False),
-    "rendezvous_timeout_s": (1.0, 7200.0, False),
+
+class RestartPolicyError(InputError):
+    """A restart key of the plan is out of range; the message names it and the range."""
+
+
+RESTART_RULES: dict[str, Rule] = {
+    "max_restarts": Rule("max_restarts", "integer", 0, 100, error=RestartPolicyError),
+    "restart_backoff_s": Rule("restart_backoff_s", "number", 0.0, MAX_BACKOFF_S, error=RestartPolicyError),
+    "max_wall_s": Rule("max_wall_s", "number", 10.0, 14 * 24 * 3600.0, error=RestartPolicyError),
+    "rendezvous_timeout_s": Rule("rendezvous_timeout_s", "number", 1.0, 7200.0, error=RestartPolicyError),
 }
 
 # Per backend, like the trainer's own defaults: tiny runs on this machine, nemo on EKS.
@@ -79,10 +83,6 @@ RESTART_DEFAULTS: dict[str, dict[str, Any]] = {
     # real failures; 72 h matches the training task's execution_timeout.
     "nemo": {"max_restarts": 3, "restart_backoff_s": 30.0, "max_wall_s": 72 * 3600.0, "rendezvous_timeout_s": 1800.0},
 }
-
-
-class RestartPolicyError(InputError):
-    """A restart key of the plan is out of range; the message names it and the range."""
 
 
 @dataclass(frozen=True)
@@ -99,25 +99,22 @@ class RestartPolicy:
     def as_plan(self) -> dict[str, Any]:
         return asdict(self)
 
-
-def _check(key: str, value: Any) -> int | float:
-    low, high, integer = _BOUNDS[key]
-    kind = "an integer" if integer else "a number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok_type or not math.isfinite(value) or not low <= value <= high:
-        raise RestartPolicyError(f"plan key {key!r}: expected {kind} with {low:g} <= value <= {high:g} (got {value!r})")
-    return int(value) if integer else float(value)
+    @classmethod
+    def from_plan(cls, plan: Mapping[str, Any]) -> RestartPolicy:
+        """The restart policy of a plan `build_plan` made (its keys checked there): no check here."""
+        defaults = RESTART_DEFAULTS.get(plan.get("backend"), RESTART_DEFAULTS["tiny"])
+        return cls(**{key: plan.get(key, defaults[key]) for key in RESTART_KEYS})
 
 
 def restart_policy(plan: Mapping[str, Any]) -> RestartPolicy:
-    """The plan's restart policy: its keys where present, else the defaults of its backend."""
+    """The plan's restart policy, checked: its keys where present, else the defaults of its backend."""
     defaults = RESTART_DEFAULTS.get(plan.get("backend"), RESTART_DEFAULTS["tiny"])
-    values = {key: _check(key, plan.get(key, defaults[key])) for key in RESTART_KEYS}
-    return RestartPolicy(**values)
+    return RestartPolicy(**{key: RESTART_RULES[key].check(plan.get(key, defaults[key]), label=f"plan key {key!r}")
+                            for key in RESTART_KEYS})
 
 
 def restart_plan_fields(backend: str) -> dict[str, Any]:
-    """The restart keys a new plan carries (validated defaults of `backend`)."""
+    """The restart keys a new plan carries (`backend`'s defaults, checked once here)."""
     return restart_policy({"backend": backend}).as_plan()
 
 

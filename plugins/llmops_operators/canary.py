@@ -5,10 +5,13 @@ No worker slot is held while a model loads or while an analysis interval passes:
 - `CanaryAnalysisTrigger` sleeps until each measurement is due, queries Prometheus through the
   metrics seam, and ends with the step's AnalysisRun. A Failed or Error run sets the canary's
   weight to 0 right there (the abort's first and only urgent act), before the worker resumes.
-- `CanaryStepsOperator` walks the steps: set the weight, defer to the analysis, close the step
-  (`include.lifecycle.rollout.finish_step`: quality probe, table to the task log and MLflow),
-  next step or verdict. A retried task reads its step from the route's annotations and
-  continues there, without shifting weight again.
+- `CanaryStepsOperator` executes, defers and resumes the loop in `include/lifecycle/canary.py`
+  (set the weight, analyse, close the step: quality probe, table to the task log and MLflow; next
+  step or verdict). A retried task reads its step from the route's annotations and continues
+  there, without shifting weight again.
+
+The operators get the rollout's request and plan as arguments (XComArgs of the tasks that made
+them), never by task ids of their own.
 - `ScaleDownOperator` waits the scale-down delay in the triggerer, then stops the loser.
 """
 
@@ -69,16 +72,19 @@ class CanaryAnalysisTrigger(BaseTrigger):
 
     async def run(self):
         from include.lifecycle import rollout
+        from include.platforms import get_platform
         from include.serving import analysis as an
         from include.serving import step_analysis
 
+        metrics = get_platform().metrics()
         run = an.AnalysisRun.from_dict(self.run_data)
         weight = self.plan["steps"][self.index]
         while not run.done:
             wake = run.wake_at()
             await asyncio.sleep(max(0.0, (wake or time.time()) - time.time()))
             for metric in run.due(time.time()):
-                m = await asyncio.to_thread(step_analysis.measure, run, metric, self.plan, time.time())
+                m = await asyncio.to_thread(step_analysis.measure, run, metric, self.plan, time.time(),
+                                            metrics)
                 self.log.info("step %d (%d %%) %s = %s -> %s %s", self.index + 1, weight, m.metric, m.value,
                               m.phase, m.message)
         if run.phase in (an.FAILED, an.ERROR):
@@ -86,22 +92,28 @@ class CanaryAnalysisTrigger(BaseTrigger):
             reason = f"step {self.index + 1} ({weight} %): {bad[-1].metric if bad else '?'} {run.phase}"
             await asyncio.to_thread(rollout.abort, self.plan, reason)
         # The step travels in the event itself: the resumed method gets the event on every executor.
-        yield TriggerEvent({"run": run.to_dict(), "index": self.index, "tables": self.tables})
+        yield TriggerEvent({"run": run.to_dict(), "index": self.index, "tables": self.tables, "policy": self.policy,
+                            "aborted": run.phase in (an.FAILED, an.ERROR)})
 
 
 class CanaryReadyOperator(BaseOperator):
     """Wait (deferred) until the canary server answers /v1/models with its served name."""
 
-    def execute(self, context: Any) -> Any:
-        from include.serving.servers import get_servers
+    template_fields = ("plan", "request")
 
-        plan = context["ti"].xcom_pull(task_ids="resolve")
-        req = context["ti"].xcom_pull(task_ids="validate_params")
-        if plan["noop"]:
+    def __init__(self, *, plan: Any, request: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.plan, self.request = plan, request
+
+    def execute(self, context: Any) -> Any:
+        from include.platforms import get_platform
+
+        if self.plan["noop"]:
             return "noop"
-        url = get_servers().url(plan["canary"]["service"])
-        self.defer(trigger=ServerReadyTrigger(url, plan["canary"]["service"], time.time() + req["ready_timeout_s"]),
-                   method_name="done", timeout=timedelta(seconds=req["ready_timeout_s"] + 60))
+        url = get_platform().servers().url(self.plan["canary"]["service"])
+        timeout = self.request["ready_timeout_s"]
+        self.defer(trigger=ServerReadyTrigger(url, self.plan["canary"]["service"], time.time() + timeout),
+                   method_name="done", timeout=timedelta(seconds=timeout + 60))
 
     def done(self, context: Any, event: dict[str, Any]) -> str:
         if not event.get("ready"):
@@ -114,71 +126,50 @@ class CanaryReadyOperator(BaseOperator):
 class CanaryStepsOperator(BaseOperator):
     """Each step: set the weight, analyse (deferred), close the step; returns the verdict."""
 
+    template_fields = ("plan", "request")
+
+    def __init__(self, *, plan: Any, request: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.plan, self.request = plan, request
+
     def execute(self, context: Any) -> Any:
-        from include.lifecycle import rollout
+        from include.lifecycle import canary
 
-        plan = context["ti"].xcom_pull(task_ids="resolve")
-        if plan["noop"]:
-            return {"decision": "noop", "reason": "the version already serves 100 %"}
-        if plan["direct"]:
-            note = ("first rollout: no champion server, serving at 100 % once ready, without analysis"
-                    if plan["action"] == "rollout" else "rollback: switching to the previous champion at once")
-            self.log.warning(note)
-            rollout.promote(plan, note=note)
-            return {"decision": "promote", "reason": note}
-        return self._start(context, plan, rollout.current_step(plan))
-
-    def _start(self, context: Any, plan: dict, index: int, tables: list[str] | None = None) -> Any:
-        from include.lifecycle import rollout
-        from include.serving import step_analysis
-        from include.serving.servers import get_servers
-
-        req = context["ti"].xcom_pull(task_ids="validate_params")
-        policy = rollout.analysis_policy(req)
-        rollout.begin_step(plan, index)
-        get_servers().start_traffic(rollout.traffic_prompts(plan), req["traffic_rate"])
-        # The analysis clock starts once the new weight is live and traffic flows: the first
-        # measurement's window then holds only this step's requests.
-        run = step_analysis.start(plan, policy, plan["steps"][index], time.time())
-        self.defer(trigger=CanaryAnalysisTrigger(plan, policy, index, run.to_dict(), tables),
-                   method_name="step_done")
+        return self._follow(canary.first_move(self.plan, self.request))
 
     def step_done(self, context: Any, event: dict[str, Any]) -> Any:
-        from include.lifecycle import rollout
-        from include.serving import step_analysis
-        from include.serving.servers import get_servers
+        from include.lifecycle import canary
 
-        plan = context["ti"].xcom_pull(task_ids="resolve")
-        req = context["ti"].xcom_pull(task_ids="validate_params")
-        index = event["index"]
-        out = rollout.finish_step(plan, rollout.analysis_policy(req), index, event["run"])
-        tables = [*event.get("tables", []), out["table"]]
-        if out["decision"] == step_analysis.NEXT:
-            return self._start(context, plan, index + 1, tables)
-        if out["decision"] == step_analysis.ABORT:
-            rollout.abort(plan, out["reason"])
-        get_servers().stop_traffic()
-        return {"decision": out["decision"], "reason": out["reason"], "step": index, "tables": tables}
+        return self._follow(canary.after_analysis(self.plan, self.request, event))
+
+    def _follow(self, move: dict[str, Any]) -> Any:
+        if "verdict" in move:
+            return move["verdict"]
+        self.defer(trigger=CanaryAnalysisTrigger(**move["analyse"]), method_name="step_done")
 
 
 class ScaleDownOperator(BaseOperator):
     """After the delay (deferred), stop the version that lost and drop its backendRef."""
 
+    template_fields = ("plan", "request")
+
+    def __init__(self, *, plan: Any, request: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.plan, self.request = plan, request
+
     def execute(self, context: Any) -> Any:
         from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 
-        req = context["ti"].xcom_pull(task_ids="validate_params")
-        plan = context["ti"].xcom_pull(task_ids="resolve")
-        if plan["noop"]:
+        if self.plan["noop"]:
             return None
-        if req["scale_down_delay_s"] <= 0:
+        if self.request["scale_down_delay_s"] <= 0:
             return self.done(context, None)
-        self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=req["scale_down_delay_s"])), method_name="done")
+        self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=self.request["scale_down_delay_s"])),
+                   method_name="done")
 
     def done(self, context: Any, event: Any = None) -> str | None:
         from include.lifecycle import rollout
 
-        plan = context["ti"].xcom_pull(task_ids="resolve")
-        loser = rollout.scale_down_loser(plan)
+        loser = rollout.scale_down_loser(self.plan)
         self.log.info("scaled down %s", loser)
         return loser

@@ -3,7 +3,7 @@
 Both take the same job spec (include/evaluation/job.py) as a templated field and leave the same
 result in storage (`<output_uri>/result.json`), which the gate reads. A job of None means there is
 nothing to evaluate (a champion whose scores are already on record): the task is skipped.
-Which one a DAG gets follows the container-job seam (`include.compute.container_jobs().kind`).
+Which one a DAG gets follows the container-job seam (`get_platform().jobs().kind`).
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ class LocalEvaluationOperator(BaseOperator):
 
 def evaluation_operator(**kwargs) -> BaseOperator:
     """The evaluation operator for this profile's container jobs; only eks imports the `kubernetes` client."""
-    from include.compute import container_jobs
+    from include.platforms import get_platform
 
-    if container_jobs().kind == "kubernetes":
+    if get_platform().jobs().kind == "kubernetes":
         from .k8s_evaluation import KubernetesEvaluationOperator
 
         return KubernetesEvaluationOperator(**kwargs)

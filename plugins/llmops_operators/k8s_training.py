@@ -1,8 +1,8 @@
 """Launch the run's training JobSet and wait for it, safe to retry (eks profile).
 
 The JobSet comes from `include.training.k8s_job.render(plan)`; Airflow has no JobSet operator, so
-this one creates and watches the custom object through the provider's KubernetesHook
-(`create_custom_object`, `get_custom_object`, `delete_custom_object`). Its name derives from
+this one creates and watches the custom object through the eks platform's Kubernetes client
+(include/platforms/eks/kube.py, on the provider's KubernetesHook). Its name derives from
 (dag_id, run_id), so what to do depends on the JobSet of that name:
 
 - absent: create it, then wait;
@@ -32,24 +32,17 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook, KubernetesHook
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 from airflow.sdk import BaseOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from include.compute.kubernetes import TERMINAL, delete_jobset, describe_progress, get_jobset, jobset_progress
+from include.errors import Conflict, Forbidden, NotFound
+from include.platforms.eks.jobs import JobSetWatch, delete_jobset, describe_progress, jobset_progress
+from include.platforms.eks.kube import Kube
 from include.settings import get_settings
-from include.training.k8s_job import (
-    COMPLETION_INDEX_LABEL,
-    CONTAINER,
-    JOB_LABEL,
-    JOBSET_GROUP,
-    JOBSET_PLURAL,
-    JOBSET_VERSION,
-    TrainingLaunch,
-)
+from include.training.k8s_job import COMPLETION_INDEX_LABEL, CONTAINER, JOB_LABEL, TrainingLaunch
 
 from .links import TrainingJobLink, TrainingPodsLink
 
@@ -73,31 +66,14 @@ class JobSetTrigger(BaseTrigger):
                 {"name": self.name, "namespace": self.namespace, "kubernetes_conn_id": self.kubernetes_conn_id,
                  "poll_interval_s": self.poll_interval_s})
 
-    async def read(self) -> dict | None:
-        """The JobSet, or None once it is gone (404)."""
-        from kubernetes_asyncio import client as async_client
-
-        hook = AsyncKubernetesHook(conn_id=self.kubernetes_conn_id)
-        async with hook.get_conn() as api:
-            try:
-                return await async_client.CustomObjectsApi(api).get_namespaced_custom_object(
-                    group=JOBSET_GROUP, version=JOBSET_VERSION, namespace=self.namespace, plural=JOBSET_PLURAL,
-                    name=self.name)
-            except async_client.ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        last = None
+        kube, watch = Kube(self.kubernetes_conn_id), JobSetWatch(self.name, self.namespace)
         while True:
-            progress = jobset_progress(await self.read())
-            line = describe_progress(self.name, self.namespace, progress)
-            if line != last:
+            line, done = watch.observe(await asyncio.to_thread(kube.find, "JobSet", self.name, self.namespace))
+            if line:
                 self.log.info("%s", line)
-                last = line
-            if progress["state"] in (*TERMINAL, "absent"):
-                yield TriggerEvent({"name": self.name, "namespace": self.namespace, **progress})
+            if done:
+                yield TriggerEvent(done)
                 return
             await asyncio.sleep(self.poll_interval_s)
 
@@ -130,8 +106,8 @@ class KubernetesTrainingJobOperator(BaseOperator):
         self._launched: tuple[str, str] | None = None  # (name, namespace) once created or attached
 
     @property
-    def hook(self) -> KubernetesHook:
-        return KubernetesHook(conn_id=self.kubernetes_conn_id)
+    def kube(self) -> Kube:
+        return Kube(self.kubernetes_conn_id)
 
     # ---- plan -> JobSet ----
 
@@ -143,8 +119,8 @@ class KubernetesTrainingJobOperator(BaseOperator):
 
     def result_published(self) -> bool:
         """The run already finished (its JobSet may be gone after its TTL): never train it twice."""
-        from include.compute import result_uri
         from include.storage.objectstore import storage_path
+        from include.training.results import result_uri
 
         return storage_path(result_uri(self.plan)).exists()
 
@@ -162,17 +138,17 @@ class KubernetesTrainingJobOperator(BaseOperator):
                       "rank 0 at %s", namespace, name, launch.nodes, policy.max_restarts,
                       policy.restart_backoff_s, policy.max_wall_s, launch.master_addr)
 
-        hook = self.hook
-        current = get_jobset(hook, name, namespace)
+        kube = self.kube
+        current = kube.find("JobSet", name, namespace)
         state = jobset_progress(current)["state"]
         self.log.info("%s", describe_progress(name, namespace, jobset_progress(current)))
         if state == "succeeded":
             return None
         if state in ("failed", "deleting"):
-            self._delete_and_wait(hook, name, namespace)
+            self._delete_and_wait(kube, name, namespace)
             current = None
         if current is None:
-            self._create(hook, launch)
+            self._create(kube, launch)
         else:
             self.log.info("Re-attaching to JobSet %s/%s (%s); not creating a second one", namespace, name, state)
         self._launched = (name, namespace)
@@ -180,42 +156,34 @@ class KubernetesTrainingJobOperator(BaseOperator):
         if self.deferrable:
             self.defer(trigger=JobSetTrigger(name, namespace, self.kubernetes_conn_id, self.poll_interval_s),
                        method_name="execute_complete", timeout=timedelta(seconds=policy.max_wall_s))
-        return self.execute_complete(context, self._poll(hook, name, namespace, policy.max_wall_s))
+        return self.execute_complete(context, self._poll(kube, name, namespace, policy.max_wall_s))
 
-    def _create(self, hook: KubernetesHook, launch: TrainingLaunch) -> None:
+    def _create(self, kube: Kube, launch: TrainingLaunch) -> None:
         name, namespace = launch.name, launch.namespace
-        try:
-            hook.create_custom_object(group=JOBSET_GROUP, version=JOBSET_VERSION, plural=JOBSET_PLURAL,
-                                      body=launch.jobset, namespace=namespace)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
+        if not kube.ensure("JobSet", launch.jobset, namespace):
             # Another try created it between our read and our create: that one is the run, unless it
             # is already dead, in which case it is replaced like any failed JobSet.
-            state = jobset_progress(get_jobset(hook, name, namespace))["state"]
+            state = jobset_progress(kube.find("JobSet", name, namespace))["state"]
             if state not in ("failed", "deleting"):
                 self.log.info("JobSet %s/%s appeared concurrently (%s); re-attaching", namespace, name, state)
                 return
-            self._delete_and_wait(hook, name, namespace)
-            hook.create_custom_object(group=JOBSET_GROUP, version=JOBSET_VERSION, plural=JOBSET_PLURAL,
-                                      body=launch.jobset, namespace=namespace)
+            self._delete_and_wait(kube, name, namespace)
+            kube.create("JobSet", launch.jobset, namespace)
         self.log.info("Created JobSet %s/%s", namespace, name)
 
-    def _poll(self, hook: KubernetesHook, name: str, namespace: str, timeout_s: float) -> dict[str, Any]:
-        """Bounded polling in the worker (deferrable=False): the same progress lines as the trigger."""
+    def _poll(self, kube: Kube, name: str, namespace: str, timeout_s: float) -> dict[str, Any]:
+        """Bounded polling in the worker (deferrable=False): the trigger's loop, with the same lines."""
         deadline = time.monotonic() + timeout_s
-        last = None
+        watch = JobSetWatch(name, namespace)
         while True:
-            progress = jobset_progress(get_jobset(hook, name, namespace))
-            line = describe_progress(name, namespace, progress)
-            if line != last:
+            line, done = watch.observe(kube.find("JobSet", name, namespace))
+            if line:
                 self.log.info("%s", line)
-                last = line
-            if progress["state"] in (*TERMINAL, "absent"):
-                return {"name": name, "namespace": namespace, **progress}
+            if done:
+                return done
             if time.monotonic() >= deadline:
-                raise AirflowException(f"JobSet {namespace}/{name} still {progress['state']} after the wall bound "
-                                       f"{timeout_s:g}s ({line}); the DAG's teardown deletes it")
+                raise AirflowException(f"JobSet {namespace}/{name} still running after the wall bound "
+                                       f"{timeout_s:g}s ({watch.last}); the DAG's teardown deletes it")
             time.sleep(self.poll_interval_s)
 
     def execute_complete(self, context, event: Mapping[str, Any]):
@@ -240,34 +208,25 @@ class KubernetesTrainingJobOperator(BaseOperator):
 
     def rank0_log_tail(self, name: str, namespace: str) -> str:
         """The last lines of the newest rank 0 pod's log ('' when there is none to read)."""
-        core = self.hook.core_v1_client
-        response = None
+        kube = self.kube
         try:
-            pods = core.list_namespaced_pod(
-                namespace=namespace, label_selector=f"{JOB_LABEL}={name},{COMPLETION_INDEX_LABEL}=0").items
+            pods = kube.list("Pod", namespace, f"{JOB_LABEL}={name},{COMPLETION_INDEX_LABEL}=0")
             if not pods:
                 return ""
-            newest = max(pods, key=lambda p: p.metadata.creation_timestamp or 0)
-            # The raw body: the client (36.x) turns a preloaded plain-text log into the repr of its bytes.
-            response = core.read_namespaced_pod_log(name=newest.metadata.name, namespace=namespace,
-                                                    container=CONTAINER, tail_lines=self.log_tail_lines,
-                                                    _preload_content=False)
-            data = getattr(response, "data", response)
-        except (ApiException, HTTPError) as exc:
+            newest = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+            text = kube.pod_log(newest["metadata"]["name"], namespace, CONTAINER, self.log_tail_lines)
+        except (NotFound, Forbidden, Conflict, ApiException, HTTPError) as exc:
             self.log.warning("Could not read rank 0's log of JobSet %s/%s: %s", namespace, name,
                              getattr(exc, "reason", None) or exc)
             return ""
-        finally:
-            getattr(response, "release_conn", lambda: None)()
-        text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data or "")
         return text.rstrip()
 
-    def _delete_and_wait(self, hook: KubernetesHook, name: str, namespace: str) -> None:
+    def _delete_and_wait(self, kube: Kube, name: str, namespace: str) -> None:
         """Delete the JobSet (and its Jobs, pods and Service), and return once the name is free."""
         self.log.info("Deleting JobSet %s/%s before relaunching it", namespace, name)
-        delete_jobset(hook, name, namespace)
+        delete_jobset(kube, name, namespace)
         deadline = time.monotonic() + self.deletion_timeout_s
-        while get_jobset(hook, name, namespace) is not None:
+        while kube.find("JobSet", name, namespace) is not None:
             if time.monotonic() >= deadline:
                 raise AirflowException(
                     f"JobSet {namespace}/{name} still exists {self.deletion_timeout_s}s after its deletion; "
@@ -281,4 +240,4 @@ class KubernetesTrainingJobOperator(BaseOperator):
             return
         name, namespace = self._launched
         self.log.info("Task killed: deleting JobSet %s/%s", namespace, name)
-        delete_jobset(self.hook, name, namespace)
+        delete_jobset(self.kube, name, namespace)

@@ -2,7 +2,7 @@
 
 Both take the same flat plan (trainer keys plus dag_id, run_id, pool, instance_type, image) as a
 templated field, so the planning task's XCom can feed either. Results travel through storage
-(`include.compute.read_result`), never a pod sidecar.
+(`include.training.results.read_result`), never a pod sidecar.
 
 This module stays free of the `kubernetes` client: the local profile parses DAGs without it. The
 Kubernetes operator lives in `k8s_training.py` and is imported only when asked for.
@@ -35,15 +35,17 @@ class LocalTrainingJobOperator(BaseOperator):
     def execute(self, context) -> dict[str, Any]:
         from include.lifecycle.failfast import fail_fast
         from include.training.local_launcher import launch
-        from include.training.plan import trainer_plan
-        from include.training.restarts import restart_policy
+        from include.training.plan import trainer_keys
+        from include.training.restarts import RestartPolicy
 
-        checked = fail_fast(trainer_plan)(self.plan)
-        policy = fail_fast(restart_policy)(self.plan)
-        nprocs = checked["nodes"] * checked["gpus_per_node"]
+        # The planning task's plan, valid already; each rank's entrypoint validates its part again, and a
+        # plan it refuses fails the task without a retry.
+        trainer = trainer_keys(self.plan)
+        policy = RestartPolicy.from_plan(self.plan)
+        nprocs = trainer["nodes"] * trainer["gpus_per_node"]
         self.log.info("Launching %d local ranks of run %s (restart policy %s); rank 0's progress follows",
-                      nprocs, checked["run_name"], policy)
-        result = launch(checked, nprocs=nprocs, timeout=self.timeout_s, policy=policy)
+                      nprocs, trainer["run_name"], policy)
+        result = fail_fast(launch)(trainer, nprocs=nprocs, timeout=self.timeout_s, policy=policy)
         from include.lifecycle.summaries import trained
 
         self.log.info("%s", trained(result))
@@ -58,9 +60,9 @@ class LocalTrainingJobOperator(BaseOperator):
 
 def training_job_operator(**kwargs) -> BaseOperator:
     """The training operator for this profile's container jobs; same task id, params and plan either way."""
-    from include.compute import container_jobs
+    from include.platforms import get_platform
 
-    if container_jobs().kind == "kubernetes":
+    if get_platform().jobs().kind == "kubernetes":
         from .k8s_training import KubernetesTrainingJobOperator
 
         return KubernetesTrainingJobOperator(**kwargs)

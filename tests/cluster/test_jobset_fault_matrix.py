@@ -52,7 +52,7 @@ from training_world import (
     wait_running,
 )
 
-from include.compute.kubernetes import jobset_progress
+from include.platforms.eks.jobs import jobset_progress
 from include.training.k8s_job import render
 from include.training.restarts import PEER_LOST_EXIT_CODE, USER_ERROR_EXIT_CODE
 

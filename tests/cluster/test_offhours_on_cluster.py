@@ -1,7 +1,7 @@
 """The off-hours DAG's eks paths on the local control plane, called as Airflow's ServiceAccount.
 
 Each test runs the project's real tick (include/lifecycle/offhours.py `tick`) with the real
-EksCluster (include/compute/k8s_capacity.py, through the provider's KubernetesHook and the
+EksCapacity (include/platforms/eks/capacity.py, through the platform's client on the provider's KubernetesHook and the
 `kubernetes_default` connection of `as_airflow`) and a real RequestStore on an s3:// data root
 (moto's S3 server on 127.0.0.1, as tests/integration/conftest.py runs it). Karpenter's controller
 does not run here: the NodeClaims the admin creates stand for nodes Karpenter launched. The
@@ -31,7 +31,7 @@ from types import SimpleNamespace
 import pytest
 
 from include.cluster.pools import GPU, get_pool
-from include.compute.k8s_capacity import EVALUATOR_APP, KARPENTER, TRAINER_APP
+from include.platforms.eks.capacity import EVALUATOR_APP, TRAINER_APP
 from include.scheduling.admission import Request
 from include.training.k8s_job import JOBSET_GROUP, JOBSET_PLURAL, JOBSET_VERSION, jobset_name
 from tests.integration.conftest import (
@@ -56,6 +56,8 @@ OPEN = datetime(2026, 6, 2, 2, 0, tzinfo=UTC)  # Mon 22:00 EDT, window 00:00Z-10
 NEAR_CLOSE = datetime(2026, 6, 2, 9, 57, tzinfo=UTC)  # 3 minutes before that close (CLOSE_MARGIN 5 min)
 CLOSED = datetime(2026, 6, 2, 14, 0, tzinfo=UTC)  # Tue 10:00 EDT
 NEXT_OPEN = datetime(2026, 6, 3, 0, 30, tzinfo=UTC)  # Tue 20:30 EDT
+
+KARPENTER = ("karpenter.sh", "v1")
 
 
 def quiet(_: str) -> None:
@@ -154,13 +156,13 @@ def eks(as_airflow, admin, s3: S3Server, tmp_path: Path, tmp_path_factory, monke
 
 
 def tick(env: SimpleNamespace, now: datetime, dry_run: bool = False) -> dict:
-    """One off-hours tick as the DAG's task runs it: the real EksCluster as Airflow's ServiceAccount."""
-    from include.compute.capacity import get_cluster
-    from include.compute.k8s_capacity import EksCluster
+    """One off-hours tick as the DAG's task runs it: the real EksCapacity as Airflow's ServiceAccount."""
     from include.lifecycle import offhours
+    from include.platforms import get_platform
+    from include.platforms.eks.capacity import EksCapacity
 
-    cluster = get_cluster(env.settings, env.schedule)
-    assert isinstance(cluster, EksCluster)
+    cluster = get_platform(env.settings).capacity(env.schedule)
+    assert isinstance(cluster, EksCapacity)
     return offhours.tick(now, env.schedule, cluster, env.store, env.settings, running, dry_run=dry_run, log=quiet)
 
 
@@ -235,7 +237,7 @@ def create_jobset(custom, name: str, template: dict) -> None:
 
 
 def jobset_state(custom, name: str) -> str:
-    from include.compute.kubernetes import jobset_progress
+    from include.platforms.eks.jobs import jobset_progress
 
     try:
         return jobset_progress(custom.get_namespaced_custom_object(*JOBSET, name))["state"]
@@ -320,8 +322,8 @@ def test_tick_with_a_window_open_succeeds_as_airflow_and_admits(eks) -> None:
 def test_overrunning_run_is_stopped_held_and_readmitted(eks) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.compute.capacity import run_names
     from include.lifecycle.training import hold_if_stopped
+    from include.platforms.runs import run_names
     from include.scheduling.requests import admitted_run_id
 
     custom = eks.admin.custom

@@ -1,6 +1,6 @@
 """The eks serving paths on the local control plane, called as Airflow's production ServiceAccount.
 
-`include/serving/servers.py` (EksServers), `router.py` (EksRouter over the HTTPRoute) and
+`include/platforms/eks/servers.py` (EksServers), `router.py` (EksRouter over the HTTPRoute) and
 `k8s_objects.py` run unchanged through the provider's KubernetesHook against a real API server
 (RBAC, Pod Security `restricted`, the real Gateway API CRDs), kube-scheduler, the Deployment and
 ReplicaSet controllers and kwok, which makes the scheduled pods Ready:
@@ -39,6 +39,7 @@ SOURCE = "s3://llmops-it/prod/models/ft-1/model"
 POOL = "gpu-inference-pool"
 EXTRA_NODES = (f"{POOL}-node-1", f"{POOL}-node-2")
 READY_TIMEOUT_S = 30  # kwok makes a scheduled pod Ready in about a second
+GROUP, VERSION, PLURAL = "gateway.networking.k8s.io", "v1", "httproutes"  # the HTTPRoute, as k8s/ declares it
 
 
 def _wait_for(what: str, probe: Callable[[], Any], timeout: float = READY_TIMEOUT_S, every: float = 0.2) -> Any:
@@ -116,7 +117,6 @@ def _route(cp: ControlPlane) -> dict | None:
     from kubernetes.client.exceptions import ApiException
 
     from include.serving import route as rt
-    from include.serving.router import GROUP, PLURAL, VERSION
 
     try:
         return _custom(cp).get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, rt.route_name(MODEL))
@@ -129,7 +129,6 @@ def _route(cp: ControlPlane) -> dict | None:
 def _annotate_route(cp: ControlPlane, key: str, value: str) -> None:
     """Another writer (the admin) changes the route: its resourceVersion moves on."""
     from include.serving import route as rt
-    from include.serving.router import GROUP, PLURAL, VERSION
 
     _custom(cp).patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, rt.route_name(MODEL),
                                                {"metadata": {"annotations": {key: value}}})
@@ -193,10 +192,11 @@ def test_deploy_creates_the_version_and_its_pod_becomes_ready_on_the_inference_n
     from kubernetes import client
 
     from include.cluster.pools import NODEPOOL_LABEL, get_pool
-    from include.serving.servers import EksServers, get_servers
+    from include.platforms import get_platform
+    from include.platforms.eks.servers import EksServers
 
     cp, svc = serving_cluster, _svc(1)
-    servers = get_servers()
+    servers = get_platform().servers()
     assert isinstance(servers, EksServers)
     url = servers.deploy(svc, SOURCE, wait=False)
     assert url == f"http://{svc}.{NS}.svc:8000"
@@ -231,7 +231,7 @@ def test_deploy_creates_the_version_and_its_pod_becomes_ready_on_the_inference_n
 
     # A retried task (a new EksServers, as a new task process would make): nothing is made twice.
     before = (dep.metadata.uid, dep.metadata.generation, service.metadata.uid, pdb.metadata.uid)
-    assert get_servers().deploy(svc, SOURCE, wait=False) == url
+    assert get_platform().servers().deploy(svc, SOURCE, wait=False) == url
     dep = wait_ready(cp, svc)
     after = (dep.metadata.uid, dep.metadata.generation, _core(cp).read_namespaced_service(svc, NS).metadata.uid,
              client.PolicyV1Api(cp.api_client).read_namespaced_pod_disruption_budget(svc, NS).metadata.uid)
@@ -245,12 +245,15 @@ def test_deploy_creates_the_version_and_its_pod_becomes_ready_on_the_inference_n
 # ---- 2. the HTTPRoute ----
 
 def test_route_is_created_read_and_replaced_with_its_resource_version(serving, serving_cluster):
+    from include.errors import Conflict
+    from include.platforms import get_platform
+    from include.platforms.eks.router import EksRouter
     from include.serving import route as rt
-    from include.serving.router import MAX_CONFLICT_RETRIES, Conflict, EksRouter, get_router
+    from include.serving.router import MAX_CONFLICT_RETRIES
 
     cp, name = serving_cluster, rt.route_name(MODEL)
     v1, v2 = _svc(1), _svc(2)
-    router = get_router()
+    router = get_platform().router()
     assert isinstance(router, EksRouter)
     assert router.get(name) is None  # absent: 404 is "no route", not an error
 
@@ -303,10 +306,10 @@ def test_route_is_created_read_and_replaced_with_its_resource_version(serving, s
 # ---- 3. scale down, list ----
 
 def test_scale_down_and_list_deployed_versions(serving, serving_cluster):
-    from include.serving.servers import get_servers
+    from include.platforms import get_platform
 
     cp, v1, v2 = serving_cluster, _svc(1), _svc(2)
-    servers = get_servers()
+    servers = get_platform().servers()
     for svc in (v1, v2):
         servers.deploy(svc, SOURCE, wait=False)
     created = {svc: wait_ready(cp, svc).metadata.creation_timestamp.timestamp() for svc in (v1, v2)}
@@ -335,8 +338,8 @@ def _plan(run_id: str, canary: int, stable: int | None, action: str = "rollout")
 
 def test_rollback_to_a_version_scaled_to_zero_brings_it_back_to_ready(serving, serving_cluster):
     from include.lifecycle import rollout
+    from include.platforms import get_platform
     from include.serving import route as rt
-    from include.serving.servers import get_servers
 
     cp, v1, v2 = serving_cluster, _svc(1), _svc(2)
 
@@ -356,7 +359,7 @@ def test_rollback_to_a_version_scaled_to_zero_brings_it_back_to_ready(serving, s
     assert rollout.scale_down_loser(second) == v1
     _wait_for(f"{v1}'s pod to be gone", lambda: not _pods(cp, v1))
     assert rt.weights(_route(cp)) == {v2: 100}
-    assert set(get_servers().deployed()) == {v2}
+    assert set(get_platform().servers().deployed()) == {v2}
 
     # Roll back to the previous champion v1, whose Deployment is at 0 replicas.
     back = _plan("run-3", canary=1, stable=2, action="rollback")
@@ -372,7 +375,7 @@ def test_rollback_to_a_version_scaled_to_zero_brings_it_back_to_ready(serving, s
     assert rt.weights(_route(cp)) == {v1: 100}
     assert rt.state(_route(cp))["phase"] == "Promoted" and not rt.in_progress(_route(cp))
     _wait_for(f"{v2}'s pod to be gone", lambda: not _pods(cp, v2))
-    assert set(get_servers().deployed()) == {v1}
+    assert set(get_platform().servers().deployed()) == {v1}
 
 
 # ---- 5. least privilege ----
@@ -383,12 +386,11 @@ def test_airflow_can_do_nothing_more_in_llm_serving(serving, serving_cluster):
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
+    from include.platforms import get_platform
     from include.serving import route as rt
-    from include.serving.router import GROUP, PLURAL, VERSION
-    from include.serving.servers import get_servers
 
     svc = _svc(1)
-    get_servers().deploy(svc, SOURCE, wait=False)
+    get_platform().servers().deploy(svc, SOURCE, wait=False)
     # The same ServiceAccount with a token of its own: these deliberate 403s are not the code's calls
     # (k8s_calls records a call as production only with the token `as_airflow` issued).
     config = client.Configuration()

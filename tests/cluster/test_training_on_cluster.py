@@ -25,7 +25,6 @@ from airflow.sdk.exceptions import TaskDeferred
 from controlplane import ControlPlane
 from kubernetes.client import CoreV1Api, CustomObjectsApi, NetworkingV1Api
 from kubernetes.client.exceptions import ApiException
-from llmops_operators import k8s_training
 from llmops_operators.k8s_training import JobSetTrigger
 from training_world import (
     BUCKET,
@@ -50,6 +49,7 @@ from training_world import (
 )
 
 from include.cluster.network import RUN_LABEL
+from include.platforms.eks.kube import Kube
 from include.settings import get_settings
 from include.training.k8s_job import render
 
@@ -155,14 +155,14 @@ def test_a_jobset_created_by_a_concurrent_try_is_adopted_on_409(eks: World, monk
     launch(plan)
     original = read_jobset(cluster, name)["metadata"]["uid"]
 
-    real_get = k8s_training.get_jobset
+    real_find = Kube.find
     reads = []
 
-    def raced_get(hook, jobset_name, namespace):  # the first read happened before try 1's create
+    def raced_find(self, kind, jobset_name, namespace=None):  # the first read happened before try 1's create
         reads.append(jobset_name)
-        return None if len(reads) == 1 else real_get(hook, jobset_name, namespace)
+        return None if len(reads) == 1 else real_find(self, kind, jobset_name, namespace)
 
-    monkeypatch.setattr(k8s_training, "get_jobset", raced_get)
+    monkeypatch.setattr(Kube, "find", raced_find)
     creates = spy(monkeypatch, KubernetesHook, "create_custom_object")
     _, _, deferred = launch(plan, try_number=2)
 
@@ -175,7 +175,7 @@ def test_the_trigger_follows_the_run_to_success_and_reruns_do_not_train_again(
         eks: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """JobSetTrigger (the triggerer's async client, as the ServiceAccount) sees the JobSet complete;
     a retry after that creates nothing; once the result is in S3 a rerun calls the cluster not at all."""
-    from include.compute import result_uri
+    from include.training.results import result_uri
 
     cluster = eks.cluster
     plan = training_plan(eks.dag_id, "manual__success")
@@ -235,13 +235,13 @@ def test_the_evaluator_pod_runs_to_completion_on_the_inference_pool(
     from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
     from llmops_operators.k8s_evaluation import KubernetesEvaluationOperator
 
-    from include.compute import container_jobs
     from include.evaluation.judge import JudgeConfig
+    from include.platforms import get_platform
 
     cluster = eks.cluster
     run_id = "manual__evaluate"
     judge = JudgeConfig(provider="openai", model="judge-70b", base_url="http://judge.llm-serving.svc:8000/v1")
-    job = container_jobs().evaluation_job(f"s3://{BUCKET}/prod/models/ft-1/model",
+    job = get_platform().jobs().evaluation_job(f"s3://{BUCKET}/prod/models/ft-1/model",
                                           f"s3://{BUCKET}/prod/curated/0123456789abcdef",
                                           f"s3://{BUCKET}/prod/evaluations/ft-1/candidate", judge=judge)
     creates = spy(monkeypatch, CoreV1Api, "create_namespaced_pod")

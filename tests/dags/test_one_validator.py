@@ -1,9 +1,10 @@
 """One validator: every hostile value is refused at every entry point, by the same rules.
 
-Entry points: the trigger form's Param schema, `validate_params` (the first task), the plan
-(`lifecycle.training.plan`), the trainer's own validator in the image (`validate_plan` and the
-entrypoint's exit code) and the Job renderer. Each gives an InputError that names the field and
-the accepted range; none gives a KeyError, ZeroDivisionError or any other Python exception.
+Entry points: the trigger form's Param schema, `validate_params` (the first task; the tasks after it
+trust its output, tests/unit/test_validated_once.py counts that) and the trainer's own validator in
+the image (`validate_plan` and the entrypoint's exit code), which crosses a process and image
+boundary. Each gives an InputError that names the field and the accepted range; none gives a
+KeyError, ZeroDivisionError or any other Python exception.
 """
 
 from __future__ import annotations
@@ -16,17 +17,15 @@ from airflow.sdk.exceptions import AirflowFailException, ParamValidationError
 
 from include.container import USER_ERROR_EXIT_CODE
 from include.errors import InputError
-from include.lifecycle.training import plan as build_plan
 from include.lifecycle.training import validate_params
 from include.settings import Settings
 from include.training import entrypoint
-from include.training.k8s_job import render
 from include.training.params import PARAM_RULES, base_model_rule, param_schemas
 from include.training.plan import validate_plan
 
 LOCAL = Settings(profile="local", data_root="file:///tmp/llmops")
 EKS = Settings(profile="eks", data_root="s3://bucket/llmops")
-DATASET = {"version": "0123456789abcdef", "uri": "s3://bucket/llmops/curated/0123456789abcdef"}
+DATASET_URI = "s3://bucket/llmops/curated/0123456789abcdef"
 
 # (field, hostile value, what the message must say about the accepted values)
 HOSTILE = [
@@ -49,14 +48,9 @@ def trigger(**over):
 
 
 def trainer_plan(**over):
-    base = {"run_name": "ft-1", "backend": "nemo", "base_model": "llama31_8b", "dataset_uri": DATASET["uri"],
+    base = {"run_name": "ft-1", "backend": "nemo", "base_model": "llama31_8b", "dataset_uri": DATASET_URI,
             "output_uri": "s3://bucket/llmops/models/ft-1", "checkpoint_dir": "/checkpoints/ft-1"}
     return base | over
-
-
-def launch_plan(**over):
-    return {**validate_plan(trainer_plan()), "dag_id": "finetune_lifecycle", "run_id": "r1", "pool": "production",
-            "instance_type": "p5.48xlarge", "image": "ghcr.io/x/trainer:1"} | over
 
 
 def refused(exc: BaseException, field: str, accepted: str) -> None:
@@ -85,25 +79,20 @@ def test_the_trigger_form_refuses(dag, field, value, accepted):
 
 @pytest.mark.parametrize(("field", "value", "accepted"), HOSTILE, ids=lambda v: repr(v))
 @pytest.mark.parametrize("settings", [LOCAL, EKS], ids=["local", "eks"])
-def test_validate_params_and_the_plan_refuse(field, value, accepted, settings):
-    for call in (lambda: validate_params(trigger(**{field: value}), settings),
-                 lambda: build_plan(trigger(**{field: value}), DATASET, "d", "r", settings)):
-        with pytest.raises(Exception) as info:
-            call()
-        refused(info.value, field, accepted)
-        assert isinstance(info.value, AirflowFailException), "a DAG task fails at once: no retry fixes a value"
+def test_validate_params_refuses(field, value, accepted, settings):
+    with pytest.raises(Exception) as info:
+        validate_params(trigger(**{field: value}), settings)
+    refused(info.value, field, accepted)
+    assert isinstance(info.value, AirflowFailException), "a DAG task fails at once: no retry fixes a value"
 
 
 @pytest.mark.parametrize(("field", "value", "accepted"), HOSTILE, ids=lambda v: repr(v))
-def test_the_pod_side_validator_and_the_job_renderer_refuse(field, value, accepted, capsys):
+def test_the_trainer_in_its_container_refuses(field, value, accepted, capsys):
     with pytest.raises(Exception) as info:
         validate_plan(trainer_plan(**{field: value}))
     refused(info.value, field, accepted)
     assert entrypoint.main(["--plan", json.dumps(trainer_plan(**{field: value}))]) == USER_ERROR_EXIT_CODE
     assert field in capsys.readouterr().err
-    with pytest.raises(Exception) as info:
-        render(launch_plan(**{field: value}), EKS)
-    refused(info.value, field, accepted)
 
 
 def test_one_step_past_each_bound_is_refused_everywhere_and_the_bound_itself_accepted(dag):

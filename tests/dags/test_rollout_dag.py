@@ -76,7 +76,7 @@ def test_graph_and_waits(dag):
     assert approve.response_timeout and approve.response_timeout <= timedelta(hours=1)
     assert tasks["approve"].downstream_task_ids == {"promote", "abort"}
     assert tasks["decide"].downstream_task_ids == {"promote", "abort", "approve", "scale_down"}
-    assert tasks["scale_down"].upstream_task_ids == {"promote", "abort", "decide"}
+    assert tasks["scale_down"].upstream_task_ids == {"promote", "abort", "decide", "resolve", "validate_params"}
     assert "sync_aliases" in tasks["scale_down"].downstream_task_ids
     chain = ["validate_params", "resolve", "deploy_canary", "wait_ready", "analyse", "decide"]
     for up, down in zip(chain, chain[1:], strict=False):
@@ -95,13 +95,15 @@ def test_registered_model_event_extra():
         registered_model_extra(model_name="m", version=3, source_uri="", dataset_version=None, run_id="r")
 
 
-def test_form_defaults_come_from_the_serving_seam():
-    """The DAG does not branch on the profile: its per-profile defaults are the servers' own."""
-    from include.serving.servers import EksServers, LocalServers, rollout_defaults
+def test_form_defaults_come_from_the_platform():
+    """The DAG does not branch on the profile: its per-profile defaults are the platform bundle's own."""
+    from include.platforms import get_platform
+    from include.platforms.eks import EksPlatform
+    from include.platforms.local import LocalPlatform
     from include.settings import Settings
 
-    assert rollout_defaults(Settings(profile="local")) == LocalServers.ROLLOUT_DEFAULTS
-    eks = rollout_defaults(Settings(profile="eks", data_root="s3://bucket/llmops"))
-    assert eks == EksServers.ROLLOUT_DEFAULTS
-    assert eks["ready_timeout_s"] > LocalServers.ROLLOUT_DEFAULTS["ready_timeout_s"]
-    assert set(eks) == set(LocalServers.ROLLOUT_DEFAULTS)
+    assert get_platform(Settings(profile="local")).rollout_defaults == LocalPlatform.rollout_defaults
+    eks = get_platform(Settings(profile="eks", data_root="s3://bucket/llmops")).rollout_defaults
+    assert eks == EksPlatform.rollout_defaults
+    assert eks["ready_timeout_s"] > LocalPlatform.rollout_defaults["ready_timeout_s"]
+    assert set(eks) == set(LocalPlatform.rollout_defaults)

@@ -139,7 +139,7 @@ def test_optional_fields_are_not_marked_required_and_accept_empty(dags):
     ("finetune_lifecycle", {"nodes": 0}, "A whole number from 1 to 64"),
     ("finetune_lifecycle", {"method": "qlora"}, "One of: lora, full"),
     ("rollout_model", {"model_version": "v3"}, "digits only"),
-    ("rollout_model", {"steps": [0, 50]}, "above 0, at most 100"),
+    ("rollout_model", {"steps": [0, 50]}, "above 0 and at most 100"),
 ])
 def test_a_refused_value_is_explained_in_words(dags, dag_id, conf, words):
     with pytest.raises(ParamValidationError) as err:

@@ -218,10 +218,10 @@ def rollout_world(tmp_path_factory):
     broken checkpoint that answers nothing), v1 serving."""
     import shutil
 
+    from include.platforms import get_platform
     from include.registry.mlflow_registry import get_client
     from include.serving import processes
     from include.serving import route as rt
-    from include.serving.router import get_router
     from include.settings import get_settings
     from tests.integration import rollout_harness as h
 
@@ -239,7 +239,7 @@ def rollout_world(tmp_path_factory):
     # first rollout: no champion server, so v1 serves at 100 % once ready, without analysis
     verdict, fired = h.first_rollout()
     assert verdict["decision"] == "promote" and "without analysis" in verdict["reason"] and not fired
-    route = get_router().get(rt.route_name(h.MODEL))
+    route = get_platform().router().get(rt.route_name(h.MODEL))
     assert rt.weights(route) == {h.V1: 100} and rt.state(route)["phase"] == "Promoted"
     yield {"client": client, "tmp": tmp}
     root = processes.run_dir()
@@ -253,14 +253,13 @@ def rollout_world(tmp_path_factory):
 @pytest.fixture
 def fresh_rollout(rollout_world):
     """Before each test: v1 alone at 100 %, no rollout state, no faults, v1 champion and v2 challenger."""
-    from include.serving import prometheus_local
+    from include.platforms import get_platform
+    from include.platforms.local import prometheus as prometheus_local
     from include.serving import route as rt
-    from include.serving.router import get_router
-    from include.serving.servers import get_servers
     from include.settings import get_settings
     from tests.integration import rollout_harness as h
 
-    router, servers = get_router(), get_servers()
+    router, servers = get_platform().router(), get_platform().servers()
     route = router.get(rt.route_name(h.MODEL))
     clean = rt.new_route(h.MODEL, get_settings().serving_namespace, backends={h.V1: 100})
     clean["metadata"]["resourceVersion"] = route["metadata"]["resourceVersion"]

@@ -105,7 +105,7 @@ def run_steps(xcoms: dict[str, Any], on_defer=None) -> tuple[dict, list[float]]:
     from airflow.sdk.exceptions import TaskDeferred
     from llmops_operators.canary import CanaryStepsOperator
 
-    op = CanaryStepsOperator(task_id="analyse")
+    op = CanaryStepsOperator(task_id="analyse", plan=xcoms["resolve"], request=xcoms["validate_params"])
     context = {"ti": FakeTI(xcoms)}
     fired: list[float] = []
     call = lambda: op.execute(context)  # noqa: E731
@@ -139,13 +139,13 @@ def start(version: str, run_id: str, **params) -> tuple[dict, dict]:
     from llmops_operators.canary import ServerReadyTrigger
 
     from include.lifecycle import rollout
-    from include.serving.servers import get_servers
+    from include.platforms import get_platform
 
     req = rollout.validate_params({"model_version": version, "interval_s": INTERVAL, "probe_size": 4,
                                    "traffic_rate": 20, **params})
     plan = rollout.resolve(req, run_id)
     rollout.deploy(plan)
-    url = get_servers().url(plan["canary"]["service"])
+    url = get_platform().servers().url(plan["canary"]["service"])
     assert first_event(ServerReadyTrigger(url, plan["canary"]["service"], time.time() + 60, 0.2))["ready"]
     return req, plan
 

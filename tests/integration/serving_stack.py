@@ -12,9 +12,13 @@ from pathlib import Path
 import torch
 
 from include import tinylm
-from include.serving import envoy, loadgen, metrics, processes, prometheus_local, servers
+from include.platforms import get_platform
+from include.platforms.local import envoy
+from include.platforms.local import prometheus as prometheus_local
+from include.platforms.local.router import LocalRouter
+from include.platforms.local.servers import LocalServers
+from include.serving import loadgen, metrics, processes
 from include.serving import route as rt
-from include.serving.router import LocalRouter
 from include.settings import Settings
 
 MODEL = "llmops-assistant"
@@ -30,7 +34,7 @@ class Stack:
     settings: Settings
     root: Path
     router: LocalRouter
-    servers: servers.LocalServers
+    servers: LocalServers
     prom: metrics.PrometheusClient
 
     @property
@@ -63,8 +67,8 @@ def start_stack(tmp: Path, versions: dict[str, str]) -> Stack:
     """Servers for `versions` (service -> weights URI), the route at 100 % on the first, Envoy, Prometheus."""
     settings = Settings(data_root=f"file://{tmp}")
     root = processes.run_dir(settings.data_root)
-    stack = Stack(settings, root, LocalRouter(settings, root), servers.LocalServers(settings, root),
-                  metrics.get_metrics(settings))
+    stack = Stack(settings, root, LocalRouter(settings, root), LocalServers(settings, root),
+                  get_platform(settings).metrics())
     try:
         for service, source in versions.items():
             stack.servers.deploy(service, source)

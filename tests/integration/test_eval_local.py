@@ -1,4 +1,4 @@
-"""The local evaluation task's job end to end (`container_jobs().evaluation_job` + `run_job`): a tiny
+"""The local evaluation task's job end to end (`get_platform().jobs().evaluation_job` + `run_job`): a tiny
 model answers a small eval set, RAGAS scores
 every answer, and the outputs land in storage (file:// and, through moto, s3://).
 
@@ -16,17 +16,17 @@ import pytest
 import torch
 
 from include import tinylm
-from include.compute import container_jobs
 from include.evaluation.entrypoint import main as entrypoint_main
 from include.evaluation.run import read_result, run_job
 from include.evaluation.scoring import LOCAL_METRICS
+from include.platforms import get_platform
 from include.settings import Settings
 from include.storage import files
 
 
 def evaluate_model(model_uri: str, eval_uri: str, output_uri: str, settings: Settings, limit: int | None = None):
     """What the local evaluation task does: the profile's job, run in this process."""
-    return run_job(container_jobs(settings).evaluation_job(model_uri, eval_uri, output_uri, limit=limit))
+    return run_job(get_platform(settings).jobs().evaluation_job(model_uri, eval_uri, output_uri, limit=limit))
 
 
 RESULT_KEYS = {"scores_uri", "summary_uri", "responses_uri", "means", "n", "metrics", "eval_digest"}
@@ -111,8 +111,8 @@ def test_limit_and_determinism(model_dir, dataset_dir, local_settings, tmp_path)
 
 def test_the_pod_entrypoint_runs_the_same_job(model_dir, dataset_dir, local_settings, tmp_path, monkeypatch):
     """The evaluator image's program, with the tiny generator standing in for vLLM."""
-    job = container_jobs(local_settings).evaluation_job(model_dir.as_uri(), dataset_dir.as_uri(),
-                                                      (tmp_path / "pod").as_uri(), limit=2)
+    job = get_platform(local_settings).jobs().evaluation_job(model_dir.as_uri(), dataset_dir.as_uri(),
+                                                             (tmp_path / "pod").as_uri(), limit=2)
     xcom = tmp_path / "xcom" / "return.json"
     monkeypatch.setenv("LLMOPS_XCOM_PATH", str(xcom))
     monkeypatch.setenv("LLMOPS_EVAL_WORKDIR", str(tmp_path))

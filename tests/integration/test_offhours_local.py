@@ -19,10 +19,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from include.compute.capacity import get_cluster, run_names
 from include.lifecycle import offhours
 from include.lifecycle.offhours import write_report
 from include.lifecycle.training import hold_if_stopped
+from include.platforms import get_platform
+from include.platforms.runs import run_names
 from include.scheduling import requests
 from include.scheduling.admission import Request
 from include.scheduling.requests import RequestStore, admitted_run_id
@@ -63,7 +64,7 @@ def never_finished(run_id: str) -> str | None:
 
 def test_window_close_stops_requeues_and_the_next_window_resumes(settings, tmp_path):
     schedule = load()
-    cluster = get_cluster(settings, schedule)
+    cluster = get_platform(settings).capacity(schedule)
     store = RequestStore.for_settings(settings)
     rid = requests.request_id("finetune_lifecycle", "manual__exp1")
     store.add(Request(id=rid, pool="experiment", gpus=2, hours=400 * 0.5 / 3600, gpu_hours=0.2, cost_usd=0.0,
@@ -146,7 +147,7 @@ def test_window_close_stops_requeues_and_the_next_window_resumes(settings, tmp_p
 
 def test_admission_against_the_local_slot_budget(settings):
     schedule = load()
-    cluster = get_cluster(settings, schedule)
+    cluster = get_platform(settings).capacity(schedule)
     store = RequestStore.for_settings(settings)
     for i, (gpus, priority) in enumerate(((2, 0), (2, 0), (8, 0), (1, 5))):
         store.add(Request(id=f"req-{i}", pool="production", gpus=gpus, hours=0.1, gpu_hours=0.1 * gpus,

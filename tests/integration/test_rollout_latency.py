@@ -16,17 +16,16 @@ from pathlib import Path
 import pytest
 
 from include.lifecycle import rollout
+from include.platforms import get_platform
 from include.serving import route as rt
 from include.serving.analysis import load_policy
-from include.serving.router import get_router
-from include.serving.servers import get_servers
 from tests.integration import rollout_harness as h
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def set_faults(service: str, **faults) -> None:
-    url = get_servers().url(service) + "/admin/faults"
+    url = get_platform().servers().url(service) + "/admin/faults"
     req = urllib.request.Request(url, json.dumps(faults).encode(), {"Content-Type": "application/json"})
     urllib.request.urlopen(req, timeout=5).read()
 
@@ -40,7 +39,7 @@ class WeightWatch:
         self.thread.start()
 
     def _run(self) -> None:
-        router, seen = get_router(), False
+        router, seen = get_platform().router(), False
         while not self.stop.wait(0.05):
             w = h.canary_weight(router, self.service)
             seen = seen or bool(w)
@@ -73,10 +72,11 @@ def test_healthy_canary_is_promoted(fresh_rollout):
     assert verdict["decision"] == "promote", verdict
     assert len(fired) == 2  # one analysis per step
     rollout.promote(plan)
-    route = get_router().get(rt.route_name(h.MODEL))
+    route = get_platform().router().get(rt.route_name(h.MODEL))
     assert rt.weights(route)[h.V2] == 100 and rt.weights(route)[h.V1] == 0
     assert rollout.scale_down_loser(plan) == h.V1
-    assert get_servers().url(h.V1) is None and rt.weights(get_router().get(rt.route_name(h.MODEL))) == {h.V2: 100}
+    assert get_platform().servers().url(h.V1) is None
+    assert rt.weights(get_platform().router().get(rt.route_name(h.MODEL))) == {h.V2: 100}
     out = rollout.sync_aliases(plan)
     assert out == {"phase": "Promoted", "champion": "2", "challenger": None, "reason": None}
     # every step's record is in the canary's MLflow run, every measurement Successful
@@ -122,6 +122,6 @@ def test_regression_rolled_back_within_two_intervals(fresh_rollout, faults, metr
     tags = fresh_rollout["client"].get_model_version(h.MODEL, "2").tags
     assert tags["llmops.rollout"] == "aborted" and any(m in tags["llmops.rollout_reason"] for m in metrics)
     # rolling back again is a no-op: same route object, same resourceVersion
-    before = get_router().get(rt.route_name(h.MODEL))
+    before = get_platform().router().get(rt.route_name(h.MODEL))
     rollout.abort(plan, "again")
-    assert get_router().get(rt.route_name(h.MODEL)) == before
+    assert get_platform().router().get(rt.route_name(h.MODEL)) == before

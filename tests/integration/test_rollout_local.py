@@ -18,9 +18,10 @@ import time
 import pytest
 
 from include.lifecycle import rollout
-from include.serving import processes, prometheus_local
+from include.platforms import get_platform
+from include.platforms.local import prometheus as prometheus_local
+from include.serving import processes
 from include.serving import route as rt
-from include.serving.router import get_router
 from tests.integration import rollout_harness as h
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,7 @@ def test_quality_probe_fails_a_worse_model(fresh_rollout):
     req, plan = h.start("3", "worse", steps=[50, 100], count=1, probe_size=8, analysis_policy=h.NO_LATENCY)
     verdict, _ = h.run_steps({"validate_params": req, "resolve": plan})
     assert verdict["decision"] == "abort" and "quality probe Failed" in verdict["reason"], verdict
-    assert h.canary_weight(get_router(), h.V3) == 0
+    assert h.canary_weight(get_platform().router(), h.V3) == 0
 
 
 def test_no_data_is_inconclusive_then_abort(fresh_rollout):
@@ -40,22 +41,20 @@ def test_no_data_is_inconclusive_then_abort(fresh_rollout):
     verdict, _ = h.run_steps({"validate_params": req, "resolve": plan})
     assert verdict["decision"] == "inconclusive", verdict
     # the approval task times out with its default, "abort": the abort task sets the weight to 0
-    assert rt.in_progress(get_router().get(rt.route_name(h.MODEL)))
+    assert rt.in_progress(get_platform().router().get(rt.route_name(h.MODEL)))
     rollout.abort(plan, "approval timed out")
-    assert h.canary_weight(get_router(), h.V2) == 0
+    assert h.canary_weight(get_platform().router(), h.V2) == 0
 
 
 def test_a_stable_server_that_is_gone_serves_again_before_the_canary_gets_traffic(fresh_rollout):
     """The route says v1 serves 100 % but its server is gone (`stop-all`, a reboot): the next rollout
     starts it again from its registered weights, as a Deployment's controller would, then attaches v2."""
-    from include.serving.servers import get_servers
-
-    servers = get_servers()
+    servers = get_platform().servers()
     assert servers.scale_down(h.V1) and servers.url(h.V1) is None
     req, plan = h.start("2", "stable-gone", steps=[100], count=1, traffic_rate=0, probe_size=0)
     assert plan["stable"]["source"] == fresh_rollout["client"].get_model_version(h.MODEL, "1").source
     assert processes.http_ok(servers.url(h.V1) + "/v1/models")
-    assert rt.weights(get_router().get(rt.route_name(h.MODEL))) == {h.V1: 100, h.V2: 0}
+    assert rt.weights(get_platform().router().get(rt.route_name(h.MODEL))) == {h.V1: 100, h.V2: 0}
     rollout.abort(plan, "test over")
 
 
@@ -79,7 +78,7 @@ def test_prometheus_stopped_is_error(fresh_rollout, restart_after):
     assert done["stopped"]
     if restart_after is None:
         assert verdict["decision"] == "abort" and "Error" in verdict["reason"], verdict
-        assert h.canary_weight(get_router(), h.V2) == 0
+        assert h.canary_weight(get_platform().router(), h.V2) == 0
     else:
         assert verdict["decision"] == "promote", verdict
 
@@ -100,7 +99,7 @@ def test_sigkill_mid_step_resumes_at_the_same_step(fresh_rollout):
 
     worker = subprocess.Popen([sys.executable, "-c", KILLED_STEP, json.dumps(xcoms)], cwd=PROJECT_ROOT,
                               env=processes.child_env())
-    router = get_router()
+    router = get_platform().router()
     deadline = time.time() + 60
     while rt.state(router.get(rt.route_name(h.MODEL))).get("step", -1) < 0:
         assert time.time() < deadline and worker.poll() is None

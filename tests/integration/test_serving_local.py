@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-from include.serving import metrics, processes, prometheus_local
+from include.platforms.local import prometheus as prometheus_local
+from include.serving import metrics, processes
 from include.serving import route as rt
 from tests.integration.serving_stack import MODEL, export_tiny, loadgen, start_stack
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
-import yaml
 
-from include.evaluation import evalset
 from include.evaluation.run import summarize, write_scores
 from include.evaluation.scoring import (
     CONTEXT_METRICS,
@@ -20,6 +17,7 @@ from include.evaluation.scoring import (
     metric_names,
     score,
 )
+from include.settings import platform_file
 from include.storage import files
 
 REFERENCE = "Karpenter launches GPU nodes for pending pods and removes them when they are empty."
@@ -151,9 +149,8 @@ def test_writer_stores_scores_then_summary(tmp_path):
 
 
 def test_metric_names_are_the_gate_policy_metrics():
-    policy = yaml.safe_load(Path(evalset.__file__).with_name("policy.yaml").read_text())
-    for profile in ("local", "eks"):
-        assert set(metric_names(profile)) == set(policy["profiles"][profile]["metrics"]), profile
+    for profile in ("local", "eks"):  # each platform's gate section (include/platforms/<name>/platform.yaml)
+        assert set(metric_names(profile)) == set(platform_file(profile)["gate"]["metrics"]), profile
 
 
 def test_unknown_profile_is_refused():

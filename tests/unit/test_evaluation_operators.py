@@ -5,8 +5,8 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from include.cluster.pools import get_pool
 from include.cluster.preflight import as_manifest, check_pod_placement
-from include.compute import container_jobs
 from include.evaluation.judge import JudgeConfig
+from include.platforms import get_platform
 from include.settings import Settings, get_settings
 from tests.k8s_schemas import validate
 
@@ -26,9 +26,9 @@ def test_evaluator_pod_is_valid_and_lands_on_the_inference_pool(eks):
     from llmops_operators.k8s_evaluation import KubernetesEvaluationOperator
 
     judge = JudgeConfig(provider="openai", model="judge-70b", base_url="http://judge.llm-serving.svc:8000/v1")
-    job = container_jobs(eks).evaluation_job("s3://llmops-data/prod/models/ft-1/model",
-                                             "s3://llmops-data/prod/curated/0123456789abcdef",
-                                             "s3://llmops-data/prod/evaluations/ft-1/candidate", judge=judge)
+    job = get_platform(eks).jobs().evaluation_job("s3://llmops-data/prod/models/ft-1/model",
+                                                  "s3://llmops-data/prod/curated/0123456789abcdef",
+                                                  "s3://llmops-data/prod/evaluations/ft-1/candidate", judge=judge)
     op = KubernetesEvaluationOperator(task_id="evaluate_candidate", job=job)
     fields = ("name", "namespace", "image", "cmds", "arguments", "full_pod_spec", "job")
     before = {k: getattr(op, k) for k in fields}
@@ -77,4 +77,4 @@ def test_factory_picks_by_profile(eks, monkeypatch):
     monkeypatch.delenv("LLMOPS_DATA_ROOT")
     get_settings.cache_clear()
     assert isinstance(evaluation_operator(task_id="e2", job=None), LocalEvaluationOperator)
-    assert Settings.from_env({}).is_local
+    assert Settings.from_env({}).profile == "local"

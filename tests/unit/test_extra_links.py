@@ -133,7 +133,10 @@ def test_mlflow_run_gate_report_and_model_version_links(env, xcom, tmp_path):
     files.write_json(f"{candidate}/result.json", {"scores_uri": f"{candidate}/scores.jsonl"})
     files.write_json(f"{plan['output_uri']}/metrics.json", {"history": [{"step": 1, "loss": 2.0}]})
 
-    decision = release.gate(plan, dataset, {"candidate": {"output_uri": candidate}, "champion": None}, None, env)
+    from include.evaluation.gate import load_policy
+
+    policy = load_policy(profile=env.profile).to_dict()  # validate_params' output: the run's policy
+    decision = release.gate(plan, dataset, {"candidate": {"output_uri": candidate}, "champion": None}, policy, env)
     assert decision["passed"], decision["reasons"]
     result = {"model_uri": f"{plan['output_uri']}/model", "metrics": {"steps": 1}}
     registered = release.register(plan, result, dataset, decision, env)

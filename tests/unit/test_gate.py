@@ -168,25 +168,25 @@ def test_bad_score_rows_are_refused():
 
 
 def test_the_repo_policy_resolves_per_profile_and_takes_overrides():
-    local = gate.load_policy(profile="local")
-    eks = gate.load_policy(profile="eks")
+    local = gate.load_policy(profile="local").to_dict()
+    eks = gate.load_policy(profile="eks").to_dict()
     assert local["profile"] == "local" and local["n_bootstrap"] == 2000 and local["confidence"] == 0.95
     assert "faithfulness" not in local["metrics"] and eks["metrics"]["faithfulness"]["floor"] == 0.7
     assert eks["metrics"]["answer_relevancy"]["margin"] == eks["margin"] == 0.01
     assert all(isinstance(s["floor"], float) for s in local["metrics"].values())
     over = gate.load_policy({"margin": 0.005, "metrics": {METRIC: {"floor": 0.9}}}, profile="eks")
-    assert over["metrics"][METRIC] == {"floor": 0.9, "margin": 0.005, "required": True}
+    assert over.metrics[METRIC] == gate.MetricGate(floor=0.9, margin=0.005, required=True)
     assert gate.gated_metrics(over) == list(eks["metrics"])  # overrides tighten; they never drop a metric
 
 
 def test_a_bad_policy_names_every_problem():
     with pytest.raises(InputError) as err:
-        gate.validate_policy({**gate.load_policy(profile="local"), "confidence": 1.5, "n_bootstrap": 10,
+        gate.validate_policy({**gate.load_policy(profile="local").to_dict(), "confidence": 1.5, "n_bootstrap": 10,
                               "margni": 0.1, "metrics": {METRIC: {"floor": "hi"}}})
     text = str(err.value)
     for needle in ("confidence=1.5", "n_bootstrap=10", "unknown keys ['margni']", "metrics.semantic_similarity.floor"):
         assert needle in text
-    with pytest.raises(InputError, match="no section for profile"):
+    with pytest.raises(InputError, match="'gke': no such platform"):
         gate.load_policy(profile="gke")
     with pytest.raises(InputError, match="non-empty mapping"):
         gate.validate_policy({"metrics": {}})

@@ -64,8 +64,8 @@ def test_validate_params_refuses_loosening_before_any_gpu_time(profile, override
 
 @pytest.mark.parametrize(("profile", "override"), TIGHTENINGS)
 def test_tightening_is_applied(profile, override):
-    base = gate.load_policy(profile=profile)
-    applied = gate.load_policy(override, profile=profile)
+    base = gate.load_policy(profile=profile).to_dict()
+    applied = gate.load_policy(override, profile=profile).to_dict()
     for name, spec in override.get("metrics", {}).items():
         for key, value in spec.items():
             assert applied["metrics"][name][key] == value
@@ -87,8 +87,8 @@ def test_a_higher_confidence_would_pass_a_regression_a_lower_one_catches():
     champion = [{"id": str(i), metric: 0.5 + 0.01 * (i % 7)} for i in range(40)]
     candidate = [{"id": str(i), metric: 0.5 + 0.01 * (i % 7) - (0.03 if i % 3 else -0.03)} for i in range(40)]
     policy = {"seed": 1, "n_bootstrap": 2000, "min_pairs": 10, "margin": 0.0, "metrics": {metric: {"floor": 0.0}}}
-    strict = gate.decide(candidate, champion, {**policy, "confidence": 0.8})
-    loose = gate.decide(candidate, champion, {**policy, "confidence": 0.9999})
+    strict = gate.decide(candidate, champion, gate.validate_policy({**policy, "confidence": 0.8}))
+    loose = gate.decide(candidate, champion, gate.validate_policy({**policy, "confidence": 0.9999}))
     assert strict["metrics"][metric]["regressed"] is True and loose["metrics"][metric]["regressed"] is False
 
 
@@ -111,9 +111,10 @@ def test_the_gate_logs_the_applied_policy_to_mlflow(monkeypatch):
     monkeypatch.setattr(artifacts, "read_bytes", lambda uri: b"{}")
     plan = {"run_name": "ft-1", "dag_id": "d", "run_id": "r"}
     override = {"metrics": {"rouge_score": {"floor": 0.4}}}
+    policy = validate_params(train_params(gate_policy=override, nodes=2, gpus_per_node=1), LOCAL)["gate_policy"]
     stages.gate(plan, {"version": "v", "uri": "file:///x"}, {"candidate": {"output_uri": "u"}, "champion": None},
-                override, LOCAL)
-    assert json.loads(logged["eval/policy.json"]) == gate.load_policy(override, profile="local")
+                policy, LOCAL)
+    assert json.loads(logged["eval/policy.json"]) == gate.load_policy(override, profile="local").to_dict()
     assert json.loads(logged["eval/policy.json"])["metrics"]["rouge_score"]["floor"] == 0.4
 
 
@@ -159,7 +160,7 @@ def test_the_form_schema_accepts_every_tightening(profile, override):
 @pytest.mark.parametrize("profile", ["local", "eks"])
 def test_the_schema_bounds_are_the_resolved_policy_at_the_edge(profile):
     """Exactly the policy's value is accepted, one step looser refused: the bounds come from the policy."""
-    base = gate.load_policy(profile=profile)
+    base = gate.load_policy(profile=profile).to_dict()
     for name, spec in base["metrics"].items():
         if spec["floor"] is not None:
             assert schema_accepts(profile, {"metrics": {name: {"floor": spec["floor"]}}})

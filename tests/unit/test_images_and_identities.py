@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from include.errors import InputError
 from include.evaluation.k8s_pod import SERVICE_ACCOUNT as EVALUATOR_SA
 from include.evaluation.k8s_pod import manifest as evaluator_manifest
 from include.images import check_reference, pull_policy, registry
@@ -66,9 +65,19 @@ def test_rendered_pods_pull_by_the_reference_kind(trainer, evaluator, policy):
     assert (container["image"], container["imagePullPolicy"]) == (evaluator, policy)
 
 
-def test_plan_image_is_checked_like_the_setting():
-    with pytest.raises(InputError, match="image='ghcr.io/x/y'"):
-        render(train_plan(image="ghcr.io/x/y"), eks())
+def test_the_plan_carries_the_checked_setting_s_image():
+    """The renderer trusts the plan's image: it is the setting, which refuses a reference without a tag or
+    digest when the settings are read."""
+    from include.lifecycle.training import plan as build_plan
+    from include.lifecycle.training import validate_params
+    from tests.unit.test_planning import DATASET, params
+
+    settings = eks(trainer_image=TRAINER_BY_DIGEST)
+    assert build_plan(validate_params(params(), settings), DATASET, "d", "r", settings)["plan"]["image"] == \
+        TRAINER_BY_DIGEST
+    env = {"LLMOPS_PROFILE": "eks", "LLMOPS_DATA_ROOT": "s3://b/p", "LLMOPS_TRAINER_IMAGE": "ghcr.io/x/y"}
+    with pytest.raises(SettingsError, match="LLMOPS_TRAINER_IMAGE='ghcr.io/x/y'"):
+        Settings.from_env(env)
 
 
 def test_readme_says_deploy_with_digests():

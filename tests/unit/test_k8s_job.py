@@ -27,7 +27,7 @@ from include.training.k8s_job import (
     render,
 )
 from include.training.params import MAX_NODES
-from include.training.plan import trainer_plan
+from include.training.plan import trainer_keys, validate_plan
 from include.training.restarts import PEER_LOST_EXIT_CODE, child_job_pod_failure_policy
 from tests.k8s_schemas import REPO_ROOT, manifests_from_files, require_crds, validate, validation_errors
 
@@ -172,16 +172,22 @@ def test_torchrun_is_an_argument_list_with_the_plan_as_one_item():
     assert not {"bash", "sh", "-c", "/bin/sh", "/bin/bash"} & set(argv)
     assert argv[-2] == "--plan"
     sent = json.loads(argv[-1])
-    assert sent["dataset_uri"] == hostile and sent == trainer_plan(plan(dataset_uri=hostile))
+    assert sent["dataset_uri"] == hostile and sent == trainer_keys(plan(dataset_uri=hostile))
     assert all(hostile not in a for a in argv[:-1])
     assert not set(sent) & {"dag_id", "run_id", "pool", "instance_type", "image"}
 
 
-def test_trainer_plan_is_checked_before_any_node_is_provisioned():
-    with pytest.raises(InputError, match="trainer plan: plan key 'run_name'"):
-        render(plan(run_name="x; reboot"))
-    with pytest.raises(InputError, match="trainer plan: unknown plan key 'lr'"):
-        render(plan(lr=0.1))
+def test_the_pod_receives_a_complete_plan_its_own_validator_accepts_unchanged():
+    """The renderer trusts the planning task's plan (validate_params checked its values) and sends the
+    trainer's part as it is; the pod's trainer checks it again, and a planned plan passes unchanged:
+    every default the run uses is in the JobSet."""
+    from include.lifecycle.training import plan as build_plan
+    from include.lifecycle.training import validate_params
+    from tests.unit.test_planning import DATASET, EKS, params
+
+    launch_plan = build_plan(validate_params(params(nodes=2), EKS), DATASET, "d", "r", EKS)["plan"]
+    sent = json.loads(pod_spec(render(launch_plan, EKS))["containers"][0]["args"][-1])
+    assert validate_plan(sent) == sent == trainer_keys(launch_plan)
 
 
 def test_torchrun_accepts_the_arguments():
@@ -232,8 +238,6 @@ def test_the_jobset_restarts_the_whole_group_within_the_plans_budget():
 
 def test_the_nemo_defaults_apply_without_restart_keys():
     assert render(plan()).jobset["spec"]["failurePolicy"]["maxRestarts"] == 3
-    with pytest.raises(InputError, match="max_restarts"):
-        render(plan(max_restarts=-1))
 
 
 # ---- EFA / NCCL ----
@@ -335,33 +339,13 @@ def test_namespace_follows_settings():
 
 
 # ---- refusals ----
+# The plan's values were checked once, by validate_params (pool, nodes, gpus_per_node against the pool's
+# instance types: tests/unit/test_planning.py), and the image by the settings: the renderer refuses
+# only what the settings and the pools decide, a checkpoint root off the shared volume and a pool's limit.
 
-def test_plan_errors_are_listed_together():
-    bad = plan(nodes=0, gpus_per_node=9, checkpoint_dir="/tmp/ckpt")
-    with pytest.raises(InputError) as info:
-        render(bad)
-    message = str(info.value)
-    assert "nodes=0" in message and "gpus_per_node=9" in message and "checkpoint_dir='/tmp/ckpt'" in message
-
-
-@pytest.mark.parametrize(
-    ("change", "match"),
-    [
-        ({"pool": "inference"}, "expected one of production, experiment"),
-        ({"instance_type": "g5.xlarge"}, "pool gpu-training-pool allows p5.48xlarge, p4d.24xlarge"),
-        ({"gpus_per_node": 4}, "multi-node runs take whole nodes; set it to 8"),
-        ({"image": "bad image"}, "an image reference"),
-    ],
-)
-def test_plan_refusals(change, match):
-    with pytest.raises(InputError, match=match):
-        render({**plan(), **change})
-
-
-def test_missing_keys_are_named():
-    with pytest.raises(InputError, match="dag_id: required; run_id: required"):
-        render({"run_name": "r", "pool": "production", "nodes": 1, "gpus_per_node": 8,
-                "instance_type": "p5.48xlarge"})
+def test_a_checkpoint_root_off_the_shared_volume_is_refused():
+    with pytest.raises(InputError, match="checkpoint_dir='/tmp/ckpt': must be under /checkpoints/"):
+        render(plan(checkpoint_dir="/tmp/ckpt"))
 
 
 def test_over_the_pool_limit_is_refused_before_submission():
@@ -396,5 +380,3 @@ def test_the_network_policy_alone_is_the_rendered_one():
     from include.training.k8s_job import rendezvous_network_policy
 
     assert as_manifest(rendezvous_network_policy(plan())) == as_manifest(render(plan()).network_policy)
-    with pytest.raises(InputError, match="pool="):
-        rendezvous_network_policy({**plan(), "pool": "inference"})

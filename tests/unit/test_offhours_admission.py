@@ -149,16 +149,23 @@ def test_a_stopped_run_is_not_relaunched_by_a_retry_until_readmitted(env_setting
 
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.compute.capacity import clear_stop_marker, hold_marker, mark_stopped, run_names, stopped
+    from include.platforms import get_platform
+    from include.platforms.runs import hold_marker, run_names, stopped
+    from include.scheduling.windows import load
 
-    record = {"request": {"id": "req-1"}}
+    record = {"request": {"id": "req-1", "gpus": 1}}
+    capacity = get_platform(env_settings).capacity(load())
+
+    def stop_run() -> None:
+        (stop,) = capacity.stop_run(record)  # the local stop: hold marker, then the launcher's stop request
+        stop.run()
     names = run_names(record)
     ckpt = Path(env_settings.checkpoint_root) / names["run_name"]
     task = SimpleNamespace(plan={"run_name": names["run_name"], "checkpoint_dir": str(ckpt)})
     hold_if_stopped({"task": task})  # no marker: launches
     hold_if_stopped({"task": SimpleNamespace(plan={"checkpoint_dir": str(ckpt)})})  # no run name: nothing to hold
 
-    mark_stopped(env_settings, names["run_name"], "window closed", stop_request_dir=ckpt)
+    stop_run()
     marker = hold_marker(env_settings, names["run_name"])
     assert str(marker) == f"file://{tmp_path}/data/offhours/stopped/{names['run_name']}.json"
     assert stopped(env_settings, names["run_name"])["why"] == "window closed"
@@ -170,17 +177,17 @@ def test_a_stopped_run_is_not_relaunched_by_a_retry_until_readmitted(env_setting
     with pytest.raises(AirflowFailException, match="window closed"):
         hold_if_stopped({"task": task})
 
-    mark_stopped(env_settings, names["run_name"], "window closed", stop_request_dir=ckpt)
-    clear_stop_marker(env_settings, record)
+    stop_run()
+    capacity.release_hold(record)
     assert not marker.exists() and not (ckpt / STOP_REQUEST_FILE).exists()
     assert stopped(env_settings, names["run_name"]) is None
     hold_if_stopped({"task": task})
-    clear_stop_marker(env_settings, record)  # idempotent
+    capacity.release_hold(record)  # idempotent
 
 
 def test_the_eks_stop_writes_no_stop_request_into_a_checkpoint_dir(env_settings, tmp_path):
-    """mark_stopped without a stop-request dir (EksCluster.stop_run) writes only the data-root marker."""
-    from include.compute.capacity import mark_stopped, stopped
+    """mark_stopped (all EksCapacity.stop_run writes besides deleting the JobSet) writes only the data-root marker."""
+    from include.platforms.runs import mark_stopped, stopped
 
     mark_stopped(env_settings, "ft-abc", "window closed")
     assert stopped(env_settings, "ft-abc")["run_name"] == "ft-abc"

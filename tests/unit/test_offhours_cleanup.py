@@ -1,6 +1,7 @@
 """Cleanup on a seeded mess: the dry run lists, the real run deletes exactly the expected objects.
 
-The Kubernetes side runs against the in-memory API server of the operator tests
+The Kubernetes side (the eks platform's client, include/platforms/eks/kube.py, on the provider's
+hook) runs against the in-memory API server of the operator tests
 (tests/unit/test_training_operators.FakeCluster), extended here with Karpenter NodePools and
 NodeClaims (cluster-scoped custom objects), JobSet listing and pod deletion. Every NodePool
 and NodeClaim it holds is validated against the Karpenter CRDs, after each patch too. The
@@ -20,9 +21,10 @@ import yaml
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
 
-from include.compute.capacity import LocalCluster
-from include.compute.k8s_capacity import EksCluster
 from include.lifecycle.offhours import registered_runs
+from include.platforms.eks.capacity import EksCapacity
+from include.platforms.eks.kube import Kube
+from include.platforms.local.capacity import LocalCapacity
 from include.scheduling import cleanup
 from include.scheduling.windows import load
 from include.settings import Settings
@@ -180,7 +182,7 @@ def settings(tmp_path) -> Settings:
 
 def test_seeded_kubernetes_mess_dry_run_then_real_run(cluster, settings):
     seed_cluster(cluster)
-    eks = EksCluster(Settings(profile="eks", data_root="s3://bucket/llmops"), load(), KubernetesHook())
+    eks = EksCapacity(Settings(profile="eks", data_root="s3://bucket/llmops"), load(), Kube(hook=KubernetesHook()))
     actions = eks.scale_to_zero("experiment") + eks.leftovers(NOW, running=set())
     expected = {("NodePool", "gpu-experiment-pool"), ("NodeClaim", "gpu-experiment-pool-a1"),
                 ("NodeClaim", "gpu-experiment-pool-b2"), ("JobSet", "train-old-done"),
@@ -224,7 +226,7 @@ def test_seeded_kubernetes_mess_dry_run_then_real_run(cluster, settings):
 
 def test_rbac_grants_exactly_the_karpenter_calls_the_code_makes(cluster):
     seed_cluster(cluster)
-    eks = EksCluster(Settings(profile="eks", data_root="s3://bucket/llmops"), load(), KubernetesHook())
+    eks = EksCapacity(Settings(profile="eks", data_root="s3://bucket/llmops"), load(), Kube(hook=KubernetesHook()))
     for batch in (eks.scale_to_zero("experiment"), eks.restore_limits("experiment")):
         cleanup.apply(batch, dry_run=False, log=lambda _: None)
     verbs = {"get_cluster_custom_object": "get", "patch_cluster_custom_object": "patch",
@@ -250,7 +252,7 @@ def test_window_open_restores_only_the_pools_the_close_scales_and_the_cluster_ro
 
     seed_cluster(cluster)
     settings = Settings(profile="eks", data_root="s3://bucket/llmops")
-    eks = EksCluster(settings, load(), KubernetesHook())
+    eks = EksCapacity(settings, load(), Kube(hook=KubernetesHook()))
     schedule = load()
     opened = datetime(2026, 6, 2, 2, 0, tzinfo=UTC)  # Mon 22:00 New York: every pool's window is open
     assert all(pool.open_window(opened) for pool in schedule.pools.values())
@@ -391,7 +393,7 @@ def test_local_leftover_ranks_are_stopped_and_running_runs_are_not(settings):
     live = subprocess.Popen(sleeper)
     try:
         record_rank(ckpt / "ft-live000001", 0, live.pid)  # this test process is its launcher, alive
-        local = LocalCluster(settings, load())
+        local = LocalCapacity(settings, load())
         actions = local.leftovers(NOW, running=set())
         assert [a.kind for a in actions] == ["Process"] and "ft-orphanranks" in actions[0].name
         assert "launcher is gone" in actions[0].reason
@@ -414,13 +416,13 @@ def test_eks_actual_cost_from_the_jobs_pods_and_stop_at_close(cluster, tmp_path,
     Stopping a run holds it (marker under the data root, written before the delete) and deletes its
     JobSet (pods get SIGTERM and their grace period); nothing goes to the checkpoint root, which
     Airflow's pods do not mount. tests/cluster/test_offhours_on_cluster.py proves the marker in S3."""
-    import include.compute.k8s_capacity as k8s_capacity
+    import include.platforms.eks.capacity as eks_capacity
     from include.scheduling import cost
     from include.scheduling.requests import admitted_run_id
     from include.training.k8s_job import JOB_LABEL, jobset_name
 
     settings = Settings(profile="eks", data_root="s3://bucket/llmops", checkpoint_root=str(tmp_path))
-    eks = EksCluster(settings, load(), KubernetesHook())
+    eks = EksCapacity(settings, load(), Kube(hook=KubernetesHook()))
     plan = {"dag_id": "finetune_lifecycle", "run_id": admitted_run_id("req-1"), "instance_type": "g5.12xlarge",
             "pool": "experiment", "nodes": 2, "gpus_per_node": 4}
     name = jobset_name(plan["dag_id"], plan["run_id"])
@@ -446,18 +448,17 @@ def test_eks_actual_cost_from_the_jobs_pods_and_stop_at_close(cluster, tmp_path,
     record = {"request": {"id": "req-1", "gpus": 8}}
     marked = []
 
-    def mark_stopped(settings_, run_name, why, stop_request_dir=None):
-        marked.append({"run_name": run_name, "why": why, "stop_request_dir": stop_request_dir,
+    def mark_stopped(settings_, run_name, why):  # the hold marker only: no stop request into a checkpoint dir
+        marked.append({"run_name": run_name, "why": why,
                        "jobset_deleted": bool(cluster.calls_of("delete_namespaced_custom_object"))})
 
-    monkeypatch.setattr(k8s_capacity, "mark_stopped", mark_stopped)
+    monkeypatch.setattr(eks_capacity, "mark_stopped", mark_stopped)
     actions = eks.stop_run(record)
     cleanup.apply(actions, dry_run=False, log=lambda _: None)
     assert [a.error for a in actions] == [""]
     assert cluster.calls_of("delete_namespaced_custom_object")[-1] == {
         "name": name, "namespace": NS, "propagation_policy": "Foreground"}
-    from include.compute.capacity import run_names
+    from include.platforms.runs import run_names
 
-    assert marked == [{"run_name": run_names(record)["run_name"], "why": "window closed", "stop_request_dir": None,
-                       "jobset_deleted": False}]
+    assert marked == [{"run_name": run_names(record)["run_name"], "why": "window closed", "jobset_deleted": False}]
     assert list(tmp_path.iterdir()) == []  # the checkpoint root: untouched

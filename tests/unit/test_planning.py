@@ -6,7 +6,7 @@ from include.errors import InputError
 from include.lifecycle.training import plan as build_plan
 from include.lifecycle.training import preflight, validate_params
 from include.settings import Settings
-from include.training.planning import estimate, per_gpu_memory_gib, run_name
+from include.training.planning import TrainingPlan, estimate, per_gpu_memory_gib, run_name
 
 EKS = Settings(profile="eks", data_root="s3://bucket/llmops")
 LOCAL = Settings(profile="local", data_root="file:///tmp/llmops")
@@ -20,8 +20,17 @@ def params(**over):
     return base | over
 
 
+def planned(p, settings, dag_id="d", run_id="r", dataset=DATASET):
+    """The plan task's output for trigger params `p`: validate_params' output, planned."""
+    return build_plan(validate_params(p, settings), dataset, dag_id, run_id, settings)
+
+
+def placed(p, settings) -> TrainingPlan:
+    return TrainingPlan.from_dict(validate_params(p, settings)["training"])
+
+
 def test_a_lora_run_is_placed_priced_and_rendered():
-    out = build_plan(params(nodes=2), DATASET, "finetune_lifecycle", "scheduled__2026-11-29T02:00:00+00:00", EKS)
+    out = planned(params(nodes=2), EKS, "finetune_lifecycle", "scheduled__2026-11-29T02:00:00+00:00")
     plan, est = out["plan"], out["estimate"]
     assert plan["backend"] == "nemo" and plan["pool"] == "production"
     assert plan["instance_type"] in {"p5.48xlarge", "p4d.24xlarge"}
@@ -39,9 +48,8 @@ def test_run_name_is_stable_per_run():
 
 
 def test_cost_scales_with_steps_and_gpus():
-    place = validate_params(params(), EKS)
-    one = estimate(params(), place, 128, 2048)
-    two = estimate(params(max_steps=2000), place, 128, 2048)
+    one = estimate(placed(params(), EKS), 128, 2048)
+    two = estimate(placed(params(max_steps=2000), EKS), 128, 2048)
     assert two["gpu_hours"] == pytest.approx(2 * one["gpu_hours"], rel=0.01)
 
 
@@ -62,12 +70,12 @@ def test_impossible_combinations_are_refused_before_launch(over, message):
 
 
 def test_full_fine_tuning_fits_when_sharded():
-    assert validate_params(params(method="full", nodes=2), EKS)["instance_type"]
+    assert placed(params(method="full", nodes=2), EKS).placement["instance_type"]
     assert per_gpu_memory_gib(8, "full", 8, 1) > per_gpu_memory_gib(8, "full", 16, 2)
 
 
 def test_experiment_pool_uses_spot_prices():
-    place = validate_params(params(pool="experiment", gpus_per_node=4), EKS)
+    place = placed(params(pool="experiment", gpus_per_node=4), EKS).placement
     assert place["instance_type"] in {"g6e.12xlarge", "g5.12xlarge"}
     from include.cluster.pools import get_instance_types
 
@@ -75,9 +83,8 @@ def test_experiment_pool_uses_spot_prices():
 
 
 def test_local_plans_tiny_ranks():
-    out = build_plan(params(nodes=2, gpus_per_node=1, max_steps=100, checkpoint_interval=20,
-                            learning_rate=3e-3), DATASET | {"uri": "file:///tmp/llmops/curated/x"},
-                     "finetune_lifecycle", "manual__1", LOCAL)
+    out = planned(params(nodes=2, gpus_per_node=1, max_steps=100, checkpoint_interval=20, learning_rate=3e-3),
+                  LOCAL, "finetune_lifecycle", "manual__1", DATASET | {"uri": "file:///tmp/llmops/curated/x"})
     assert out["plan"]["backend"] == "tiny" and out["plan"]["instance_type"] == "local"
     assert out["estimate"]["cost_usd"] == 0.0
     with pytest.raises(InputError, match="at most 8"):
@@ -85,6 +92,17 @@ def test_local_plans_tiny_ranks():
 
 
 def test_preflight_refuses_what_the_pool_cannot_hold():
-    plan = build_plan(params(nodes=12), DATASET, "d", "r", EKS)["plan"]  # 96 GPUs > the pool's 64
+    plan = planned(params(nodes=12), EKS)["plan"]  # 96 GPUs > the pool's 64
     with pytest.raises(InputError, match="limit"):
         preflight(plan, EKS)
+
+
+def test_the_training_plan_round_trips_through_xcom_and_carries_the_gate_policy():
+    from include.evaluation.gate import GatePolicy, load_policy
+
+    validated = validate_params(params(gate_policy={"confidence": 0.9}), EKS)
+    training = TrainingPlan.from_dict(validated["training"])
+    assert training.to_dict() == validated["training"] and training.nodes == 1 and training.dataset_version is None
+    policy = GatePolicy.from_dict(validated["gate_policy"])
+    assert policy == load_policy({"confidence": 0.9}, profile="eks") and policy.confidence == 0.9
+    assert planned(params(gate_policy={"confidence": 0.9}), EKS)["gate_policy"] == validated["gate_policy"]

@@ -58,7 +58,7 @@ def run(argv: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProce
 
 
 def test_the_code_finds_prometheus_where_the_preflight_does(tmp_path, monkeypatch):
-    from include.serving import prometheus_local
+    from include.platforms.local import prometheus as prometheus_local
 
     monkeypatch.delenv("PROMETHEUS_BIN", raising=False)
     monkeypatch.setenv("PATH", path_without({"prometheus"}, tmp_path))

@@ -1,10 +1,11 @@
 """Airflow's Role in llm-training grants exactly the verbs the DAG code calls.
 
-Two sources, both read: the project's own code (include/, plugins/, dags/), scanned for Kubernetes
-client calls and the provider hook helpers it calls (the JobSet through the custom-object helpers);
-and the calls the provider's operators make on our behalf (KubernetesPodOperator and its trigger),
-listed below and each checked to still exist in the installed provider's source, so an upgrade
-that changes them fails here.
+Two sources, both read: the project's own code (include/, plugins/, dags/), scanned for the verbs
+it calls on the eks platform's one client (include/platforms/eks/kube.py: `kube.find("JobSet", ...)`,
+mapped through its KINDS table), and for any Kubernetes client call or provider hook helper called
+directly; and the calls the provider's operators make on our behalf (KubernetesPodOperator and its
+trigger, and the custom-object helpers `Kube` uses for the JobSet), listed below and each checked to
+still exist in the installed provider's source, so an upgrade that changes them fails here.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ from pathlib import Path
 import airflow.providers.cncf.kubernetes as provider
 import yaml
 
+from include.platforms.eks.kube import KINDS
 from tests.k8s_schemas import REPO_ROOT
 
 PROVIDER = Path(provider.__file__).parent
 SERVING = REPO_ROOT / "include" / "serving"
+# The eks serving seams work in llm-serving, under its own Role (checked in test_serving_k8s); the
+# client itself serves every seam, so its calls are counted where its verbs are called.
+NOT_LLM_TRAINING = {SERVING, *(REPO_ROOT / "include" / "platforms" / "eks" / f for f in ("servers.py", "router.py")),
+                    REPO_ROOT / "include" / "platforms" / "eks" / "kube.py"}
 # The only namespaced custom objects the DAGs touch in llm-training are the training JobSets
-# (include/serving's HTTPRoutes live in llm-serving, under its own Role).
+# (the HTTPRoutes live in llm-serving, under its own Role).
 RESOURCES = {"job": ("batch", "jobs"), "pod": ("", "pods"), "service": ("", "services"), "event": ("", "events"),
              "network_policy": ("networking.k8s.io", "networkpolicies"),
              "custom_object": ("jobset.x-k8s.io", "jobsets")}
@@ -28,6 +34,12 @@ VERBS = {"create": "create", "read": "get", "get": "get", "list": "list", "patch
          "replace": "update"}
 # A call or a reference to the client method (`for delete in (api.delete_namespaced_x, ...)`).
 CALL = re.compile(r"\b(create|read|get|list|patch|delete|replace)_namespaced_([a-z_]+?)(_status|_log)?\b(?=\s*[(,)])")
+# The client's verbs (`Kube.<verb>("<Kind>", ...)`, or the bound method handed on) and the API verb
+# of each; `scale` patches the kind's scale subresource, `pod_log` reads a pod's log.
+KUBE_VERB = re.compile(r'\bkube\.(get|find|list|create|ensure|replace|patch|scale|delete)\b\W{1,3}"(\w+)"')
+KUBE_VERBS = {"get": "get", "find": "get", "list": "list", "create": "create", "ensure": "create",
+              "replace": "update", "patch": "patch", "scale": "patch", "delete": "delete"}
+POD_LOG = re.compile(r"\bkube\.pod_log\(")
 # Provider hook helpers our code calls, and the client call behind each.
 HOOK_HELPERS = {"get_job_status": "read_namespaced_job_status(", "get_pod": "read_namespaced_pod(",
                 "create_custom_object": "create_namespaced_custom_object(",
@@ -63,16 +75,31 @@ def _permission(call: str) -> tuple[str, str, str]:
     return group, resource, VERBS[action]
 
 
+def _llm_training_sources() -> list[tuple[Path, str]]:
+    """The project's modules whose Kubernetes calls land in llm-training (or are cluster-scoped)."""
+    return [(path, path.read_text()) for root in ("include", "plugins", "dags")
+            for path in sorted((REPO_ROOT / root).rglob("*.py"))
+            if not (NOT_LLM_TRAINING & {path, *path.parents})]
+
+
+def _kube_permission(verb: str, kind: str) -> tuple[str, str, str] | None:
+    """(apiGroup, resource, verb) of a client verb on a kind; None for a cluster-scoped kind (the
+    off-hours ClusterRole's, checked in test_offhours_cleanup)."""
+    k = KINDS[kind]
+    if not k.namespaced:
+        return None
+    return k.group, k.plural + ("/scale" if verb == "scale" else ""), KUBE_VERBS[verb]
+
+
 def project_calls() -> set[tuple[str, str, str]]:
     found: set[tuple[str, str, str]] = set()
-    for root in ("include", "plugins", "dags"):
-        for path in (REPO_ROOT / root).rglob("*.py"):
-            if SERVING in path.parents:
-                continue  # llm-serving's own Role is checked against the rollout's calls (test_serving_k8s)
-            text = path.read_text()
-            found |= {_permission(m.group(0)) for m in CALL.finditer(text)}
-            found |= {_permission(call) for helper, call in HOOK_HELPERS.items()
-                      if re.search(rf"\bhook\.{helper}\(", text)}
+    for _, text in _llm_training_sources():
+        found |= {_permission(m.group(0)) for m in CALL.finditer(text)}
+        found |= {_permission(call) for helper, call in HOOK_HELPERS.items()
+                  if re.search(rf"\bhook\.{helper}\(", text)}
+        found |= {p for verb, kind in KUBE_VERB.findall(text) if (p := _kube_permission(verb, kind))}
+        if POD_LOG.search(text):
+            found.add(("", "pods/log", "get"))
     return found
 
 
@@ -102,14 +129,17 @@ def test_the_project_code_calls_are_found():
 
 
 def test_the_custom_objects_in_llm_training_are_jobsets():
-    """The RESOURCES mapping above holds: every namespaced custom-object call outside include/serving
-    names the JobSet plural."""
-    for root in ("include", "plugins", "dags"):
-        for path in (REPO_ROOT / root).rglob("*.py"):
-            text = path.read_text()
-            if SERVING in path.parents or not re.search(r"_namespaced_custom_object|hook\.\w+_custom_object\(", text):
-                continue
+    """The RESOURCES mapping above holds: every namespaced custom-object call outside the serving seams
+    names the JobSet plural, or through the client, the JobSet kind."""
+    used = set()
+    for path, text in _llm_training_sources():
+        for verb, kind in KUBE_VERB.findall(text):
+            used.add(kind)
+            if KINDS[kind].custom and KINDS[kind].namespaced:
+                assert kind == "JobSet", (path, verb, kind)
+        if re.search(r"_namespaced_custom_object|hook\.\w+_custom_object\(", text):
             assert "JOBSET_PLURAL" in text, path
+    assert "JobSet" in used
 
 
 def test_role_grants_exactly_what_the_code_calls():

@@ -37,7 +37,7 @@ def test_defaults_are_short_locally_and_sized_for_an_image_pull_on_eks():
     ("max_wall_s", 0), ("max_wall_s", float("inf")), ("rendezvous_timeout_s", 0.5),
 ])
 def test_bad_restart_values_name_the_key_and_the_range(key, value):
-    with pytest.raises(RestartPolicyError, match=rf"plan key '{key}': expected .* <= value <= "):
+    with pytest.raises(RestartPolicyError, match=rf"plan key '{key}'=.*: expected .* <= value <= "):
         restart_policy({"backend": "tiny", key: value})
 
 
@@ -50,16 +50,17 @@ def test_backoff_doubles_and_is_capped():
 @pytest.mark.parametrize("settings", [LOCAL, EKS], ids=["local", "eks"])
 def test_the_plan_carries_the_restart_policy_so_mlflow_logs_it(settings):
     from include.lifecycle.training import plan as build_plan
+    from include.lifecycle.training import validate_params
 
     sized = params(gpus_per_node=2) if settings.profile == "local" else params()
-    plan = build_plan(sized, DATASET, "finetune_lifecycle", "manual__1", settings)["plan"]
+    plan = build_plan(validate_params(sized, settings), DATASET, "finetune_lifecycle", "manual__1", settings)["plan"]
     expected = restart_policy({"backend": plan["backend"]}).as_plan()
     assert {k: plan[k] for k in RESTART_KEYS} == expected
     logged = flatten(plan)  # what log_training sends to MLflow as params
     assert {k: logged[k] for k in RESTART_KEYS} == {k: str(v) for k, v in expected.items()}
     # the trainer never sees them, the launcher does
-    assert not set(RESTART_KEYS) & set(trainer_plans.trainer_plan(plan))
-    assert restart_policy(plan) == RestartPolicy(**expected)
+    assert not set(RESTART_KEYS) & set(trainer_plans.trainer_keys(plan))
+    assert restart_policy(plan) == RestartPolicy.from_plan(plan) == RestartPolicy(**expected)
 
 
 def test_exit_codes_agree_across_the_modules():

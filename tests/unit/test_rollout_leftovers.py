@@ -111,8 +111,8 @@ def test_no_route_and_an_unreadable_seam(settings):
 
 
 def test_local_servers_list_and_stop_their_processes(tmp_path):
+    from include.platforms.local.servers import LocalServers
     from include.serving import processes
-    from include.serving.servers import LocalServers
 
     servers = LocalServers(Settings(profile="local", data_root=f"file://{tmp_path}"), root=tmp_path)
     name = "model-" + svc(7)
@@ -130,15 +130,17 @@ def test_local_servers_list_and_stop_their_processes(tmp_path):
 def test_eks_servers_list_running_vllm_deployments(monkeypatch, settings):
     import kubernetes.client as k8s
 
-    from include.serving.servers import EksServers
+    from include.platforms.eks.kube import Kube
+    from include.platforms.eks.servers import EksServers
 
-    def deployment(version: int, replicas: int):
-        container = SimpleNamespace(resources=SimpleNamespace(limits={"nvidia.com/gpu": "1", "cpu": "8"}))
-        return SimpleNamespace(
-            metadata=SimpleNamespace(name=svc(version), labels={"llmops.io/service": svc(version)},
-                                     creation_timestamp=datetime(2026, 6, 2, 18, 0, tzinfo=UTC)),
-            spec=SimpleNamespace(replicas=replicas, template=SimpleNamespace(spec=SimpleNamespace(
-                containers=[container]))))
+    def deployment(version: int, replicas: int) -> k8s.V1Deployment:  # as the client deserialises it
+        container = k8s.V1Container(name="vllm", resources=k8s.V1ResourceRequirements(
+            limits={"nvidia.com/gpu": "1", "cpu": "8"}))
+        return k8s.V1Deployment(
+            metadata=k8s.V1ObjectMeta(name=svc(version), labels={"llmops.io/service": svc(version)},
+                                      creation_timestamp=datetime(2026, 6, 2, 18, 0, tzinfo=UTC)),
+            spec=k8s.V1DeploymentSpec(replicas=replicas, selector=k8s.V1LabelSelector(),
+                                      template=k8s.V1PodTemplateSpec(spec=k8s.V1PodSpec(containers=[container]))))
 
     calls = []
 
@@ -148,10 +150,10 @@ def test_eks_servers_list_running_vllm_deployments(monkeypatch, settings):
 
         def list_namespaced_deployment(self, namespace, label_selector):
             calls.append((namespace, label_selector))
-            return SimpleNamespace(items=[deployment(1, 2), deployment(2, 0)])
+            return k8s.V1DeploymentList(items=[deployment(1, 2), deployment(2, 0)])
 
     monkeypatch.setattr(k8s, "AppsV1Api", Apps)
-    found = EksServers(settings, api_client=object()).deployed()
+    found = EksServers(settings, kube=Kube(hook=SimpleNamespace(api_client=k8s.ApiClient()))).deployed()
     assert found == {svc(1): {"since": datetime(2026, 6, 2, 18, 0, tzinfo=UTC).timestamp(), "gpus": 2}}
     assert calls == [("llm-serving", f"app.kubernetes.io/name=vllm,llmops.io/model={rt.route_name(MODEL)}")]
     from include.serving import k8s_objects

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from kubernetes.client import ApiClient
 
 from include.cluster.preflight import check_pod_placement
+from include.errors import Forbidden
+from include.platforms.eks.kube import Kube
+from include.platforms.eks.router import EksRouter
+from include.platforms.eks.servers import EksServers
 from include.serving import k8s_objects as ko
 from include.serving import route as rt
-from include.serving.router import EksRouter
-from include.serving.servers import EksServers
 from include.settings import Settings
 from tests.k8s_schemas import REPO_ROOT, require_crds, validate
 
@@ -98,6 +101,14 @@ def test_role_grants_exactly_the_api_calls():
     validate(_rbac()["ServiceAccount"])
 
 
+def kube(api_client: ApiClient) -> Kube:
+    """The eks platform's client on the provider's hook, whose API client (what get_conn() builds from
+    the connection) is `api_client`."""
+    hook = KubernetesHook()
+    hook.__dict__["api_client"] = api_client
+    return Kube(hook=hook)
+
+
 class RecordingClient(ApiClient):
     """Records (verb, apiGroup, resource) of every call the eks seams make; answers like a fresh cluster."""
 
@@ -120,7 +131,7 @@ class RecordingClient(ApiClient):
         listing = method == "GET" and "name" not in (path_params or {})
         self.calls.add(("list" if listing else self.VERBS[method], group, resource))
         if listing:
-            return __import__("types").SimpleNamespace(items=[])
+            return {"items": []}
         if resource == "httproutes":
             if method == "GET":
                 return self.route
@@ -130,10 +141,10 @@ class RecordingClient(ApiClient):
 
 def test_eks_seams_call_only_what_the_role_allows():
     client = RecordingClient()
-    router = EksRouter(EKS, api=__import__("kubernetes").client.CustomObjectsApi(client))
+    router = EksRouter(EKS, kube=kube(client))
     router.create(rt.new_route(MODEL, EKS.serving_namespace, backends={"llmops-assistant-v1": 100}))
     router.update(rt.route_name(MODEL), lambda r: rt.attach(r, "llmops-assistant-v1", "llmops-assistant-v2"))
-    servers = EksServers(EKS, api_client=client)
+    servers = EksServers(EKS, kube=kube(client))
     servers.deploy("llmops-assistant-v2", SRC)
     servers.scale_down("llmops-assistant-v1")
     assert servers.deployed() == {}  # the off-hours cleanup's look for rollout leftovers
@@ -165,7 +176,7 @@ def test_redeploying_an_existing_version_scales_it_to_the_desired_replicas():
     """A rollback to a version scaled to 0: the Deployment exists (409), so deploy sets its scale back to
     the desired count, through the deployments/scale subresource the Role grants; nothing else changes."""
     client = ExistingClient()
-    servers = EksServers(EKS, api_client=client)
+    servers = EksServers(EKS, kube=kube(client))
     assert servers.deploy("llmops-assistant-v1", SRC) == "http://llmops-assistant-v1.llm-serving.svc:8000"
     desired = ko.version_objects(MODEL, 1, SRC, settings=EKS)["deployment"]["spec"]["replicas"]
     assert client.patches == [("scale", "llmops-assistant-v1", {"spec": {"replicas": desired}})]
@@ -178,13 +189,13 @@ def test_redeploying_an_existing_version_scales_it_to_the_desired_replicas():
 def test_deploy_raises_what_is_not_already_exists():
     from kubernetes.client.exceptions import ApiException
 
-    class Forbidden(RecordingClient):
+    class Refusing(RecordingClient):
         def call_api(self, *args, **kwargs):
             raise ApiException(status=403, reason="Forbidden")
 
-    with pytest.raises(ApiException) as exc:
-        EksServers(EKS, api_client=Forbidden()).deploy("llmops-assistant-v1", SRC)
-    assert exc.value.status == 403
+    with pytest.raises(Forbidden) as exc:
+        EksServers(EKS, kube=kube(Refusing())).deploy("llmops-assistant-v1", SRC)
+    assert isinstance(exc.value.__cause__, ApiException) and exc.value.__cause__.status == 403
 
 
 def test_vllm_requests_fit_every_instance_type_of_the_inference_pool():

@@ -1,4 +1,4 @@
-"""The metrics seam's eks side: the Prometheus endpoint from an Airflow connection, SigV4-signed for
+"""The eks platform's metrics client: the Prometheus endpoint from an Airflow connection, SigV4-signed for
 Amazon Managed Prometheus, against a stub HTTP API on 127.0.0.1; and the client's error mapping."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
+from include.platforms.eks import metrics as eks_metrics
 from include.serving import metrics
 
 
@@ -50,7 +51,7 @@ def test_amp_requests_are_sigv4_signed_with_the_aws_connection(monkeypatch):
         monkeypatch.setenv("AIRFLOW_CONN_PROMETHEUS_DEFAULT", json.dumps({
             "conn_type": "http", "host": stub.url, "extra": {"sigv4": True, "region": "eu-west-1",
                                                              "path": "workspaces/ws-123"}}))
-        client = metrics.eks_client()
+        client = eks_metrics.eks_client()
         assert client.scalar('sum(rate(http_requests_total{service="m-v2"}[1m]))') == 0.25
         [req] = stub.seen
         assert req["path"] == "/workspaces/ws-123/api/v1/query"
@@ -68,7 +69,7 @@ def test_in_cluster_prometheus_is_not_signed(monkeypatch):
         host = stub.url.removeprefix("http://")
         monkeypatch.setenv("AIRFLOW_CONN_PROMETHEUS_DEFAULT", json.dumps({
             "conn_type": "http", "host": host.split(":")[0], "port": int(host.split(":")[1])}))
-        assert metrics.eks_client().scalar("up") == 0.25
+        assert eks_metrics.eks_client().scalar("up") == 0.25
         assert "Authorization" not in stub.seen[0]["headers"]
     finally:
         stub.close()

@@ -4,12 +4,15 @@ abort = canary weight 0 in one update, and nothing after a final phase."""
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 
-from include.serving import rollout
+from include.errors import Conflict
+from include.lifecycle import rollout
 from include.serving import route as rt
-from include.serving.router import Conflict, Router
+from include.serving.rollout import new_state
+from include.serving.router import Router
 
 S, C = "llmops-assistant-v1", "llmops-assistant-v2"
 
@@ -46,7 +49,7 @@ class MemoryRouter(Router):
 def router(monkeypatch):
     r = MemoryRouter()
     r.create(rt.attach(rt.new_route("llmops-assistant", "llm-serving", backends={S: 100}), S, C))
-    monkeypatch.setattr(rollout, "get_router", lambda settings=None: r)
+    monkeypatch.setattr(rollout, "get_platform", lambda settings=None: SimpleNamespace(router=lambda: r))
     return r
 
 
@@ -57,7 +60,7 @@ def plan(run="run-a", steps=(10, 50, 100)):
 
 
 def claim(router, p):
-    router.update("llmops-assistant", lambda r: rt.with_state(r, rollout._new_state(p, phase="Deploying", step=-1)))
+    router.update("llmops-assistant", lambda r: rt.with_state(r, new_state(p, phase="Deploying", step=-1)))
 
 
 def test_a_retried_step_changes_no_weight(router):

@@ -5,7 +5,7 @@ from include.settings import Settings, SettingsError
 
 def test_defaults_are_the_local_profile():
     s = Settings.from_env({})
-    assert s.profile == "local" and s.is_local
+    assert s.profile == "local"
     assert s.data_root.startswith("file://")
     assert s.storage_conn_id() is None
 
@@ -20,14 +20,14 @@ def test_environment_overrides_and_trailing_slashes():
 @pytest.mark.parametrize(
     "env, message",
     [
-        ({"LLMOPS_PROFILE": "prod"}, "LLMOPS_PROFILE='prod': expected one of local, eks"),
+        ({"LLMOPS_PROFILE": "prod"}, "LLMOPS_PROFILE='prod': no such platform; expected one of eks, local"),
         ({"LLMOPS_DATA_ROOT": "/tmp/data"}, "LLMOPS_DATA_ROOT='/tmp/data': expected a URI"),
         ({"LLMOPS_PROFILE": "eks", "LLMOPS_DATA_ROOT": "file:///data"}, "with scheme s3://"),
         ({"LLMOPS_DATA_ROOT": "s3://"}, "expected a URI"),
         ({"LLMOPS_TRAINING_NAMESPACE": "Team_A"}, "LLMOPS_TRAINING_NAMESPACE='Team_A': not a valid Kubernetes name"),
         ({"LLMOPS_RAW_EVENTS_QUEUE": "my-queue"}, "LLMOPS_RAW_EVENTS_QUEUE='my-queue': expected a URI"),
-        ({"LLMOPS_RAW_EVENTS_POLL_SECONDS": "soon"}, "LLMOPS_RAW_EVENTS_POLL_SECONDS='soon': expected a whole number"),
-        ({"LLMOPS_RAW_EVENTS_POLL_SECONDS": "0"}, "expected a whole number >= 1"),
+        ({"LLMOPS_RAW_EVENTS_POLL_SECONDS": "soon"}, "LLMOPS_RAW_EVENTS_POLL_SECONDS='soon': expected an integer"),
+        ({"LLMOPS_RAW_EVENTS_POLL_SECONDS": "0"}, "expected an integer with value >= 1"),
         ({"LLMOPS_OFFHOURS_CRON": "every minute"}, "LLMOPS_OFFHOURS_CRON='every minute': expected five cron fields"),
         ({"LLMOPS_OFFHOURS_CRON": "* * * *"}, "expected five cron fields"),
     ],

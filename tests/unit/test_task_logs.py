@@ -14,7 +14,7 @@ from pathlib import Path
 from include import logs
 from include.data import catalog
 from include.data.pipeline import PrepConfig
-from include.evaluation.gate import decide
+from include.evaluation.gate import decide, validate_policy
 from include.lifecycle import summaries
 from include.training.progress import TrainingProgress, checkpoint_line, step_line
 
@@ -152,13 +152,13 @@ def test_curation_reports_progress_while_it_reads(tmp_path, monkeypatch):
 def test_gate_summary_says_the_verdict_the_means_and_the_floors():
     candidate = [{"id": str(i), "rouge_score": 0.04 + i / 1000, "bleu_score": 0.01} for i in range(10)]
     policy = {"min_pairs": 5, "metrics": {"rouge_score": {"floor": 0.01}, "bleu_score": {"floor": 0.2}}}
-    decision = decide(candidate, None, policy)
+    decision = decide(candidate, None, validate_policy(policy))
     line = summaries.gate(decision, "file:///data/evaluations/r/gate/report.html")
     assert line.startswith("gate: FAILED (1 reason) on 10 samples, no champion to compare; "
                            "rouge_score 0.0445 (floor 0.01), bleu_score 0.01 (floor 0.2); why: bleu_score: ")
     assert line.endswith("; report file:///data/evaluations/r/gate/report.html")
     champion = [{"id": str(i), "rouge_score": 0.04, "bleu_score": 0.01} for i in range(10)]
-    passed = decide(candidate, champion, {**policy, "metrics": {"rouge_score": {"floor": 0.01}}})
+    passed = decide(candidate, champion, validate_policy({**policy, "metrics": {"rouge_score": {"floor": 0.01}}}))
     assert summaries.gate(passed, None, "2") == ("gate: PASSED on 10 samples, vs champion v2; "
                                                  "rouge_score 0.0445 (floor 0.01, champion 0.04, delta +0.0045)")
 
@@ -250,14 +250,15 @@ def test_forward_lines_copies_a_pipe_to_a_file_and_a_callback_line_by_line(tmp_p
 
 def test_plan_summary_on_a_real_eks_plan():
     from include.lifecycle.training import plan as build_plan
+    from include.lifecycle.training import validate_params
     from include.settings import Settings
 
     params = {"base_model": "llama31_8b", "method": "lora", "lora_rank": 16, "max_steps": 1000,
               "learning_rate": 1e-4, "nodes": 2, "gpus_per_node": 8, "tensor_parallel": 1, "pipeline_parallel": 1,
               "pool": "production", "checkpoint_interval": 200, "dry_run": False}
     dataset = {"version": "0123456789abcdef", "uri": "s3://bucket/llmops/curated/0123456789abcdef"}
-    out = build_plan(params, dataset, "finetune_lifecycle", "manual__1",
-                     Settings(profile="eks", data_root="s3://bucket/llmops"))
+    eks = Settings(profile="eks", data_root="s3://bucket/llmops")
+    out = build_plan(validate_params(params, eks), dataset, "finetune_lifecycle", "manual__1", eks)
     line = summaries.planned(out)
     assert re.fullmatch(r"plan: run ft-\w+, 2 nodes x 8 GPUs \(p[\w.]+, production pool\), 1000 steps of "
                         r"\d+ x \d+ tokens, nemo backend; estimate [\d.]+ GPU-h \$[\d,.]+", line), line

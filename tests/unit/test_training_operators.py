@@ -1,11 +1,11 @@
-"""The training operators and the Kubernetes side of the compute seam, against a fake API server.
+"""The training operators and the eks platform's container jobs, against a fake API server.
 
 Only the Kubernetes client's API methods are replaced (CustomObjectsApi / CoreV1Api /
 NetworkingV1Api), by an in-memory cluster that records every call and answers like the API server:
 objects, 404, 409. Everything above them is the real code: the provider's KubernetesHook and its
-custom-object helpers, our operator and trigger. So these tests check what would reach a cluster:
-which calls, in which order, with which names and bodies, and that a retried task never starts a
-second JobSet.
+custom-object helpers, the platform's client (include/platforms/eks/kube.py), our operator and
+trigger. So these tests check what would reach a cluster: which calls, in which order, with which
+names and bodies, and that a retried task never starts a second JobSet.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from llmops_operators import k8s_training
 from llmops_operators.k8s_training import JobSetTrigger, KubernetesTrainingJobOperator
 from llmops_operators.training import LocalTrainingJobOperator, training_job_operator
 
-from include import compute
-from include.compute import kubernetes as k8s_compute
-from include.errors import InputError
+from include.errors import Forbidden, InputError
+from include.platforms import get_platform
+from include.platforms.eks import jobs as eks_jobs
 from include.settings import get_settings
 from include.training.k8s_job import JOB_LABEL, JOBSET_GROUP, JOBSET_PLURAL, JOBSET_VERSION, render
 from tests.unit.test_k8s_job import plan as make_plan
@@ -352,12 +352,13 @@ def test_the_trigger_logs_progress_and_fires_once_the_jobset_ends(cluster, monke
                    dict(condition="Failed", reason="ReachedMaxRestarts", message="max restarts", restarts=3,
                         failed=1)])
 
-    async def read():
-        cluster.set_jobset(launch.name, **next(states))
-        return cluster.get_namespaced_custom_object(JOBSET_GROUP, JOBSET_VERSION, launch.namespace, JOBSET_PLURAL,
-                                                    launch.name)
+    real_get = cluster.get_namespaced_custom_object
 
-    monkeypatch.setattr(trigger, "read", read)
+    def read(*args, **kwargs):  # each poll of the trigger: the JobSet has moved on
+        cluster.set_jobset(launch.name, **next(states))
+        return real_get(*args, **kwargs)
+
+    monkeypatch.setattr(cluster, "get_namespaced_custom_object", read)
     trigger.poll_interval_s = 0
 
     async def first_event():
@@ -381,7 +382,7 @@ def test_a_failed_jobset_fails_the_task_with_its_reason_restarts_and_rank0_log(c
     cluster.set_jobset(launch.name, "Failed", "ReachedMaxRestarts", "jobset failed due to reaching max number of "
                        "restarts", restarts=4, counted=3, failed=1)
     event = {"name": launch.name, "namespace": launch.namespace,
-             **k8s_compute.jobset_progress(cluster.jobsets[(launch.namespace, launch.name)])}
+             **eks_jobs.jobset_progress(cluster.jobsets[(launch.namespace, launch.name)])}
 
     with pytest.raises(AirflowFailException) as info:  # the budget is spent: no Airflow retry on top
         operator().execute_complete(context(), event)
@@ -396,10 +397,10 @@ def test_a_failed_jobset_fails_the_task_with_its_reason_restarts_and_rank0_log(c
 
 def test_success_and_disappearance(cluster):
     launch = render(training_plan())
-    done = {"name": launch.name, "namespace": launch.namespace, **k8s_compute.jobset_progress(
+    done = {"name": launch.name, "namespace": launch.namespace, **eks_jobs.jobset_progress(
         {"status": {"conditions": [{"type": "Completed", "status": "True"}], "restarts": 1}})}
     assert operator().execute_complete(context(), done) is None
-    gone = {**done, **k8s_compute.jobset_progress(None)}
+    gone = {**done, **eks_jobs.jobset_progress(None)}
     with pytest.raises(AirflowException, match="disappeared before it finished") as info:
         operator().execute_complete(context(), gone)
     assert not isinstance(info.value, AirflowFailException)  # a retry relaunches from the checkpoint
@@ -444,13 +445,17 @@ def test_operator_templates_the_plan():
     assert LocalTrainingJobOperator.template_fields == ("plan",)
 
 
-# ---- the compute seam, Kubernetes side ----
+# ---- the eks platform's container jobs ----
+
+def k8s_jobs() -> eks_jobs.KubernetesJobs:
+    return eks_jobs.KubernetesJobs(get_settings())
+
 
 def test_setup_rendezvous_creates_the_network_policy_once_and_tolerates_409(cluster):
     plan = training_plan()
     launch = render(plan)
-    first = k8s_compute.setup_rendezvous(plan)
-    second = k8s_compute.setup_rendezvous(plan)
+    first = k8s_jobs().setup_rendezvous(plan)
+    second = k8s_jobs().setup_rendezvous(plan)
 
     creates = cluster.calls_of("create_namespaced_network_policy")
     assert len(creates) == 2 and len(cluster.network_policies) == 1
@@ -468,17 +473,17 @@ def test_setup_rendezvous_creates_the_network_policy_once_and_tolerates_409(clus
 def test_setup_rendezvous_raises_other_api_errors(cluster, monkeypatch):
     monkeypatch.setattr(cluster, "create_namespaced_network_policy",
                         lambda namespace, body, **kw: (_ for _ in ()).throw(_api_error(403, "Forbidden")))
-    with pytest.raises(ApiException) as info:
-        k8s_compute.setup_rendezvous(training_plan())
-    assert info.value.status == 403
+    with pytest.raises(Forbidden) as info:
+        k8s_jobs().setup_rendezvous(training_plan())
+    assert isinstance(info.value.__cause__, ApiException) and info.value.__cause__.status == 403
 
 
 def test_teardown_deletes_the_network_policy_and_tolerates_404(cluster):
     plan = training_plan()
     launch = render(plan)
-    k8s_compute.setup_rendezvous(plan)
-    k8s_compute.teardown_rendezvous(plan)
-    k8s_compute.teardown_rendezvous(plan)  # already gone: fine
+    k8s_jobs().setup_rendezvous(plan)
+    k8s_jobs().teardown_rendezvous(plan)
+    k8s_jobs().teardown_rendezvous(plan)  # already gone: fine
     assert cluster.calls_of("delete_namespaced_network_policy") == [
         {"name": launch.name, "namespace": launch.namespace}] * 2
     assert cluster.network_policies == {}
@@ -490,7 +495,7 @@ def test_teardown_stops_a_jobset_left_running_and_keeps_a_finished_one(cluster):
     plan = training_plan()
     launch = render(plan)
     run_try(1)
-    k8s_compute.teardown_rendezvous(plan)
+    k8s_jobs().teardown_rendezvous(plan)
     assert cluster.calls_of("delete_namespaced_custom_object") == [
         {"name": launch.name, "namespace": launch.namespace, "propagation_policy": "Foreground"}]
 
@@ -498,27 +503,27 @@ def test_teardown_stops_a_jobset_left_running_and_keeps_a_finished_one(cluster):
     cluster.calls.clear()
     run_try(1)
     cluster.set_jobset(launch.name, "Completed", "AllJobsCompleted", "jobset completed successfully", succeeded=1)
-    k8s_compute.teardown_rendezvous(plan)
+    k8s_jobs().teardown_rendezvous(plan)
     assert cluster.calls_of("delete_namespaced_custom_object") == []  # kept for its logs until the TTL
 
 
 def test_the_seam_dispatches_on_the_profile(cluster, monkeypatch):
     monkeypatch.setenv("LLMOPS_PROFILE", "eks")
     monkeypatch.setenv("LLMOPS_DATA_ROOT", "s3://llmops-data/prod")
-    assert compute.container_jobs().setup_rendezvous(training_plan())["kind"] == "kubernetes"
+    assert get_platform().jobs().setup_rendezvous(training_plan())["kind"] == "kubernetes"
     assert len(cluster.network_policies) == 1
     assert isinstance(training_job_operator(task_id="train", plan={}), KubernetesTrainingJobOperator)
 
     monkeypatch.setenv("LLMOPS_PROFILE", "local")
     monkeypatch.delenv("LLMOPS_DATA_ROOT")
     get_settings.cache_clear()
-    assert compute.container_jobs().setup_rendezvous(training_plan()) == {"kind": "local", "master_addr": "127.0.0.1"}
+    assert get_platform().jobs().setup_rendezvous(training_plan()) == {"kind": "local", "master_addr": "127.0.0.1"}
     assert isinstance(training_job_operator(task_id="train", plan={}), LocalTrainingJobOperator)
 
 
 def test_the_local_profile_never_imports_the_kubernetes_client():
-    probe = ("import sys; from llmops_operators import training_job_operator; import include.compute as c; "
-             "op = training_job_operator(task_id='train', plan={}); c.container_jobs().setup_rendezvous({}); "
+    probe = ("import sys; from llmops_operators import training_job_operator; import include.platforms as p; "
+             "op = training_job_operator(task_id='train', plan={}); p.get_platform().jobs().setup_rendezvous({}); "
              "print(type(op).__name__, 'kubernetes' in sys.modules)")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "LLMOPS_PROFILE": "local",

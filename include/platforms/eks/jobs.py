@@ -1,4 +1,4 @@
-"""EKS profile of the container-job seam: pool placement, the rendered JobSet's preflight, the
+"""The eks container jobs: pool placement, the rendered JobSet's preflight, the
 run's NetworkPolicy (ingress only from the run's own pods; include/cluster/network.py), the JobSet
 reads and deletes every caller shares, and the evaluator's job.
 
@@ -6,11 +6,12 @@ The headless Service that gives rank 0 its DNS name is the JobSet controller's (
 the JobSet and deleted with it; Airflow creates only the NetworkPolicy before the launch
 (setup_rendezvous) and the JobSet itself (plugins/llmops_operators/k8s_training.py).
 
-Every call goes through the Airflow Kubernetes connection (`settings.kubernetes_conn_id`) and is
-idempotent: a retried setup finds the policy already there (409), a repeated teardown finds it
-gone (404). Teardown also deletes the run's JobSet if it is still active: it runs only once
-training is over for good (including after the training task's execution_timeout, the run's wall
-bound), so a JobSet still running then has no task watching it and only burns GPU nodes.
+Every call goes through the platform's client (kube.py, on the Airflow connection
+`settings.kubernetes_conn_id`) and is idempotent: a retried setup finds the policy already there
+(Conflict), a repeated teardown finds it gone. Teardown also deletes the run's JobSet if it is
+still active: it runs only once training is over for good (including after the training task's
+execution_timeout, the run's wall bound), so a JobSet still running then has no task watching it
+and only burns GPU nodes.
 Finished JobSets are left to their TTL, so their pods' logs stay readable.
 """
 
@@ -19,13 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
-from include.settings import Settings, get_settings
+from include.platforms.eks.kube import Kube
+from include.settings import Settings
 from include.training.k8s_job import (
-    JOBSET_GROUP,
-    JOBSET_PLURAL,
-    JOBSET_VERSION,
     jobset_name,
     pod_host_prefix,
     render,
@@ -40,8 +37,9 @@ class KubernetesJobs:
     retry_delay_s = 300
     training_timeout_h = 72
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, kube: Kube | None = None) -> None:
         self.settings = settings
+        self.kube = kube or Kube(settings.kubernetes_conn_id)
 
     def place(self, params: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
         from include.training.planning import pool_placement
@@ -56,10 +54,22 @@ class KubernetesJobs:
                 **launch.restarts.as_plan()}
 
     def setup_rendezvous(self, plan: Mapping[str, Any]) -> dict[str, Any]:
-        return setup_rendezvous(plan, self.settings)
+        """The run's NetworkPolicy, before its pods exist; rank 0's address (its Service is the JobSet's)."""
+        policy = rendezvous_network_policy(plan, self.settings)  # the JobSet is rendered by preflight and launch
+        name, namespace = policy.metadata.name, policy.metadata.namespace
+        # The rendezvous port and NCCL accept only this run's pods (include/cluster/network.py); an
+        # earlier try may have made it already: same name, same run.
+        created = self.kube.ensure("NetworkPolicy", policy, namespace)
+        return {"kind": "kubernetes", "master_addr": master_address(pod_host_prefix(name), name, namespace),
+                "service": name, "namespace": namespace, "created": created}
 
     def teardown_rendezvous(self, plan: Mapping[str, Any]) -> None:
-        teardown_rendezvous(plan, self.settings)
+        """Names only, no validation: teardown must work even for a plan that never rendered."""
+        name = jobset_name(str(plan["dag_id"]), str(plan["run_id"]))  # the JobSet's and the policy's
+        namespace = self.settings.training_namespace
+        if jobset_progress(self.kube.find("JobSet", name, namespace))["state"] in ("active", "suspended"):
+            delete_jobset(self.kube, name, namespace)
+        self.kube.delete("NetworkPolicy", name, namespace)
 
     def evaluation_job(self, model_uri: str, eval_uri: str, output_uri: str, *, judge=None,
                        judge_conn_id: str | None = None, **options: Any) -> dict[str, Any]:
@@ -73,18 +83,6 @@ class KubernetesJobs:
             judge = judge_from_connection(judge_conn_id or DEFAULT_CONN_ID)
         return build_job(model_uri, eval_uri, output_uri, generator="vllm", metrics_profile="eks",
                          judge=judge.public(), **options)
-
-
-def _hook(settings: Settings):
-    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-
-    return KubernetesHook(conn_id=settings.kubernetes_conn_id)
-
-
-def _networking(hook):
-    from kubernetes.client import NetworkingV1Api
-
-    return NetworkingV1Api(hook.api_client)
 
 
 TERMINAL = ("succeeded", "failed")
@@ -132,65 +130,26 @@ def describe_progress(name: str, namespace: str, progress: Mapping[str, Any]) ->
             + (f"; {progress['reason']}: {progress['message']}" if progress.get("reason") else ""))
 
 
-def get_jobset(hook, name: str, namespace: str) -> dict | None:
-    """The JobSet (spec and status) or None when there is none."""
-    try:
-        return hook.get_custom_object(group=JOBSET_GROUP, version=JOBSET_VERSION, plural=JOBSET_PLURAL,
-                                      name=name, namespace=namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+class JobSetWatch:
+    """One JobSet as a waiter sees it, poll after poll (the deferred trigger and the worker's poll
+    share it): a line at every change of progress, and the final event once the JobSet ends."""
+
+    def __init__(self, name: str, namespace: str):
+        self.name, self.namespace, self.last = name, namespace, None
+
+    def observe(self, jobset: Mapping[str, Any] | None) -> tuple[str | None, dict[str, Any] | None]:
+        """(the progress line if it changed, else None; {name, namespace, **progress} once it ended, else None)."""
+        progress = jobset_progress(jobset)
+        line = describe_progress(self.name, self.namespace, progress)
+        changed, self.last = (line if line != self.last else None), line
+        done = progress["state"] in (*TERMINAL, "absent")
+        return changed, ({"name": self.name, "namespace": self.namespace, **progress} if done else None)
 
 
-def delete_jobset(hook, name: str, namespace: str, propagation_policy: str = "Foreground") -> bool:
+def delete_jobset(kube: Kube, name: str, namespace: str) -> bool:
     """Delete the JobSet with its child Jobs, pods and Service; False when it was already gone.
 
     Foreground: the JobSet object stays (with a deletionTimestamp) until its pods are gone, so a
     relaunch under the same name never overlaps the old pods (two rank 0s, one checkpoint dir).
     """
-    try:
-        hook.delete_custom_object(group=JOBSET_GROUP, version=JOBSET_VERSION, plural=JOBSET_PLURAL,
-                                  name=name, namespace=namespace, propagation_policy=propagation_policy)
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return True
-
-
-def setup_rendezvous(plan: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
-    """The run's NetworkPolicy, before its pods exist; rank 0's address (its Service is the JobSet's)."""
-    settings = settings or get_settings()
-    policy = rendezvous_network_policy(plan, settings)  # the JobSet is rendered by preflight and by the launch
-    name, namespace = policy.metadata.name, policy.metadata.namespace
-    hook = _hook(settings)
-    try:  # the rendezvous port and NCCL accept only this run's pods (include/cluster/network.py)
-        _networking(hook).create_namespaced_network_policy(namespace=namespace, body=policy)
-        created = True
-    except ApiException as exc:
-        if exc.status != 409:  # AlreadyExists: an earlier try made it; same name, same run
-            raise
-        created = False
-    return {
-        "kind": "kubernetes",
-        "master_addr": master_address(pod_host_prefix(name), name, namespace),
-        "service": name,
-        "namespace": namespace,
-        "created": created,
-    }
-
-
-def teardown_rendezvous(plan: Mapping[str, Any], settings: Settings | None = None) -> None:
-    """Names only, no validation: teardown must work even for a plan that never rendered."""
-    settings = settings or get_settings()
-    name = jobset_name(str(plan["dag_id"]), str(plan["run_id"]))  # the JobSet's and the policy's
-    namespace = settings.training_namespace
-    hook = _hook(settings)
-    if jobset_progress(get_jobset(hook, name, namespace))["state"] in ("active", "suspended"):
-        delete_jobset(hook, name, namespace)
-    try:
-        _networking(hook).delete_namespaced_network_policy(name=name, namespace=namespace)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    return kube.delete("JobSet", name, namespace, propagation="Foreground")

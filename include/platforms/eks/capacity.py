@@ -1,8 +1,7 @@
-"""EKS side of the off-hours seam: Karpenter NodePools and NodeClaims, training JobSets and leftovers.
+"""The eks capacity seam: Karpenter NodePools and NodeClaims, training JobSets and leftovers.
 
-NodePools and NodeClaims are cluster-scoped custom objects, the training JobSets namespaced ones
-(CustomObjectsApi on the hook's API client, or the hook's custom-object helpers); pods go through
-the provider's KubernetesHook clients. The cluster-scoped verbs are exactly those
+NodePools and NodeClaims are cluster-scoped custom objects, the training JobSets namespaced ones,
+all through the platform's one client (`kube.Kube`). The cluster-scoped verbs are exactly those
 k8s/airflow/offhours-rbac.yaml grants (nodepools get/patch, nodeclaims list/delete); in
 llm-training (k8s/training/rbac.yaml) jobsets list/delete and pods list/delete. A JobSet's child
 Jobs, pods and headless Service are owned by it: deleting the JobSet deletes them.
@@ -18,26 +17,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes.client import CustomObjectsApi
-from kubernetes.client.exceptions import ApiException
-
 from include.cluster.pools import CAPACITY_TYPE_LABEL, GPU, INSTANCE_TYPE_LABEL, NODEPOOL_LABEL, PLAN_POOLS
-from include.compute.capacity import mark_stopped, run_names
+from include.dag_ids import FINETUNE_LIFECYCLE
+from include.platforms.eks.jobs import delete_jobset, jobset_progress
+from include.platforms.eks.kube import Kube
+from include.platforms.runs import clear_hold, mark_stopped, run_names
 from include.scheduling.cleanup import Action
+from include.training.k8s_job import JOB_LABEL, jobset_name
 
-KARPENTER = ("karpenter.sh", "v1")
 EVALUATOR_APP = "llm-evaluator"
 TRAINER_APP = "nemo-trainer"
 FINISHED_PHASES = ("Succeeded", "Failed")
-
-
-def _ignore_404(call, *args, **kwargs):
-    try:
-        return call(*args, **kwargs)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        return None
 
 
 def _time(value: Any) -> datetime | None:
@@ -48,18 +38,10 @@ def _time(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
-class EksCluster:
-    def __init__(self, settings, schedule, hook=None):
+class EksCapacity:
+    def __init__(self, settings, schedule, kube: Kube | None = None):
         self.settings, self.schedule = settings, schedule
-        if hook is None:
-            from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-
-            hook = KubernetesHook(conn_id=settings.kubernetes_conn_id)
-        self.hook = hook
-
-    @property
-    def custom(self) -> CustomObjectsApi:
-        return CustomObjectsApi(self.hook.api_client)
+        self.kube = kube or Kube(settings.kubernetes_conn_id)
 
     def pool_name(self, kind: str) -> str:
         return getattr(self.settings, PLAN_POOLS[kind])
@@ -75,22 +57,20 @@ class EksCluster:
 
     # ---- NodePools and NodeClaims ----
     def _patch_limit(self, name: str, gpus: int) -> None:
-        self.custom.patch_cluster_custom_object(*KARPENTER, "nodepools", name,
-                                                {"spec": {"limits": {GPU: str(gpus)}}})
+        self.kube.patch("NodePool", name, {"spec": {"limits": {GPU: str(gpus)}}})
 
     def scale_to_zero(self, kind: str) -> list[Action]:
         from include.cluster.pools import get_instance_types
 
         name = self.pool_name(kind)
-        pool = self.custom.get_cluster_custom_object(*KARPENTER, "nodepools", name)
+        pool = self.kube.get("NodePool", name)
         actions = []
         if str((pool["spec"].get("limits") or {}).get(GPU)) != "0":
             actions.append(Action("NodePool", name, "patch", f"limits.{GPU} -> 0 at window close: no new nodes",
                                   run=lambda: self._patch_limit(name, 0)))
-        claims = self.custom.list_cluster_custom_object(*KARPENTER, "nodeclaims",
-                                                        label_selector=f"{NODEPOOL_LABEL}={name}")
+        claims = self.kube.list("NodeClaim", selector=f"{NODEPOOL_LABEL}={name}")
         types = get_instance_types()
-        for claim in claims.get("items", []):
+        for claim in claims:
             labels = claim["metadata"].get("labels") or {}
             itype = types.get(labels.get(INSTANCE_TYPE_LABEL, ""))
             spot = labels.get(CAPACITY_TYPE_LABEL) == "spot"
@@ -101,14 +81,13 @@ class EksCluster:
                 f"node of {name} ({labels.get(INSTANCE_TYPE_LABEL, '?')}, {labels.get(CAPACITY_TYPE_LABEL, '?')}) "
                 "after window close; Karpenter drains it", nodes=1, gpus=itype.gpus if itype else 0,
                 usd_per_hour=price,
-                run=lambda n=claim_name: _ignore_404(self.custom.delete_cluster_custom_object, *KARPENTER,
-                                                     "nodeclaims", n)))
+                run=lambda n=claim_name: self.kube.delete("NodeClaim", n)))
         return actions
 
     def restore_limits(self, kind: str) -> list[Action]:
         name = self.pool_name(kind)
         want = self.gpu_limit(kind)
-        pool = self.custom.get_cluster_custom_object(*KARPENTER, "nodepools", name)
+        pool = self.kube.get("NodePool", name)
         have = (pool["spec"].get("limits") or {}).get(GPU)
         if str(have) == str(want):
             return []
@@ -117,16 +96,10 @@ class EksCluster:
 
     # ---- leftovers in the training namespace ----
     def leftovers(self, now: datetime, running: set[str]) -> list[Action]:
-        from include.compute.kubernetes import jobset_progress
-        from include.training.k8s_job import JOBSET_GROUP, JOBSET_PLURAL, JOBSET_VERSION
-
         ns = self.settings.training_namespace
         ttl_h = float(self.schedule.cleanup["finished_job_ttl_hours"])
-        core = self.hook.core_v1_client
         actions = []
-        jobsets = self.custom.list_namespaced_custom_object(JOBSET_GROUP, JOBSET_VERSION, ns, JOBSET_PLURAL,
-                                                           label_selector=f"app.kubernetes.io/name={TRAINER_APP}")
-        for jobset in jobsets.get("items", []):
+        for jobset in self.kube.list("JobSet", ns, f"app.kubernetes.io/name={TRAINER_APP}"):
             name = jobset["metadata"]["name"]
             state = jobset_progress(jobset)["state"]
             if state not in ("succeeded", "failed"):
@@ -138,16 +111,13 @@ class EksCluster:
             age = (now - ended).total_seconds() / 3600
             actions.append(Action("JobSet", name, "delete", f"{state} {age:.1f} h ago (> {ttl_h:g} h TTL; "
                                   "ttlSecondsAfterFinished should have removed it)", namespace=ns,
-                                  run=lambda n=name: _ignore_404(
-                                      self.custom.delete_namespaced_custom_object, JOBSET_GROUP, JOBSET_VERSION,
-                                      ns, JOBSET_PLURAL, n, propagation_policy="Background")))
-        pods = core.list_namespaced_pod(ns, label_selector=f"app.kubernetes.io/name={EVALUATOR_APP}").items
-        for pod in pods:
-            if pod.status and pod.status.phase in FINISHED_PHASES:
-                name = pod.metadata.name
-                actions.append(Action("Pod", name, "delete", f"evaluator pod finished ({pod.status.phase})",
-                                      namespace=ns, run=lambda n=name: _ignore_404(
-                                          core.delete_namespaced_pod, n, ns)))
+                                  run=lambda n=name: self.kube.delete("JobSet", n, ns, propagation="Background")))
+        for pod in self.kube.list("Pod", ns, f"app.kubernetes.io/name={EVALUATOR_APP}"):
+            phase = (pod.get("status") or {}).get("phase")
+            if phase in FINISHED_PHASES:
+                name = pod["metadata"]["name"]
+                actions.append(Action("Pod", name, "delete", f"evaluator pod finished ({phase})",
+                                      namespace=ns, run=lambda n=name: self.kube.delete("Pod", n, ns)))
         return actions
 
     # ---- runs ----
@@ -155,37 +125,35 @@ class EksCluster:
         """Delete the run's JobSet: its pods get SIGTERM and terminationGracePeriodSeconds to flush a
         checkpoint. The hold marker under the data root (Airflow's pods mount no checkpoint volume)
         stops task retries relaunching it; it is written first, so a retry racing the delete is held."""
-        from include.compute.kubernetes import delete_jobset
-        from include.training.k8s_job import jobset_name
-
         names = run_names(record)
-        name = jobset_name("finetune_lifecycle", names["run_id"])
+        name = jobset_name(FINETUNE_LIFECYCLE, names["run_id"])
         ns = self.settings.training_namespace
 
         def stop() -> None:
             mark_stopped(self.settings, names["run_name"], "window closed")
-            delete_jobset(self.hook, name, ns)
+            delete_jobset(self.kube, name, ns)
 
         return [Action("JobSet", name, "delete", "experiment run would overrun the window: pods get SIGTERM and "
                        "their grace period to checkpoint; resumes in the next window", namespace=ns,
                        gpus=int(record["request"]["gpus"]), run=stop)]
 
+    def release_hold(self, record: dict[str, Any]) -> None:
+        clear_hold(self.settings, run_names(record)["run_name"])
+
     def node_intervals(self, plan: dict[str, Any], result: dict[str, Any] | None) -> list[tuple[float, int]]:
         """(seconds, GPUs) per pod of the run's JobSet, every restart included: start to finish."""
         from include.cluster.pools import get_instance_types
-        from include.training.k8s_job import JOB_LABEL, jobset_name
 
         name = jobset_name(plan["dag_id"], plan["run_id"])
         gpus = get_instance_types()[plan["instance_type"]].gpus
-        pods = self.hook.core_v1_client.list_namespaced_pod(self.settings.training_namespace,
-                                                            label_selector=f"{JOB_LABEL}={name}").items
         out = []
         now = datetime.now(UTC)
-        for pod in pods:
-            started = _time(pod.status.start_time) if pod.status else None
+        for pod in self.kube.list("Pod", self.settings.training_namespace, f"{JOB_LABEL}={name}"):
+            status = pod.get("status") or {}
+            started = _time(status.get("startTime"))
             if started is None:
                 continue
-            ends = [_time(s.state.terminated.finished_at) for s in (pod.status.container_statuses or [])
-                    if s.state and s.state.terminated and s.state.terminated.finished_at]
+            ends = [_time(s["state"]["terminated"]["finishedAt"]) for s in status.get("containerStatuses") or []
+                    if ((s.get("state") or {}).get("terminated") or {}).get("finishedAt")]
             out.append((((max(ends) if ends else now) - started).total_seconds(), gpus))
         return out

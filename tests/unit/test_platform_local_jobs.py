@@ -1,4 +1,4 @@
-"""The local side of the compute seam: no orphaned rank processes, and results read from storage.
+"""The local platform's container jobs: no orphaned rank processes, and results read from storage.
 
 Rank processes here are plain `sleep`s: what matters is the pid-file bookkeeping around them, not
 training (tests/integration/test_local_training.py runs the real trainer).
@@ -17,13 +17,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from include import compute
-from include.compute import local as local_compute
-from include.settings import Settings
-from include.training import local_launcher
+from include.platforms import get_platform
+from include.platforms.local import jobs as local_jobs
+from include.settings import Settings, get_settings
+from include.training import local_launcher, results
 from include.training.local_launcher import launch, ranks_dir, record_rank
 
-LOCAL_JOBS = local_compute.LocalJobs(Settings(profile="local"))
+LOCAL_JOBS = local_jobs.LocalJobs(Settings(profile="local"))
 REAL_POPEN = subprocess.Popen  # tests below replace subprocess.Popen for the launcher
 
 
@@ -132,12 +132,12 @@ def test_teardown_without_any_launch_is_a_no_op(tmp_path):
 
 def test_the_seam_dispatches_to_local_by_default(tmp_path, sleeper, monkeypatch):
     monkeypatch.delenv("LLMOPS_PROFILE", raising=False)
-    compute.get_settings.cache_clear()
+    get_settings.cache_clear()
     plan = plan_for(tmp_path)
     orphan = sleeper()
     record_rank(plan["checkpoint_dir"], 0, orphan.pid)
-    assert compute.container_jobs().setup_rendezvous(plan)["kind"] == "local"
-    compute.container_jobs().teardown_rendezvous(plan)
+    assert get_platform().jobs().setup_rendezvous(plan)["kind"] == "local"
+    get_platform().jobs().teardown_rendezvous(plan)
     assert gone(orphan)
 
 
@@ -181,8 +181,8 @@ def test_launch_first_stops_ranks_a_killed_earlier_launch_left_running(tmp_path,
 
 def test_read_result_names_the_missing_uri(tmp_path):
     plan = plan_for(tmp_path)
-    with pytest.raises(compute.ResultMissing) as info:
-        compute.read_result(plan)
+    with pytest.raises(results.ResultMissing) as info:
+        results.read_result(plan)
     assert f"{plan['output_uri']}/result.json" in str(info.value)
     assert isinstance(info.value, FileNotFoundError)
 
@@ -194,14 +194,14 @@ def test_read_result_returns_the_published_result(tmp_path):
     result = {"backend": "tiny", "checkpoint_uri": "file:///ckpt/step-120", "model_uri": f"{plan['output_uri']}/model",
               "metrics": {"train_loss": 1.2}}
     (out / "result.json").write_text(json.dumps(result))
-    assert compute.read_result(plan) == result
+    assert results.read_result(plan) == result
 
     (out / "result.json").write_text('{"backend": "tiny"')
     with pytest.raises(ValueError, match="result.json is not valid JSON"):
-        compute.read_result(plan)
+        results.read_result(plan)
     (out / "result.json").write_text('{"backend": "tiny"}')
     with pytest.raises(ValueError, match="lacks checkpoint_uri, model_uri, metrics"):
-        compute.read_result(plan)
+        results.read_result(plan)
 
 
 def test_local_operator_launches_nodes_times_gpus_ranks_of_the_trainer_plan(tmp_path, monkeypatch):

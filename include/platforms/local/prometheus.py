@@ -14,7 +14,8 @@ from pathlib import Path
 import yaml
 
 from include import prereqs
-from include.serving import envoy, processes, servers
+from include.platforms.local import envoy
+from include.serving import processes
 from include.serving.timing import EVALUATION_INTERVAL_S, SCRAPE_INTERVAL_S
 
 NAME = "prometheus"
@@ -45,10 +46,10 @@ def config(targets_file: Path) -> dict:
 
 
 def sync_targets(root: Path | None = None) -> None:
-    """Write the scrape targets for the processes running now."""
+    """Write the scrape targets for the model servers and the gateway running now."""
     h = home(root)
     models = [{"targets": [f"127.0.0.1:{port}"], "labels": {"service": svc}}
-              for svc, port in sorted(servers.backend_ports(root).items())]
+              for svc, port in sorted(processes.model_server_ports(root).items())]
     gateway = []
     if processes.read(envoy.NAME, root) is not None:
         gateway = [{"targets": [envoy.admin_url(root).removeprefix("http://")], "labels": {"service": "gateway"}}]

@@ -107,8 +107,10 @@ def bench_rollback(tmp: Path, interval: int) -> float:
         stop = threading.Event()
 
         def watch() -> None:
-            router, seen = get_platform().router(), False
-            while not stop.wait(0.05):
+            """Poll the route; one last read after the steps return, so an abort just before is seen."""
+            router, seen, done = get_platform().router(), False, False
+            while not done:
+                done = stop.wait(0.05)
                 w = rt.weights(router.get(rt.route_name(plan["model"]))).get(canary)
                 seen = seen or bool(w)
                 if seen and w == 0 and "at" not in zero:
@@ -127,9 +129,11 @@ def bench_rollback(tmp: Path, interval: int) -> float:
 
             threading.Timer(2 + interval * 1.5, fire).start()  # between the first two measurements
 
-        threading.Thread(target=watch, daemon=True).start()
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         verdict, _ = h.run_steps({"validate_params": req, "resolve": plan}, on_defer=on_defer)
         stop.set()
+        watcher.join()
     finally:
         root = processes.run_dir()
         for info in processes.running("", root):

@@ -91,6 +91,7 @@ class Settings:
     trainer_image: str = "ghcr.io/llmops-finetune/nemo-trainer:0.1.0"
     evaluator_image: str = "ghcr.io/llmops-finetune/evaluator:0.1.0"
     serving_image: str = "ghcr.io/llmops-finetune/vllm:0.1.0"  # images/vllm: upstream vLLM as a non-root user
+    aws_cli_image: str = "public.ecr.aws/aws-cli/aws-cli:2.31.0"  # fetches a LoRA adapter before vLLM starts
     windows_file: str = ""  # off-hours windows and admission budgets; default include/scheduling/windows.yaml
     # How often the offhours DAG admits and stops runs (UTC cron): every 5 minutes on both profiles, the
     # margin it stops an experiment run before a window closes (include/lifecycle/offhours.py CLOSE_MARGIN).
@@ -144,7 +145,7 @@ class Settings:
         from include.images import check_reference
 
         # name@sha256:<digest> (deploy this) or name:tag
-        for f in ("trainer_image", "evaluator_image", "serving_image"):
+        for f in ("trainer_image", "evaluator_image", "serving_image", "aws_cli_image"):
             try:
                 check_reference(f"LLMOPS_{f.upper()}", getattr(self, f))
             except ValueError as exc:

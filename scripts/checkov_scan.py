@@ -4,7 +4,9 @@
     python scripts/checkov_scan.py [--json]  # prints each failed check as CHECK_ID Kind/namespace/name
 
 Rendered objects (trainer Job and Service for a multi-node and a single-node run, the run's
-NetworkPolicy, the evaluator pod) are written to a temporary directory beside the kustomize output.
+NetworkPolicy, the evaluator pod, a served version's vLLM Deployment, Service and PodDisruptionBudget
+for a full model and for a LoRA adapter) are written to a temporary directory beside the kustomize
+output.
 Every failure left is listed, with the reason, in README.md's "Security" section;
 tests/unit/test_checkov.py runs this and compares.
 """
@@ -27,6 +29,7 @@ def objects() -> dict[str, list[dict]]:
     sys.path.insert(0, str(ROOT))
     from include.evaluation.job import validate_job
     from include.evaluation.k8s_pod import manifest as evaluator_manifest
+    from include.serving.k8s_objects import version_objects
     from include.settings import Settings
     from include.training.k8s_job import render
     from tests.k8s_schemas import kustomize_build
@@ -34,7 +37,9 @@ def objects() -> dict[str, list[dict]]:
     digest = "@sha256:" + "0" * 64  # deploy by digest (README); a real one comes from the registry
     settings = Settings(profile="eks", data_root="s3://llmops-data/prod",
                         trainer_image=f"ghcr.io/llmops-finetune/nemo-trainer{digest}",
-                        evaluator_image=f"ghcr.io/llmops-finetune/evaluator{digest}")
+                        evaluator_image=f"ghcr.io/llmops-finetune/evaluator{digest}",
+                        serving_image=f"ghcr.io/llmops-finetune/vllm{digest}",
+                        aws_cli_image=f"public.ecr.aws/aws-cli/aws-cli{digest}")
     rendered = []
     for nodes in (4, 1):
         plan = {"run_name": "scan", "dag_id": "finetune_lifecycle", "run_id": f"scan__{nodes}", "pool": "production",
@@ -50,6 +55,11 @@ def objects() -> dict[str, list[dict]]:
                         "metrics_profile": "eks",
                         "judge": {"provider": "bedrock", "model": "judge", "region_name": "us-east-1"}})
     rendered.append(evaluator_manifest(job, settings))
+    # What the rollout's deploy creates (EksServers.deploy): version 1 a full model, version 2 an adapter.
+    for version, method in ((1, "full"), (2, "lora")):
+        rendered += version_objects(settings.registered_model_name, version, f"s3://llmops-data/prod/models/v{version}",
+                                    settings=settings, method=method,
+                                    base_model_uri="s3://llmops-data/prod/base/llama31_8b").values()
     return {"kustomize.yaml": kustomize_build(ROOT / "k8s"), "rendered.yaml": rendered}
 
 

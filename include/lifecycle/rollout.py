@@ -32,16 +32,27 @@ ROLLOUT_TAG, ROLLOUT_REASON_TAG = "llmops.rollout", "llmops.rollout_reason"
 
 
 def resolve(req: Mapping[str, Any], run_id: str, settings: Settings | None = None, client: Any = None) -> dict:
-    """Which version is stable (serving 100 %) and which is the canary; refuses a busy route."""
+    """Which version is stable (the one taking the model's traffic) and which is the canary.
+
+    Refuses a busy route, and one the rollout cannot edit (`route.read`: the reasons are in the error)
+    before anything is deployed. The plan carries the policy's `route.match`, filled for the model.
+    """
     from include.registry import mlflow_registry as reg
 
     settings = settings or get_settings()
     client = client or reg.get_client()
     model = settings.registered_model_name
-    current = get_platform(settings).router().get(rt.route_name(model))
+    platform = get_platform(settings)
+    router = platform.router()
+    current = router.get(rt.route_name(model))
     check_owner(current, run_id)
     mine = rt.state(current) if current is not None and rt.state(current).get("run") == run_id else {}
-    stable_service = rt.serving_at_100(current) if current is not None else None
+    try:
+        match = rt.selector((rules.analysis_policy(req, platform.name).get("route") or {}).get("match"), model)
+    except rt.RouteError as exc:
+        raise RolloutError(f"analysis_policy: {exc}") from exc
+    canary_now = rt.served_name(model, mine["canary"]) if mine else None
+    stable_service = read_route(router, current, model, match, canary=canary_now)["stable"] if current else None
     if mine:  # a retry of this run: the route already says who is who
         canary_version, stable_version = mine["canary"], mine.get("stable")
     elif req["action"] == "rollback":
@@ -74,6 +85,7 @@ def resolve(req: Mapping[str, Any], run_id: str, settings: Settings | None = Non
                    "mlflow_run_id": mv.run_id, "dataset_version": (mv.tags or {}).get(reg.DATASET_TAG)},
         "stable": stable,
         "steps": list(req["steps"]),
+        "route_match": match,
     }
     plan["direct"] = plan["stable"] is None or req["action"] == "rollback"
     if noop:
@@ -81,40 +93,69 @@ def resolve(req: Mapping[str, Any], run_id: str, settings: Settings | None = Non
     return plan
 
 
+def read_route(router: Any, route: Mapping[str, Any], model: str, match: Mapping[str, Any] | None,
+               canary: str | None = None) -> dict[str, Any]:
+    """The model's rules and stable on `route` (`route.read`), with the ReferenceGrants of the namespaces
+    its rules refer to read through the router; a route the rollout cannot edit is a RolloutError."""
+    try:
+        grants = [g for ns in rt.foreign_namespaces(route, model, match) for g in router.reference_grants(ns)]
+        return rt.read(route, model, match=match, canary=canary, grants=grants)
+    except rt.RouteError as exc:
+        raise RolloutError(f"HTTPRoute {router.namespace}/{route['metadata']['name']}: {exc}") from exc
+
+
 def analysis_policy(req: Mapping[str, Any], settings: Settings | None = None) -> dict[str, Any]:
     return rules.analysis_policy(req, get_platform(settings).name)
 
 
 def deploy(plan: Mapping[str, Any], settings: Settings | None = None, *, wait_ready: bool = True) -> str:
-    """Start (or find) the canary's server and attach it to the route at weight 0; claim the route.
+    """Check the route, start (or find) the canary's server, attach it to the route at weight 0 and
+    claim the route.
 
-    `wait_ready=False` returns once the server is started, without holding the caller while the
-    model loads: the DAG's `wait_ready` task waits for it deferred, in the triggerer.
+    The route is checked before any server starts: one the rollout cannot edit, or whose stable is
+    no longer the plan's, stops it here with nothing deployed. `wait_ready=False` returns once the
+    server is started, without holding the caller while the model loads: the DAG's `wait_ready` task
+    waits for it deferred, in the triggerer.
     """
     settings = settings or get_settings()
-    servers = get_platform(settings).servers()
+    platform = get_platform(settings)
+    router, servers = platform.router(), platform.servers()
+    name = rt.route_name(plan["model"])
+    canary, stable = plan["canary"]["service"], (plan["stable"] or {}).get("service")
+    match = plan.get("route_match")
+
+    def check(route: dict) -> dict:
+        """The route with the canary attached, or RolloutError: the same check before and at the write."""
+        found = read_route(router, route, plan["model"], match)["stable"]
+        if found != stable:
+            raise RolloutError(f"HTTPRoute {router.namespace}/{name}: its stable is now {found}, the plan's "
+                               f"{stable}: the route changed since resolve; run again")
+        try:
+            return rt.attach(route, stable, canary, match=match)
+        except rt.RouteError as exc:
+            raise RolloutError(f"HTTPRoute {router.namespace}/{name}: {exc}") from exc
+
+    current = router.get(name)
+    if current is not None:
+        check_owner(current, plan["run_id"])
+        if rt.state(current).get("run") != plan["run_id"]:
+            check(current)
     if plan["stable"]:
         # As a Deployment's controller would: a stable server that is gone (a local `stop-all`, a
         # reboot) serves again before the route moves. A no-op where it runs.
         servers.deploy(plan["stable"]["service"], plan["stable"]["source"])
     url = servers.deploy(plan["canary"]["service"], plan["canary"]["source"], wait=wait_ready)
     servers.ensure_observability()
-    router = get_platform(settings).router()
-    name = rt.route_name(plan["model"])
-    canary, stable = plan["canary"]["service"], (plan["stable"] or {}).get("service")
 
     def edit(route: dict) -> dict:
         check_owner(route, plan["run_id"])
         if rt.state(route).get("run") == plan["run_id"]:
             return route  # already claimed by this run (a retry)
-        if stable:
-            route = rt.attach(route, stable, canary)
-        elif canary not in rt.weights(route):
-            for rule in route["spec"]["rules"]:
-                rule.setdefault("backendRefs", []).append({"name": canary, "port": rt.SERVICE_PORT, "weight": 0})
-        return rt.with_state(route, new_state(plan, phase="Deploying", step=-1, weight=0))
+        route = check(route)
+        return rt.with_state(route, new_state(plan, phase="Deploying", step=-1, weight=0,
+                                              base=rt.base_weights(route, canary, match=match)))
 
-    if router.get(name) is None:
+    if current is None:
         try:
             router.create(rt.new_route(plan["model"], settings.serving_namespace,
                                        backends={stable: 100} if stable else {canary: 0}))
@@ -145,8 +186,7 @@ def begin_step(plan: Mapping[str, Any], index: int, settings: Settings | None = 
         if st.get("phase") in ("Aborted", "Promoted"):
             raise RolloutError(f"rollout already {st['phase']}: no further step")
         attempts = st.get("attempts", 0) + 1 if st.get("step") == index else 1
-        if rt.weights(route).get(canary) != weight:
-            route = rt.set_weights(route, stable, canary, weight)
+        route = rt.set_weights(route, stable, canary, weight, match=plan.get("route_match"))  # same weights on a retry
         return rt.with_state(route, {**st, "phase": "Progressing", "step": index, "weight": weight,
                                      "attempts": attempts, "analysis_started_at": time.time()})
 
@@ -164,7 +204,10 @@ def current_step(plan: Mapping[str, Any], settings: Settings | None = None) -> i
 
 
 def abort(plan: Mapping[str, Any], reason: str, settings: Settings | None = None) -> dict:
-    """Canary weight 0 in ONE update (with the Aborted state), before anything else; idempotent."""
+    """Canary weight 0 in ONE update (with the Aborted state), before anything else; idempotent.
+
+    The other backends of the model's rules get back the weights they had when the run claimed the route.
+    """
     canary = plan["canary"]["service"]
     stable = (plan["stable"] or {}).get("service")
 
@@ -174,8 +217,8 @@ def abort(plan: Mapping[str, Any], reason: str, settings: Settings | None = None
             raise RolloutBusy(f"route owned by run {st.get('run')!r}")
         if st.get("run") == plan["run_id"] and st.get("phase") == "Aborted":
             return route
-        if stable and canary in rt.weights(route):
-            route = rt.set_weights(route, stable, canary, 0)
+        if canary in rt.weights(route):
+            route = rt.set_weights(route, stable, canary, 0, match=plan.get("route_match"))
         return rt.with_state(route, {**new_state(plan), **{k: v for k, v in st.items() if k == "step"},
                                      "phase": "Aborted", "weight": 0, "reason": reason[:500]})
 
@@ -185,7 +228,8 @@ def abort(plan: Mapping[str, Any], reason: str, settings: Settings | None = None
 
 
 def promote(plan: Mapping[str, Any], note: str = "", settings: Settings | None = None) -> dict:
-    """Canary at 100 % (stable 0) with the Promoted state; idempotent."""
+    """Canary at 100 % of the model's rules (every other backend of them at 0) with the Promoted state;
+    idempotent. Other rules are not touched."""
     canary = plan["canary"]["service"]
     stable = (plan["stable"] or {}).get("service")
 
@@ -194,12 +238,7 @@ def promote(plan: Mapping[str, Any], note: str = "", settings: Settings | None =
         st = rt.state(route)
         if st.get("phase") == "Aborted" and st.get("run") == plan["run_id"]:
             raise RolloutError("this rollout was aborted; it cannot be promoted")
-        if stable and stable in rt.weights(route):
-            route = rt.set_weights(route, stable, canary, 100)
-        else:
-            for rule in route["spec"]["rules"]:
-                for ref in rule.get("backendRefs") or []:
-                    ref["weight"] = 100 if ref["name"] == canary else 0
+        route = rt.set_weights(route, stable, canary, 100, match=plan.get("route_match"))
         return rt.with_state(route, {**new_state(plan), **st, "phase": "Promoted", "weight": 100,
                                      "step": len(plan["steps"]) - 1, "note": note})
 

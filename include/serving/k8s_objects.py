@@ -22,9 +22,8 @@ from include.serving.route import SERVICE_PORT, route_name, served_name
 from include.settings import Settings, get_settings
 
 # The server image is `settings.serving_image` (images/vllm: upstream vLLM plus the non-root user
-# RUN_AS_USER, which the pods run as). The adapter fetcher is upstream's; it runs as that uid too,
-# with HOME on /tmp and writing only the adapters emptyDir.
-AWS_CLI_IMAGE = "public.ecr.aws/aws-cli/aws-cli:2.31.0"
+# RUN_AS_USER, which the pods run as). The adapter fetcher is `settings.aws_cli_image` (upstream's);
+# it runs as that uid too, with HOME on /tmp, writing only the tmp and adapters emptyDirs.
 SERVICE_ACCOUNT = "vllm"  # IRSA / Pod Identity: read-only on the model bucket
 STARTUP_BUDGET_S = 1200  # pulling a multi-GB image and streaming weights: 20 minutes before giving up
 MAX_MODEL_LEN = 4096
@@ -32,10 +31,10 @@ GPUS = 1
 # What EksRouter / EksServers call, as RBAC (apiGroup, resource, verbs): the Role grants exactly this.
 API_CALLS = {
     ("gateway.networking.k8s.io", "httproutes"): ("create", "get", "update"),
-    ("apps", "deployments"): ("create", "list"),
+    ("apps", "deployments"): ("create", "list", "patch"),
     ("apps", "deployments/scale"): ("patch",),
     ("", "services"): ("create",),
-    ("policy", "poddisruptionbudgets"): ("create",),
+    ("policy", "poddisruptionbudgets"): ("create", "patch"),
 }
 
 
@@ -79,7 +78,10 @@ def version_objects(model: str, version: str | int, source_uri: str, *, settings
         "imagePullPolicy": pull_policy(settings.serving_image),  # IfNotPresent for a digest, Always for a tag
         "args": _args(name, source_uri, method, base_model_uri),
         "ports": [{"name": "http", "containerPort": SERVICE_PORT}],
+        # Every cache (HF, vLLM's, torch compile, Triton, FlashInfer) goes under HOME; temporary files
+        # and vLLM's IPC sockets under /tmp. Both are emptyDirs: the image's filesystem is read-only.
         "env": [{"name": "HOME", "value": "/cache"}, {"name": "HF_HOME", "value": "/cache/hf"},
+                {"name": "VLLM_CACHE_ROOT", "value": "/cache/vllm"}, {"name": "TMPDIR", "value": "/tmp"},
                 {"name": "VLLM_NO_USAGE_STATS", "value": "1"}, {"name": "DO_NOT_TRACK", "value": "1"},
                 {"name": "AWS_REGION", "value": "us-east-1"}],
         "resources": gpu_pod_resources(pool, GPUS),
@@ -87,23 +89,29 @@ def version_objects(model: str, version: str | int, source_uri: str, *, settings
                          "failureThreshold": STARTUP_BUDGET_S // 10},
         "readinessProbe": {"httpGet": {"path": "/v1/models", **probe}, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {"httpGet": {"path": "/health", **probe}, "periodSeconds": 15, "failureThreshold": 4},
-        "volumeMounts": [{"name": "cache", "mountPath": "/cache"}, {"name": "shm", "mountPath": "/dev/shm"}],
-        "securityContext": _api(restricted_container(read_only_root=False)),  # vLLM writes caches under HOME
+        "volumeMounts": [{"name": "cache", "mountPath": "/cache"}, {"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "shm", "mountPath": "/dev/shm"}],
+        "securityContext": _api(restricted_container()),
     }
-    volumes = [{"name": "cache", "emptyDir": {"sizeLimit": "50Gi"}},
+    volumes = [{"name": "cache", "emptyDir": {"sizeLimit": "50Gi"}}, {"name": "tmp", "emptyDir": {"sizeLimit": "5Gi"}},
                {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]
     init = []
     if method == "lora":
         container["volumeMounts"].append({"name": "adapters", "mountPath": "/adapters", "readOnly": True})
         volumes.append({"name": "adapters", "emptyDir": {"sizeLimit": "5Gi"}})
-        init.append({"name": "fetch-adapter", "image": AWS_CLI_IMAGE,
+        init.append({"name": "fetch-adapter", "image": settings.aws_cli_image,
+                     "imagePullPolicy": pull_policy(settings.aws_cli_image),
                      "args": ["s3", "sync", "--only-show-errors", source_uri, f"/adapters/{name}"],
                      "env": [{"name": "HOME", "value": "/tmp"}],
-                     "volumeMounts": [{"name": "adapters", "mountPath": "/adapters"}],
+                     "volumeMounts": [{"name": "adapters", "mountPath": "/adapters"},
+                                      {"name": "tmp", "mountPath": "/tmp"}],
                      "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "512Mi"}},
-                     "securityContext": _api(restricted_container(read_only_root=False))})
+                     "securityContext": _api(restricted_container())})
     pod_spec: dict[str, Any] = {
         "serviceAccountName": SERVICE_ACCOUNT,
+        # No Kubernetes API token: vLLM never calls the API server (IRSA and Pod Identity project their
+        # own AWS token).
+        "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "nodeSelector": dict(pool.node_selector),
         "tolerations": pool.tolerations(),
@@ -125,9 +133,12 @@ def version_objects(model: str, version: str | int, source_uri: str, *, settings
     service = {"apiVersion": "v1", "kind": "Service", "metadata": meta,
                "spec": {"selector": _selector(model, version),
                         "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}]}}
-    # A voluntary eviction (consolidation, drain) never takes a version below one ready server.
+    # Voluntary evictions (Karpenter's consolidation and expiry, a drain) take one server at a time.
+    # Not minAvailable: 1, which at replicas 1 refuses every eviction: the GPU node could then never be
+    # consolidated, expired or drained. The price at replicas 1: from the eviction until the new pod
+    # is Ready (the model loads again) the version has no server; run 2 replicas to avoid that gap.
     pdb = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta,
-           "spec": {"minAvailable": 1, "selector": {"matchLabels": _selector(model, version)}}}
+           "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _selector(model, version)}}}
     return {"deployment": deployment, "service": service, "pdb": pdb}
 
 

@@ -1,16 +1,22 @@
-"""The HTTPRoute: the single source of truth for the traffic split, and the rollout's state.
+"""The HTTPRoute: the traffic split, and the rollout's state.
 
-Pure functions over the `gateway.networking.k8s.io/v1` HTTPRoute dict, used by both router
-implementations (local file + Envoy, eks API), so the edit is the same object on both profiles.
+Pure functions over the `gateway.networking.k8s.io/v1` HTTPRoute dict, used by every router (a file
+and Envoy locally, the Kubernetes API on eks), so an edit is the same object on every platform.
 
-The weight edit follows the Argo Rollouts Gateway API plugin's rule: only the `weight` of the
-backendRefs named for stable and canary changes, in every rule that references them; other rules
-and backendRefs are untouched. Attaching the canary (a weight-0 backendRef next to stable's, in the
-same rules) and detaching the loser after scale-down are separate, explicit edits.
+A route may be shared: other models' rules (matched by a header or a path) sit beside this model's,
+and other backends beside its versions. The edits here touch only the backendRefs of the rules that
+route the model (route_read.py says which, and `read` refuses a route the rollout cannot edit); every
+other rule comes out byte-identical. The names and the reading are re-exported here, so callers
+import one module.
+
+A backend's share is its weight over the sum of its rule's weights, a missing weight counting 1
+(Gateway API). Setting the canary to X % writes each of those rules to a total that is a multiple of
+100: the canary at exactly X % of it, every other backend sharing the rest in the proportions it had
+before the rollout (recorded in the state as `base`, so steps never drift); 0 % writes those weights
+back as they were.
 
 The rollout's state lives in annotations on the route (`STATE_ANNOTATION`, JSON), so a restarted
-task reads where it was from the route itself: run, phase, versions, services, steps, current
-step index and weight.
+task reads where it was from the route itself: run, phase, versions, steps, current step and weight.
 """
 
 from __future__ import annotations
@@ -18,43 +24,41 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import time
 from collections.abc import Mapping
+from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from include.serving.route_read import (
+    GROUP,
+    SERVICE_PORT,
+    backend_refs,
+    filter_problem,
+    rules_of,
+    version_base,
+    weight_of,
+)
+from include.serving.route_read import RouteError as RouteError
+from include.serving.route_read import foreign_namespaces as foreign_namespaces
+from include.serving.route_read import granted as granted
+from include.serving.route_read import model_rules as model_rules
+from include.serving.route_read import read as read
+from include.serving.route_read import route_name as route_name
+from include.serving.route_read import selector as selector
+from include.serving.route_read import served_name as served_name
 from include.validation import Rule
 
-API_VERSION = "gateway.networking.k8s.io/v1"
+API_VERSION = f"{GROUP}/v1"
 ANNOTATION_PREFIX = "rollout.llmops.io/"
 STATE_ANNOTATION = ANNOTATION_PREFIX + "state"
 IN_PROGRESS_ANNOTATION = ANNOTATION_PREFIX + "in-progress"
 UPDATED_AT_ANNOTATION = ANNOTATION_PREFIX + "updated-at"  # epoch seconds of the last state change
-SERVICE_PORT = 8000
 PHASES = ("Deploying", "Progressing", "Paused", "Promoted", "Aborted")
-
-
-class RouteError(ValueError):
-    """The route cannot take the edit (missing backendRef, invalid object, ...)."""
-
-
-def served_name(model_name: str, version: str | int) -> str:
-    """The served model name, Service and Envoy cluster name of a version: `<model>-v<version>`.
-
-    It carries the version, so vLLM's `model_name` label and the gateway's per-backend stats tell
-    canary and stable apart. An RFC 1123 label (a Service name).
-    """
-    base = re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")[:50] or "model"
-    name = f"{base}-v{version}"
-    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
-        raise RouteError(f"version {version!r}: cannot form a Service name from it")
-    return name
-
-
-def route_name(model_name: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")[:63] or "model"
+# The totals a rule's weights are written to: the first keeps weights readable as percentages; the
+# last is the largest weight the HTTPRoute CRD accepts.
+TOTALS = (100, 1_000, 10_000, 100_000, 1_000_000)
 
 
 def new_route(model_name: str, namespace: str, *, gateway: str = "llm-gateway",
@@ -75,78 +79,169 @@ def new_route(model_name: str, namespace: str, *, gateway: str = "llm-gateway",
     }
 
 
-def _refs(rule: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return rule.get("backendRefs") or []
+def _key(ref: Mapping[str, Any]) -> str:
+    return f"{ref.get('namespace', '')}/{ref.get('name')}:{ref.get('port', '')}"
 
 
-def rules_referencing(route: Mapping[str, Any], service: str) -> list[int]:
-    return [i for i, rule in enumerate(route["spec"].get("rules") or [])
-            if any(ref.get("name") == service for ref in _refs(rule))]
+# ---- the edits ----
+
+def _model_rules(route: Mapping[str, Any], canary: str, match: Mapping[str, Any] | None,
+                 what: str) -> tuple[dict[str, Any], list[dict], list[int]]:
+    """A copy of the route, its rules, and the indexes of those that route the canary's model."""
+    out = copy.deepcopy(dict(route))
+    base = version_base(canary)
+    chosen = rules_of(out, base, match)
+    if not chosen:
+        raise RouteError(f"no rule routes {base}: nowhere to {what} for {canary}")
+    return out, out["spec"].get("rules") or [], chosen
 
 
-def weights(route: Mapping[str, Any]) -> dict[str, int]:
-    """service -> weight, from the first rule that references each (the rollout keeps them equal)."""
-    out: dict[str, int] = {}
-    for rule in route["spec"].get("rules") or []:
-        for ref in _refs(rule):
-            out.setdefault(ref["name"], int(ref.get("weight", 1)))
+def attach(route: Mapping[str, Any], stable: str | None, canary: str, *,
+           match: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A copy with `canary` at weight 0 in every rule that routes its model (a no-op where it is).
+
+    Its backendRef is the servers': the Service in the route's own namespace on SERVICE_PORT (never a
+    copy of the stable's namespace), with the stable's backendRef filters of that rule.
+    """
+    out, rules, chosen = _model_rules(route, canary, match, "attach it")
+    for i in chosen:
+        refs = rules[i].setdefault("backendRefs", [])
+        if any(ref.get("name") == canary for ref in refs):
+            continue
+        ref: dict[str, Any] = {"name": canary, "port": SERVICE_PORT, "weight": 0}
+        if stable is not None:
+            template = next((r for r in refs if r.get("name") == stable), None)
+            if template is None:
+                raise RouteError(f"rule {i} routes {version_base(canary)} but has no backendRef {stable} "
+                                 f"to put {canary} beside")
+            for filt in template.get("filters") or []:
+                if problem := filter_problem(filt, stable):
+                    raise RouteError(f"rule {i}: backendRef {stable} has {problem}")
+            if template.get("filters"):
+                ref["filters"] = copy.deepcopy(template["filters"])
+        refs.append(ref)
     return out
 
 
-def serving_at_100(route: Mapping[str, Any]) -> str | None:
-    """The backend taking all traffic (every other weight 0), or None."""
-    live = [svc for svc, w in weights(route).items() if w > 0]
-    return live[0] if len(live) == 1 else None
+def base_weights(route: Mapping[str, Any], canary: str, *,
+                 match: Mapping[str, Any] | None = None) -> dict[str, list[list[Any]]]:
+    """The weights of the backends beside `canary` in the model's rules, as written (None when missing):
+    what the rollout records when it claims the route, and what `set_weights` shares the rest by."""
+    rules = route["spec"].get("rules") or []
+    return {str(i): [[_key(ref), ref.get("weight")] for ref in backend_refs(rules[i]) if ref.get("name") != canary]
+            for i in rules_of(route, version_base(canary), match)}
 
 
-def set_weights(route: Mapping[str, Any], stable: str, canary: str, canary_weight: int) -> dict[str, Any]:
-    """A copy with canary at `canary_weight` and stable at 100 - it, in every rule naming them.
+def _recorded(route: Mapping[str, Any], canary: str) -> dict[str, list[list[Any]]]:
+    st = state(route)
+    if st.get("canary") is None or f"{version_base(canary)}-v{st['canary']}" != canary:
+        return {}
+    return st.get("base") or {}
 
-    Argo's rule: both backendRefs must be referenced; nothing else changes.
+
+def _apportion(total: int, parts: list[int]) -> list[int]:
+    """`total` split in proportion to `parts` (largest remainder; a tie goes to the earlier backend)."""
+    whole = sum(parts)
+    exact = [Fraction(total * p, whole) for p in parts]
+    out = [int(e) for e in exact]
+    for j in sorted(range(len(parts)), key=lambda j: (out[j] - exact[j], j))[:total - sum(out)]:
+        out[j] += 1
+    return out
+
+
+def _split(percent: int, others: list[int], where: str) -> tuple[int, list[int]]:
+    """The canary's weight and the others' at `percent`: over a total of 100 (1,000, ... when a backend
+    that takes traffic would otherwise round to 0), the canary exactly `percent` of it."""
+    if percent == 100:
+        return 100, [0] * len(others)
+    whole = sum(others)
+    if whole == 0:
+        raise RouteError(f"{where}: no backend besides the canary takes traffic, so none can take the other "
+                         f"{100 - percent} %")
+    total = next((t for t in TOTALS if all(w == 0 or (t - percent * t // 100) * w >= whole for w in others)),
+                 TOTALS[-1])
+    canary = percent * total // 100
+    return canary, _apportion(total - canary, others)
+
+
+def _put(ref: dict[str, Any], weight: int | None) -> None:
+    if weight is None:
+        ref.pop("weight", None)
+    else:
+        ref["weight"] = weight
+
+
+def set_weights(route: Mapping[str, Any], stable: str | None, canary: str, canary_weight: int, *,
+                match: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A copy with `canary` at `canary_weight` % of every rule that routes its model.
+
+    The other backends of those rules share the rest in the proportions they had when the rollout
+    claimed the route (the state's `base`), else in their current ones; when none of them takes
+    traffic, `stable` takes it. At 0 % they get their recorded weights back as they were written.
     """
     Rule("canary weight", "integer", 0, 100, error=RouteError).check(canary_weight)
-    out = copy.deepcopy(dict(route))
-    touched = 0
-    for rule in out["spec"].get("rules") or []:
-        names = {ref.get("name") for ref in _refs(rule)}
-        if canary in names and stable in names:
-            for ref in _refs(rule):
-                if ref.get("name") == canary:
-                    ref["weight"] = canary_weight
-                elif ref.get("name") == stable:
-                    ref["weight"] = 100 - canary_weight
-            touched += 1
-        elif canary in names or stable in names:
-            raise RouteError(f"a rule references only one of {stable!r}/{canary!r}: the split needs both")
-    if not touched:
-        raise RouteError(f"no rule references both {stable!r} and {canary!r}")
-    return out
-
-
-def attach(route: Mapping[str, Any], stable: str, canary: str) -> dict[str, Any]:
-    """Add `canary` at weight 0 to every rule that references `stable` (no-op when present)."""
-    out = copy.deepcopy(dict(route))
-    rules = out["spec"].get("rules") or []
-    targets = rules_referencing(out, stable)
-    if not targets:
-        raise RouteError(f"no rule references the stable backend {stable!r}")
-    for i in targets:
-        refs = rules[i]["backendRefs"]
-        if not any(ref.get("name") == canary for ref in refs):
-            template = next(ref for ref in refs if ref.get("name") == stable)
-            refs.append({**copy.deepcopy(template), "name": canary, "weight": 0})
+    out, rules, chosen = _model_rules(route, canary, match, "set its weight")
+    recorded = _recorded(out, canary)
+    for i in chosen:
+        refs = backend_refs(rules[i])
+        mine = [ref for ref in refs if ref.get("name") == canary]
+        if not mine and canary_weight == 0:
+            continue  # nothing of the canary's to take back here
+        if len(mine) != 1:
+            raise RouteError(f"rule {i} has {len(mine) or 'no'} backendRef {canary}"
+                             + ("" if mine else ": attach it first"))
+        others = [ref for ref in refs if ref is not mine[0]]
+        entry = recorded.get(str(i))
+        if entry and [k for k, _ in entry] == [_key(ref) for ref in others]:
+            raw = [w for _, w in entry]
+            if canary_weight == 0:  # back as they were
+                mine[0]["weight"] = 0
+                for ref, w in zip(others, raw, strict=True):
+                    _put(ref, w)
+                continue
+        else:
+            raw = [ref.get("weight") for ref in others]
+        counted = [1 if w is None else int(w) for w in raw]
+        if not any(counted) and stable is not None:  # after a promotion: the stable takes the rest
+            counted = [1 if ref.get("name") == stable else 0 for ref in others]
+        if not any(counted) and canary_weight == 0:  # nothing else to give the traffic back to
+            mine[0]["weight"] = 0
+            continue
+        mine[0]["weight"], split = _split(canary_weight, counted, f"rule {i}")
+        for ref, w in zip(others, split, strict=True):
+            ref["weight"] = w
     return out
 
 
 def detach(route: Mapping[str, Any], service: str) -> dict[str, Any]:
-    """Remove a weight-0 backendRef everywhere (the scaled-down loser). Refuses a live one."""
+    """A copy without `service`'s backendRefs (the scaled-down loser); refuses one that still takes
+    traffic. Rules that do not name it stay as they are."""
     out = copy.deepcopy(dict(route))
     for rule in out["spec"].get("rules") or []:
-        for ref in _refs(rule):
-            if ref.get("name") == service and int(ref.get("weight", 1)) != 0:
-                raise RouteError(f"{service!r} still has weight {ref.get('weight')}: set it to 0 first")
-        rule["backendRefs"] = [ref for ref in _refs(rule) if ref.get("name") != service]
+        refs = backend_refs(rule)
+        if not any(ref.get("name") == service for ref in refs):
+            continue
+        for ref in refs:
+            if ref.get("name") == service and weight_of(ref) != 0:
+                raise RouteError(f"{service!r} still has weight {weight_of(ref)}: set it to 0 first")
+        rule["backendRefs"] = [ref for ref in refs if ref.get("name") != service]
     return out
+
+
+def weights(route: Mapping[str, Any]) -> dict[str, int]:
+    """service -> weight, from the first rule that references each. Use it for zero or not: the rollout
+    gives a version the same share in every rule of the model, but not always the same weight."""
+    out: dict[str, int] = {}
+    for rule in route["spec"].get("rules") or []:
+        for ref in backend_refs(rule):
+            out.setdefault(ref["name"], weight_of(ref))
+    return out
+
+
+def shares(rule: Mapping[str, Any]) -> dict[str, float]:
+    """backend -> its share of the rule's traffic: its weight over the sum of the rule's (0 when that is 0)."""
+    whole = sum(weight_of(ref) for ref in backend_refs(rule))
+    return {ref.get("name"): (weight_of(ref) / whole if whole else 0.0) for ref in backend_refs(rule)}
 
 
 def state(route: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,7 +278,7 @@ def with_state(route: Mapping[str, Any], new_state: Mapping[str, Any]) -> dict[s
 def weight_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tuple[int, str, int, int]]:
     """(rule index, backend, old weight, new weight) for every changed weight; raises on any other change.
 
-    The check a patch must pass under the Argo plugin's rule, used by tests and before every write.
+    What a step's edit may change: weights and annotations only (the tests check steps' writes with it).
     """
     a, b = copy.deepcopy(dict(before)), copy.deepcopy(dict(after))
     changes = []
@@ -191,7 +286,7 @@ def weight_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[
     if len(rules_a) != len(rules_b):
         raise RouteError("the number of rules changed")
     for i, (ra, rb) in enumerate(zip(rules_a, rules_b, strict=True)):
-        refs_a, refs_b = _refs(ra), _refs(rb)
+        refs_a, refs_b = backend_refs(ra), backend_refs(rb)
         if [r.get("name") for r in refs_a] != [r.get("name") for r in refs_b]:
             raise RouteError(f"rule {i}: the backendRefs changed, not only their weights")
         for x, y in zip(refs_a, refs_b, strict=True):

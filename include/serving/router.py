@@ -48,5 +48,10 @@ class Router(ABC):
                 log.info("HTTPRoute %s changed under us (attempt %d): re-reading", name, attempt + 1)
         raise Conflict(f"HTTPRoute {self.namespace}/{name}: still conflicting after {MAX_CONFLICT_RETRIES} tries")
 
+    def reference_grants(self, namespace: str) -> list[dict[str, Any]]:
+        """The ReferenceGrants in `namespace`: what lets the route refer to a backend there. A platform
+        without them has none, so the rollout refuses every cross-namespace backendRef on it."""
+        return []
+
     def apply_backends(self, obj: Mapping[str, Any]) -> None:  # noqa: B027 - local only
         """Make the data plane follow the route (local: Envoy); the eks gateway does it itself."""

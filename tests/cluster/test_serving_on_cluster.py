@@ -13,8 +13,11 @@ ReplicaSet controllers and kwok, which makes the scheduled pods Ready:
    redoes the edit, or gives up after MAX_CONFLICT_RETRIES;
 3. scale a version down (the deployments/scale subresource) and list what is deployed;
 4. a rollback to the previous champion, whose Deployment was scaled to 0 by the last promotion,
-   brings it back to Ready (the rollout's own deploy / promote / scale_down_loser);
-5. the serving Role grants no more than that (a few neighbouring calls are refused with 403).
+   brings it back to Ready (the rollout's own deploy / promote / scale_down_loser); deploy updates
+   a Deployment an older release rendered to today's spec (and its PDB to today's budget), never
+   lowers a stable's replicas, and its write is refused when made from a stale read;
+5. the serving Role grants no more than that (a few neighbouring calls are refused with 403);
+6. the PDB lets a single server's pod be evicted (a node drain, Karpenter's consolidation).
 
 The inference pool gets two more nodes here, as Karpenter would launch them for a second and third
 1-GPU vLLM pod; they and everything a test deploys are removed again, so later modules find the
@@ -204,7 +207,7 @@ def test_deploy_creates_the_version_and_its_pod_becomes_ready_on_the_inference_n
     dep = wait_ready(cp, svc)
     service = _core(cp).read_namespaced_service(svc, NS)
     pdb = client.PolicyV1Api(cp.api_client).read_namespaced_pod_disruption_budget(svc, NS)
-    assert dep.spec.replicas == 1 and pdb.spec.min_available == 1
+    assert dep.spec.replicas == 1 and pdb.spec.max_unavailable == 1 and pdb.spec.min_available is None
     assert service.spec.selector == dep.spec.selector.match_labels == pdb.spec.selector.match_labels
 
     # Scheduled by kube-scheduler onto the inference pool's node: the pod's tolerations against the
@@ -378,11 +381,91 @@ def test_rollback_to_a_version_scaled_to_zero_brings_it_back_to_ready(serving, s
     assert set(get_platform().servers().deployed()) == {v1}
 
 
+def _older_rendering(version: int, replicas: int) -> tuple[dict, dict]:
+    """The version's Deployment and PDB as an older release rendered them: the image's filesystem
+    writable, no /tmp volume, a PDB of minAvailable 1; the Deployment at `replicas`."""
+    from include.serving import k8s_objects
+    from include.settings import get_settings
+
+    objs = k8s_objects.version_objects(MODEL, version, SOURCE, settings=get_settings(), replicas=replicas)
+    pod = objs["deployment"]["spec"]["template"]["spec"]
+    pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
+    pod["containers"][0]["volumeMounts"] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] != "tmp"]
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "tmp"]
+    objs["pdb"]["spec"] = {"minAvailable": 1, "selector": objs["pdb"]["spec"]["selector"]}
+    return objs["deployment"], objs["pdb"]
+
+
+def test_deploy_updates_an_older_rendering_at_zero_to_todays_spec_and_ready(serving, serving_cluster):
+    """An aborted canary rolled again, or a rollback, to a version whose Deployment an older release
+    created and which sits at 0: deploy (as Airflow) writes today's spec and budget, and it serves."""
+    from kubernetes import client
+
+    from include.errors import Conflict
+    from include.platforms import get_platform
+    from include.serving import k8s_objects
+    from include.settings import get_settings
+
+    cp, svc = serving_cluster, _svc(3)
+    old_dep, old_pdb = _older_rendering(3, replicas=0)
+    _apps(cp).create_namespaced_deployment(NS, old_dep)  # the admin stands in for the older release
+    policy = client.PolicyV1Api(cp.api_client)
+    policy.create_namespaced_pod_disruption_budget(NS, old_pdb)
+    generation = _apps(cp).read_namespaced_deployment(svc, NS).metadata.generation
+
+    servers = get_platform().servers()
+    servers.deploy(svc, SOURCE, wait=False)
+    dep = wait_ready(cp, svc)  # the old code took the 409 as "exists": it stayed at 0, this timed out
+    want = k8s_objects.version_objects(MODEL, 3, SOURCE, settings=get_settings())
+    stored = cp.api_client.sanitize_for_serialization(dep)
+    [container] = stored["spec"]["template"]["spec"]["containers"]
+    assert dep.spec.replicas == 1 and dep.metadata.generation > generation
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["volumeMounts"] == want["deployment"]["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert {v["name"] for v in stored["spec"]["template"]["spec"]["volumes"]} == {
+        v["name"] for v in want["deployment"]["spec"]["template"]["spec"]["volumes"]}
+    pdb = policy.read_namespaced_pod_disruption_budget(svc, NS)
+    assert pdb.spec.max_unavailable == 1 and pdb.spec.min_available is None
+
+    # Deployed again (a retried task): the spec is already today's, nothing is written, nothing rolls.
+    servers.deploy(svc, SOURCE, wait=False)
+    again = wait_ready(cp, svc)
+    assert again.metadata.generation == dep.metadata.generation
+    assert len(_apps(cp).list_namespaced_replica_set(NS, label_selector=f"llmops.io/service={svc}").items) == 2
+
+    # The update is conditional on what deploy read: a write from a stale read is refused (409).
+    stale = [{"op": "replace", "path": "/metadata/resourceVersion", "value": dep.metadata.resource_version},
+             {"op": "add", "path": "/spec/replicas", "value": 1}]
+    _apps(cp).patch_namespaced_deployment_scale(svc, NS, {"spec": {"replicas": 2}})  # someone scales meanwhile
+    with pytest.raises(Conflict):
+        servers.kube.patch("Deployment", svc, stale, NS)
+    assert _apps(cp).read_namespaced_deployment(svc, NS).spec.replicas == 2
+
+
+def test_deploy_never_lowers_a_stable_that_runs_more(serving, serving_cluster):
+    """deploy runs on the stable at every rollout: one scaled to 3 (by hand, or by an autoscaler) keeps 3."""
+    from include.platforms import get_platform
+
+    cp, svc = serving_cluster, _svc(1)
+    servers = get_platform().servers()
+    servers.deploy(svc, SOURCE, wait=False)
+    wait_ready(cp, svc)
+    _apps(cp).patch_namespaced_deployment_scale(svc, NS, {"spec": {"replicas": 3}})
+    before = wait_ready(cp, svc)  # three inference nodes: one server on each
+    assert before.spec.replicas == 3
+
+    servers.deploy(svc, SOURCE, wait=False)
+    after = wait_ready(cp, svc)
+    assert after.spec.replicas == 3 and after.metadata.generation == before.metadata.generation
+    assert len(_pods(cp, svc)) == 3
+
+
 # ---- 5. least privilege ----
 
 def test_airflow_can_do_nothing_more_in_llm_serving(serving, serving_cluster):
     """Beyond the calls above, neighbouring ones are refused to Airflow's ServiceAccount: no delete,
-    no edit of a Deployment's spec (only its scale), no reading pods or Secrets, no deleting routes."""
+    no replacing or reading a Deployment (deploy patches it, reading it through list), no reading pods
+    or Secrets, no deleting routes or PDBs."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
@@ -401,8 +484,11 @@ def test_airflow_can_do_nothing_more_in_llm_serving(serving, serving_cluster):
     apps, core, custom = client.AppsV1Api(api), client.CoreV1Api(api), client.CustomObjectsApi(api)
     refused = {
         "delete deployment": lambda: apps.delete_namespaced_deployment(svc, NS),
-        "patch deployment": lambda: apps.patch_namespaced_deployment(
-            svc, NS, {"spec": {"template": {"spec": {"serviceAccountName": "default"}}}}),
+        "replace deployment": lambda: apps.replace_namespaced_deployment(
+            svc, NS, {"metadata": {"name": svc}, "spec": {"template": {"spec": {"serviceAccountName": "default"}}}}),
+        "patch deployment in default": lambda: apps.patch_namespaced_deployment(
+            svc, "default", {"spec": {"replicas": 2}}),
+        "delete pdb": lambda: client.PolicyV1Api(api).delete_namespaced_pod_disruption_budget(svc, NS),
         "read deployment": lambda: apps.read_namespaced_deployment(svc, NS),
         "list pods": lambda: core.list_namespaced_pod(NS),
         "list secrets": lambda: core.list_namespaced_secret(NS),
@@ -427,3 +513,25 @@ def test_airflow_can_do_nothing_more_in_llm_serving(serving, serving_cluster):
         api.close()
     assert got == dict.fromkeys(refused, 403)
     assert _apps(serving_cluster).read_namespaced_deployment(svc, NS).metadata.deletion_timestamp is None
+
+
+# ---- 6. the PDB lets a single server drain ----
+
+def test_a_single_servers_pod_can_be_evicted(serving, serving_cluster):
+    """What a node drain and Karpenter's consolidation and expiry do: the Eviction API. At replicas 1
+    the PDB allows it (minAvailable 1 refused it with 429, forever); the Deployment makes a new pod."""
+    from kubernetes import client
+
+    from include.platforms import get_platform
+
+    cp, svc = serving_cluster, _svc(1)
+    get_platform().servers().deploy(svc, SOURCE, wait=False)
+    wait_ready(cp, svc)
+    policy = client.PolicyV1Api(cp.api_client)
+    _wait_for("the disruption controller to allow one eviction", lambda: (
+        policy.read_namespaced_pod_disruption_budget(svc, NS).status.disruptions_allowed == 1))
+    [pod] = _pods(cp, svc)
+    _core(cp).create_namespaced_pod_eviction(pod.metadata.name, NS, client.V1Eviction(
+        metadata=client.V1ObjectMeta(name=pod.metadata.name, namespace=NS)))
+    _wait_for(f"{svc}'s new pod", lambda: [p for p in _pods(cp, svc) if p.metadata.uid != pod.metadata.uid])
+    wait_ready(cp, svc)

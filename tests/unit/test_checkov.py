@@ -1,5 +1,5 @@
-"""checkov on the kustomize output and the rendered objects: every failure left is in README's
-Security table with its reason, and the table lists nothing that no longer fails."""
+"""checkov on the kustomize output and the rendered objects (training and serving): every failure left is
+in README's Security table with its reason, and the table lists nothing that no longer fails."""
 
 from __future__ import annotations
 
@@ -40,3 +40,15 @@ def test_every_checkov_failure_is_documented_and_every_entry_still_fails():
     assert not stale, f"README lists failures checkov no longer reports: {stale}"
     workloads = [f for f in failed if "/llm-training/" in f[1]]
     assert {c for c, _ in workloads} <= {"CKV_K8S_11", "CKV_K8S_35", "CKV_K8S_8", "CKV_K8S_9"}
+    serving = [f for f in failed if "/llm-serving/" in f[1]]
+    assert {c for c, _ in serving} <= {"CKV_K8S_11"}
+
+
+def test_the_scan_covers_the_serving_objects():
+    """What the rollout's deploy creates is scanned: a version's Deployment (full and LoRA), Service and PDB."""
+    rendered = checkov_scan.objects()["rendered.yaml"]
+    kinds = {(d["kind"], d["metadata"]["namespace"]) for d in rendered}
+    assert {("Deployment", "llm-serving"), ("Service", "llm-serving"),
+            ("PodDisruptionBudget", "llm-serving")} <= kinds
+    inits = [d for d in rendered if d["kind"] == "Deployment" and d["spec"]["template"]["spec"].get("initContainers")]
+    assert inits, "the LoRA Deployment (with its adapter fetcher) is not scanned"

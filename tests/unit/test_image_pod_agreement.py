@@ -90,14 +90,24 @@ def test_pod_sets_every_variable_the_image_readme_promises(image):
     assert not missing, f"{image}: README promises {sorted(missing)} but the rendered pod does not set them"
 
 
-def test_the_servers_caches_are_volumes():
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_every_path_the_server_writes_is_a_volume(method):
+    """vLLM's caches under HOME and VLLM_CACHE_ROOT, /tmp (temporary files, its IPC sockets), and the
+    adapter fetcher's HOME: all emptyDirs, so every container's image filesystem is read-only."""
     contract = read_image("vllm")
-    spec, _ = serving_pod()
+    spec, _ = serving_pod(method)
     mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
     env = {**contract.env, **{k: e["value"] for k, e in pod_env(spec).items() if "value" in e}}
-    assert {"/cache", env["HOME"], env["HF_HOME"]} <= contract.writable_paths(env)
-    outside = sorted(p for p in contract.writable_paths(env) - {"/tmp"} if not under_a_mount(p, mounts))
+    assert {"/cache", "/tmp", env["HOME"], env["HF_HOME"], env["VLLM_CACHE_ROOT"]} <= contract.writable_paths(env)
+    outside = sorted(p for p in contract.writable_paths(env) if not under_a_mount(p, mounts))
     assert not outside, f"vllm: {outside} would be written to the image's own filesystem"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, container["name"]
+        assert all("emptyDir" in volumes[m["name"]] for m in container["volumeMounts"]), container["name"]
+    for container in spec.get("initContainers", []):
+        home = {e["name"]: e["value"] for e in container["env"]}["HOME"]
+        assert under_a_mount(home, {m["mountPath"] for m in container["volumeMounts"]}), container["name"]
 
 
 @pytest.mark.parametrize("image", ["evaluator", "nemo-trainer"])

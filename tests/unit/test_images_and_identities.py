@@ -8,7 +8,7 @@ import pytest
 
 from include.evaluation.k8s_pod import SERVICE_ACCOUNT as EVALUATOR_SA
 from include.evaluation.k8s_pod import manifest as evaluator_manifest
-from include.images import check_reference, pull_policy, registry
+from include.images import check_reference, has_digest, pull_policy, registry
 from include.settings import Settings, SettingsError
 from include.training.k8s_job import SERVICE_ACCOUNT as TRAINER_SA
 from include.training.k8s_job import render
@@ -77,6 +77,44 @@ def test_the_plan_carries_the_checked_setting_s_image():
         TRAINER_BY_DIGEST
     env = {"LLMOPS_PROFILE": "eks", "LLMOPS_DATA_ROOT": "s3://b/p", "LLMOPS_TRAINER_IMAGE": "ghcr.io/x/y"}
     with pytest.raises(SettingsError, match="LLMOPS_TRAINER_IMAGE='ghcr.io/x/y'"):
+        Settings.from_env(env)
+
+
+IMAGE_FIELDS = ("trainer_image", "evaluator_image", "serving_image", "aws_cli_image")
+
+
+def rendered_containers(settings: Settings) -> list[dict]:
+    """Every container the eks profile renders: the trainer's child Job, the evaluator pod, the vLLM
+    Deployment for a full model and for a LoRA adapter (with its fetcher init container)."""
+    from include.serving.k8s_objects import version_objects
+
+    specs = [render(train_plan(image=settings.trainer_image), settings).child_job()["spec"]["template"]["spec"],
+             evaluator_manifest(eval_job(), settings)["spec"]]
+    for method in ("full", "lora"):
+        dep = version_objects("llmops-assistant", 3, "s3://llmops-data/prod/models/a", settings=settings,
+                              method=method, base_model_uri="s3://llmops-data/prod/base/b")["deployment"]
+        specs.append(dep["spec"]["template"]["spec"])
+    return [c for spec in specs for c in [*spec.get("initContainers", []), *spec["containers"]]]
+
+
+def test_every_rendered_image_is_a_setting_or_pinned_by_digest():
+    """No image is written into the code by tag: each is a setting (checked when read, deployed by
+    digest) or, if ever hard-coded, pinned by digest; its pull policy follows the reference."""
+    settings = eks()
+    configured = {getattr(settings, f) for f in IMAGE_FIELDS}
+    containers = rendered_containers(settings)
+    assert {c["name"] for c in containers} >= {"fetch-adapter", "vllm"}
+    for c in containers:
+        assert c["image"] in configured or has_digest(c["image"]), c["name"]
+        assert c["imagePullPolicy"] == pull_policy(c["image"]), c["name"]
+
+
+def test_with_every_setting_by_digest_every_rendered_image_is_pinned():
+    settings = eks(**{f: f"123456789012.dkr.ecr.us-east-1.amazonaws.com/llmops/{f}@{DIGEST}" for f in IMAGE_FIELDS})
+    for c in rendered_containers(settings):
+        assert has_digest(c["image"]) and c["imagePullPolicy"] == "IfNotPresent", c["name"]
+    env = {"LLMOPS_PROFILE": "eks", "LLMOPS_DATA_ROOT": "s3://b/p", "LLMOPS_AWS_CLI_IMAGE": "aws-cli"}
+    with pytest.raises(SettingsError, match="LLMOPS_AWS_CLI_IMAGE='aws-cli'"):
         Settings.from_env(env)
 
 

@@ -77,7 +77,7 @@ def test_core_objects_validate():
 def test_karpenter_objects_validate_against_their_crds():
     require_crds()
     docs = [d for d in built() if needs_crds(d)]
-    assert {d["kind"] for d in docs} == {"NodePool", "EC2NodeClass", "Gateway", "PodMonitor"}
+    assert {d["kind"] for d in docs} == {"NodePool", "EC2NodeClass", "Gateway", "HTTPRoute", "PodMonitor"}
     errors = [e for d in docs for e in validation_errors(d)]
     assert not errors, "\n".join(errors)
 
@@ -184,8 +184,14 @@ def test_airflow_role_is_least_privilege():
     assert granted[("", "pods/log")] == {"get"} and granted[("", "events")] <= {"get", "list", "watch"}
     assert "*" not in str(role["rules"])
     # The one cluster-wide grant: Karpenter objects for the off-hours DAG (tests/unit/test_offhours_cleanup.py).
+    # The rollout's ReferenceGrant reader is a ClusterRole bound nowhere cluster-wide: a RoleBinding in
+    # each namespace a route refers to grants it there.
     assert {(k, n) for k, n in objects() if k in {"ClusterRole", "ClusterRoleBinding"}} == {
-        ("ClusterRole", "llmops-offhours-karpenter"), ("ClusterRoleBinding", "llmops-offhours-karpenter")}
+        ("ClusterRole", "llmops-offhours-karpenter"), ("ClusterRoleBinding", "llmops-offhours-karpenter"),
+        ("ClusterRole", "airflow-rollout-referencegrants")}
+    reader = objects()[("ClusterRole", "airflow-rollout-referencegrants")]
+    assert reader["rules"] == [{"apiGroups": ["gateway.networking.k8s.io"], "resources": ["referencegrants"],
+                                "verbs": ["list"]}]
 
 
 def test_role_is_bound_to_airflows_service_account_only():

@@ -1,5 +1,6 @@
-"""Who may talk to whom in llm-training: k8s/training/networkpolicies.yaml plus the per-run policy,
-evaluated against the labels of the pods the renderers actually produce."""
+"""Who may talk to whom: in llm-training (k8s/training/networkpolicies.yaml plus the per-run policy) and
+to the vLLM servers in llm-serving (k8s/serving/networkpolicy.yaml), evaluated against the labels of
+the pods the renderers actually produce."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ AIRFLOW = Endpoint.pod("airflow", {"component": "worker"})
 STRANGER = Endpoint.pod(NS, {"app": "debug-shell"})
 
 
-def static_policies() -> list[dict]:
-    return [d for d in manifests_from_files(REPO_ROOT / "k8s") if d["kind"] == "NetworkPolicy"]
+def static_policies(namespace: str = NS) -> list[dict]:
+    return [d for d in manifests_from_files(REPO_ROOT / "k8s")
+            if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == namespace]
 
 
 def launch(run_id: str):
@@ -44,10 +46,12 @@ POLICIES = [*static_policies(), *(as_manifest(r.network_policy) for r in (RUN_A,
 EVALUATOR = Endpoint.pod(NS, evaluator_manifest(eval_job(), SETTINGS)["metadata"]["labels"])
 
 
-def test_all_policies_validate_and_live_in_the_training_namespace():
-    for p in POLICIES:
+def test_all_policies_validate_and_live_in_the_training_or_serving_namespace():
+    every = [d for d in manifests_from_files(REPO_ROOT / "k8s") if d["kind"] == "NetworkPolicy"]
+    assert {p["metadata"]["namespace"] for p in every} == {NS, SETTINGS.serving_namespace}
+    for p in [*every, *POLICIES]:
         validate(p)
-        assert p["metadata"]["namespace"] == NS
+    assert all(p["metadata"]["namespace"] == NS for p in POLICIES)
 
 
 def test_the_rendezvous_port_is_the_one_the_pods_use():
@@ -98,3 +102,61 @@ def test_egress_is_dns_aws_endpoints_and_the_judge_only(who, dest, port, protoco
 
 def test_evaluator_cannot_reach_the_trainers():
     assert not connects(POLICIES, EVALUATOR, trainer(RUN_A), MASTER_PORT)
+
+
+# ---- llm-serving: the vLLM servers ----
+
+SERVING = SETTINGS.serving_namespace
+SERVING_POLICIES = static_policies(SERVING)
+# The peers as k8s/serving/networkpolicy.yaml's comment places them: the Gateway's Envoy proxies, labelled
+# by Envoy Gateway in its controller namespace; the Prometheus Operator's Prometheus; Airflow's pods
+# (the official chart's component labels).
+ENVOY = Endpoint.pod("envoy-gateway-system", {
+    "app.kubernetes.io/name": "envoy", "app.kubernetes.io/component": "proxy",
+    "gateway.envoyproxy.io/owning-gateway-name": "llm-gateway",
+    "gateway.envoyproxy.io/owning-gateway-namespace": SERVING})
+OTHER_GATEWAY = Endpoint.pod("envoy-gateway-system", {
+    **ENVOY.labels, "gateway.envoyproxy.io/owning-gateway-name": "public-gateway",
+    "gateway.envoyproxy.io/owning-gateway-namespace": "web"})
+PROMETHEUS = Endpoint.pod("monitoring", {"app.kubernetes.io/name": "prometheus", "prometheus": "k8s"})
+TRIGGERER = Endpoint.pod("airflow", {"component": "triggerer", "tier": "airflow"})
+AIRFLOW_WEB = Endpoint.pod("airflow", {"component": "api-server", "tier": "airflow"})
+NEIGHBOUR = Endpoint.pod(SERVING, {"app": "debug-shell"})
+
+
+def vllm() -> Endpoint:
+    from include.serving.k8s_objects import version_objects
+
+    dep = version_objects("llmops-assistant", 4, "s3://llmops-data/prod/models/a", settings=SETTINGS)["deployment"]
+    return Endpoint.pod(SERVING, dep["spec"]["template"]["metadata"]["labels"])
+
+
+def test_the_serving_policy_guards_the_servers_port_and_the_gateway_it_names():
+    import yaml
+
+    from include.serving.route import SERVICE_PORT
+
+    [policy] = SERVING_POLICIES
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert all(p["port"] == SERVICE_PORT for rule in policy["spec"]["ingress"] for p in rule["ports"])
+    gateway = yaml.safe_load((REPO_ROOT / "k8s/serving/gateway.yaml").read_text())
+    assert allowed(SERVING_POLICIES, vllm(), Endpoint.pod(ENVOY.namespace, {
+        **ENVOY.labels, "gateway.envoyproxy.io/owning-gateway-name": gateway["metadata"]["name"],
+        "gateway.envoyproxy.io/owning-gateway-namespace": gateway["metadata"]["namespace"]}), "Ingress", SERVICE_PORT)
+
+
+@pytest.mark.parametrize(("who", "port", "ok"), [
+    ("gateway", 8000, True), ("prometheus", 8000, True), ("airflow worker", 8000, True), ("triggerer", 8000, True),
+    ("gateway", 22, False), ("another gateway", 8000, False), ("a neighbour in llm-serving", 8000, False),
+    ("a trainer", 8000, False), ("the evaluator", 8000, False), ("airflow's api-server", 8000, False),
+])
+def test_only_the_gateway_prometheus_and_airflow_reach_the_servers(who, port, ok):
+    src = {"gateway": ENVOY, "prometheus": PROMETHEUS, "airflow worker": AIRFLOW, "triggerer": TRIGGERER,
+           "another gateway": OTHER_GATEWAY, "a neighbour in llm-serving": NEIGHBOUR, "a trainer": trainer(RUN_A),
+           "the evaluator": EVALUATOR, "airflow's api-server": AIRFLOW_WEB}[who]
+    assert allowed(SERVING_POLICIES, vllm(), src, "Ingress", port) is ok
+
+
+def test_the_serving_policy_leaves_other_pods_of_the_namespace_alone():
+    """It selects the vLLM servers only: the judge the evaluator calls is not isolated by it."""
+    assert allowed(SERVING_POLICIES, JUDGE, EVALUATOR, "Ingress", 8000)

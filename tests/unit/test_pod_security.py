@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from include.evaluation.k8s_pod import manifest as evaluator_manifest
+from include.serving.k8s_objects import version_objects
 from include.settings import Settings
 from include.training.k8s_job import render
 from tests.k8s_schemas import REPO_ROOT, manifests_from_files
@@ -61,6 +62,9 @@ def rendered_pods() -> dict[str, dict]:
         ["spec"],
         "trainer-single-node": render(train_plan(nodes=1), SETTINGS).child_job()["spec"]["template"]["spec"],
         "evaluator": evaluator_manifest(eval_job(), SETTINGS)["spec"],
+        **{f"vllm-{method}": version_objects("llmops-assistant", 2, "s3://llmops-data/prod/models/a", settings=SETTINGS,
+                                             method=method, base_model_uri="s3://llmops-data/prod/base/b")[
+            "deployment"]["spec"]["template"]["spec"] for method in ("full", "lora")},
     }
 
 

@@ -45,6 +45,22 @@ def test_version_objects_validate_and_carry_the_version():
         assert sel.items() <= labels.items()
 
 
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+def test_the_pdb_lets_one_server_at_a_time_drain(replicas):
+    """The disruption controller's arithmetic: an eviction is allowed while the healthy pods exceed
+    the desired ones. maxUnavailable 1 allows one at every replica count; minAvailable 1 allowed none at
+    replicas 1, so Karpenter could never consolidate, expire or drain a single server's node."""
+    spec = ko.version_objects(MODEL, 7, SRC, settings=EKS, replicas=replicas)["pdb"]["spec"]
+    assert "minAvailable" not in spec
+
+    def disruptions_allowed(budget: dict, healthy: int) -> int:
+        desired = replicas - budget["maxUnavailable"] if "maxUnavailable" in budget else budget["minAvailable"]
+        return max(0, healthy - desired)
+
+    assert disruptions_allowed(spec, healthy=replicas) == 1
+    assert disruptions_allowed({"minAvailable": 1}, healthy=1) == 0  # what it was
+
+
 def test_lora_serves_the_adapter_on_the_base():
     objs = ko.version_objects(MODEL, 3, SRC, settings=EKS, method="lora", base_model_uri="s3://b/base")
     validate(objs["deployment"])
@@ -140,6 +156,8 @@ class RecordingClient(ApiClient):
 
 
 def test_eks_seams_call_only_what_the_role_allows():
+    """On a fresh cluster and on one where the version exists (deploy updates it): together, exactly
+    the Role's calls."""
     client = RecordingClient()
     router = EksRouter(EKS, kube=kube(client))
     router.create(rt.new_route(MODEL, EKS.serving_namespace, backends={"llmops-assistant-v1": 100}))
@@ -148,17 +166,34 @@ def test_eks_seams_call_only_what_the_role_allows():
     servers.deploy("llmops-assistant-v2", SRC)
     servers.scale_down("llmops-assistant-v1")
     assert servers.deployed() == {}  # the off-hours cleanup's look for rollout leftovers
-    used = {(group, resource, verb) for verb, group, resource in client.calls}
+    existing = ExistingClient(stored(2, replicas=0))
+    EksServers(EKS, kube=kube(existing)).deploy("llmops-assistant-v2", SRC)
+    used = {(group, resource, verb) for verb, group, resource in client.calls | existing.calls}
     allowed = {(g, r, v) for (g, r), verbs in ko.API_CALLS.items() for v in verbs}
     assert used == allowed
 
 
-class ExistingClient(RecordingClient):
-    """As RecordingClient, on a cluster where the version's objects exist (every create is a 409)."""
+def stored(version: int, replicas: int, resource_version: str = "41") -> dict:
+    """The version's Deployment as the API server holds it: rendered by an older release (the image's
+    filesystem writable, no /tmp volume), at `replicas`."""
+    dep = ko.version_objects(MODEL, version, SRC, settings=EKS)["deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "tmp"]
+    dep["metadata"]["resourceVersion"] = resource_version
+    dep["spec"]["replicas"] = replicas
+    return dep
 
-    def __init__(self):
+
+class ExistingClient(RecordingClient):
+    """As RecordingClient, on a cluster where the version's objects exist (every create is a 409, a list
+    finds `deployment`); the first `conflicts` patches of the Deployment are refused as stale (409)."""
+
+    def __init__(self, deployment: dict, conflicts: int = 0):
         super().__init__()
-        self.patches: list[tuple[str, object]] = []
+        self.deployment, self.conflicts = deployment, conflicts
+        self.patches: list[tuple[str, object, object]] = []
+        self.lists = 0
 
     def call_api(self, resource_path, method, path_params=None, query_params=None, header_params=None, body=None,
                  *args, **kwargs):
@@ -167,23 +202,71 @@ class ExistingClient(RecordingClient):
         out = super().call_api(resource_path, method, path_params, query_params, header_params, body, *args, **kwargs)
         if method == "POST":
             raise ApiException(status=409, reason="AlreadyExists")
+        if method == "GET" and resource_path.endswith("/deployments"):
+            self.lists += 1
+            return {"items": [self.deployment]}
         if method == "PATCH":
-            self.patches.append((resource_path.rsplit("/", 1)[-1], (path_params or {}).get("name"), body))
+            resource = resource_path.rsplit("/", 2)[-2 if resource_path.endswith("{name}") else -1]
+            self.patches.append((resource, (path_params or {}).get("name"), body))
+            if resource == "deployments" and self.conflicts:
+                self.conflicts -= 1
+                raise ApiException(status=409, reason="Conflict")
         return out
 
 
-def test_redeploying_an_existing_version_scales_it_to_the_desired_replicas():
-    """A rollback to a version scaled to 0: the Deployment exists (409), so deploy sets its scale back to
-    the desired count, through the deployments/scale subresource the Role grants; nothing else changes."""
-    client = ExistingClient()
+def applied(ops: list[dict]) -> dict:
+    """What a JSON patch of top-level "add"s and the resourceVersion "replace" sets, path by path."""
+    assert all(op["op"] == "add" or op["path"] == "/metadata/resourceVersion" for op in ops), ops
+    return {op["path"]: op["value"] for op in ops}
+
+
+def test_redeploying_a_version_at_zero_writes_the_rendered_spec_and_the_desired_replicas():
+    """A rollback to a version scaled to 0, rendered by an older release: the Deployment exists (409),
+    so deploy patches it whole to today's rendering with replicas 1, conditional on what it read; the
+    PDB gets today's budget. Only calls the Role grants."""
+    client = ExistingClient(stored(1, replicas=0))
     servers = EksServers(EKS, kube=kube(client))
     assert servers.deploy("llmops-assistant-v1", SRC) == "http://llmops-assistant-v1.llm-serving.svc:8000"
-    desired = ko.version_objects(MODEL, 1, SRC, settings=EKS)["deployment"]["spec"]["replicas"]
-    assert client.patches == [("scale", "llmops-assistant-v1", {"spec": {"replicas": desired}})]
+    rendered = ko.version_objects(MODEL, 1, SRC, settings=EKS)
+    [(kind, name, ops), (pdb_kind, pdb_name, pdb_ops)] = client.patches
+    assert (kind, name, pdb_kind, pdb_name) == ("deployments", "llmops-assistant-v1",
+                                                "poddisruptionbudgets", "llmops-assistant-v1")
+    assert ops[0] == {"op": "replace", "path": "/metadata/resourceVersion", "value": "41"}
+    written = applied(ops)
+    assert written["/spec/template"] == rendered["deployment"]["spec"]["template"]
+    assert written["/spec/template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert written["/spec/strategy"] == rendered["deployment"]["spec"]["strategy"]
+    assert written["/spec/replicas"] == rendered["deployment"]["spec"]["replicas"] == 1
+    assert written["/metadata/labels"] == rendered["deployment"]["metadata"]["labels"]
+    assert "/spec/selector" not in written  # immutable
+    assert applied(pdb_ops) == {"/spec": rendered["pdb"]["spec"]}
     used = {(group, resource, verb) for verb, group, resource in client.calls}
-    assert used == {("apps", "deployments", "create"), ("", "services", "create"),
-                    ("policy", "poddisruptionbudgets", "create"), ("apps", "deployments/scale", "patch")}
+    assert used == {("apps", "deployments", "create"), ("apps", "deployments", "list"),
+                    ("apps", "deployments", "patch"), ("", "services", "create"),
+                    ("policy", "poddisruptionbudgets", "create"), ("policy", "poddisruptionbudgets", "patch")}
     assert used <= {(g, r, v) for (g, r), verbs in ko.API_CALLS.items() for v in verbs}
+
+
+def test_redeploying_a_stable_that_runs_more_keeps_its_replicas():
+    """deploy runs on the stable at every rollout: a stable scaled to 3 stays at 3, never back to 1."""
+    client = ExistingClient(stored(1, replicas=3))
+    EksServers(EKS, kube=kube(client)).deploy("llmops-assistant-v1", SRC)
+    assert applied(client.patches[0][2])["/spec/replicas"] == 3
+
+
+def test_a_stale_read_is_read_again_and_the_update_redone():
+    """Someone scaled the Deployment between the read and the write: the API server refuses the write
+    (409, the resourceVersion moved on), and deploy reads again before writing."""
+    client = ExistingClient(stored(1, replicas=0), conflicts=2)
+    EksServers(EKS, kube=kube(client)).deploy("llmops-assistant-v1", SRC)
+    assert client.lists == 3 and [p[0] for p in client.patches].count("deployments") == 3
+
+    from include.errors import Conflict
+    from include.serving.router import MAX_CONFLICT_RETRIES
+
+    client = ExistingClient(stored(1, replicas=0), conflicts=MAX_CONFLICT_RETRIES)
+    with pytest.raises(Conflict, match="still conflicting"):
+        EksServers(EKS, kube=kube(client)).deploy("llmops-assistant-v1", SRC)
 
 
 def test_deploy_raises_what_is_not_already_exists():

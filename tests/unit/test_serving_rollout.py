@@ -3,46 +3,16 @@ abort = canary weight 0 in one update, and nothing after a final phase."""
 
 from __future__ import annotations
 
-import copy
 from types import SimpleNamespace
 
 import pytest
 
-from include.errors import Conflict
 from include.lifecycle import rollout
 from include.serving import route as rt
 from include.serving.rollout import new_state
-from include.serving.router import Router
+from tests.memory_router import MemoryRouter
 
 S, C = "llmops-assistant-v1", "llmops-assistant-v2"
-
-
-class MemoryRouter(Router):
-    """resourceVersion semantics like the API server's; records every successful write."""
-
-    def __init__(self):
-        self.namespace = "llm-serving"
-        self.objs: dict[str, dict] = {}
-        self.writes: list[dict] = []
-
-    def get(self, name):
-        return copy.deepcopy(self.objs.get(name))
-
-    def create(self, obj):
-        obj = copy.deepcopy(dict(obj))
-        obj["metadata"]["resourceVersion"] = "1"
-        self.objs[obj["metadata"]["name"]] = obj
-        return obj
-
-    def replace(self, obj):
-        current = self.objs[obj["metadata"]["name"]]
-        if obj["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]:
-            raise Conflict("stale")
-        obj = copy.deepcopy(dict(obj))
-        obj["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
-        self.objs[obj["metadata"]["name"]] = obj
-        self.writes.append(copy.deepcopy(obj))
-        return obj
 
 
 @pytest.fixture
@@ -60,7 +30,9 @@ def plan(run="run-a", steps=(10, 50, 100)):
 
 
 def claim(router, p):
-    router.update("llmops-assistant", lambda r: rt.with_state(r, new_state(p, phase="Deploying", step=-1)))
+    """What deploy writes: the run's state, with the weights beside the canary as they were."""
+    router.update("llmops-assistant", lambda r: rt.with_state(
+        r, new_state(p, phase="Deploying", step=-1, base=rt.base_weights(r, p["canary"]["service"]))))
 
 
 def test_a_retried_step_changes_no_weight(router):

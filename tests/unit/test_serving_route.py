@@ -1,4 +1,5 @@
-"""The HTTPRoute edits: Argo's Gateway API plugin rule, state annotations, schema validity."""
+"""The HTTPRoute edits: the model's rules only, weights as shares, state annotations, schema validity.
+The shapes of shared routes and the property test are in test_route_shapes.py."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def test_weight_check_refuses_other_changes():
         rt.weight_changes(_route(), before)
 
 
-def test_set_weights_needs_both_backends_and_a_valid_weight():
-    with pytest.raises(rt.RouteError, match="only one of"):
+def test_set_weights_needs_the_canary_attached_and_a_valid_weight():
+    with pytest.raises(rt.RouteError, match="rule 0 has no backendRef llm-v2: attach it first"):
         rt.set_weights(_route(), S, C, 10)
     with pytest.raises(rt.RouteError, match="canary weight=101: expected an integer with 0 <= value <= 100"):
         rt.set_weights(rt.attach(_route(), S, C), S, C, 101)
@@ -53,7 +54,7 @@ def test_attach_is_idempotent_and_detach_refuses_live_backend():
     promoted = rt.set_weights(once, S, C, 100)
     gone = rt.detach(promoted, S)
     assert rt.weights(gone) == {C: 100, "unrelated": 7}
-    assert rt.serving_at_100(rt.new_route("llm", "ns", backends={C: 100, S: 0})) == C
+    assert rt.read(rt.new_route("llm", "ns", backends={C: 100, S: 0}), "llm")["stable"] == C
 
 
 def test_state_annotations_round_trip_and_in_progress():

@@ -50,6 +50,7 @@ class Kind:
 KINDS = {
     "JobSet": Kind(JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL),
     "HTTPRoute": Kind("gateway.networking.k8s.io", "v1", "httproutes"),
+    "ReferenceGrant": Kind("gateway.networking.k8s.io", "v1", "referencegrants"),
     "NodePool": Kind("karpenter.sh", "v1", "nodepools", namespaced=False),
     "NodeClaim": Kind("karpenter.sh", "v1", "nodeclaims", namespaced=False),
     "Deployment": Kind("apps", "v1", "deployments", api="AppsV1Api", suffix="deployment"),
@@ -129,9 +130,13 @@ class Kube:
         """Write the whole object; Conflict when its resourceVersion is stale."""
         return self._verb("replace", kind, _name(body), namespace, body=dict(body))
 
-    def patch(self, kind: str, name: str, patch: Mapping[str, Any], namespace: str | None = None) -> dict[str, Any]:
-        """A merge patch; NotFound when there is no such object."""
-        return self._verb("patch", kind, name, namespace, body=dict(patch))
+    def patch(self, kind: str, name: str, patch: Mapping[str, Any] | list[dict[str, Any]],
+              namespace: str | None = None) -> dict[str, Any]:
+        """A merge patch (a mapping), or a JSON patch (a list of operations: it can replace a whole
+        field, and a `resourceVersion` set in it makes the write conditional); NotFound when there is
+        no such object, Conflict when that resourceVersion is stale."""
+        body = [dict(op) for op in patch] if isinstance(patch, list) else dict(patch)
+        return self._verb("patch", kind, name, namespace, body=body)
 
     def scale(self, kind: str, name: str, replicas: int, namespace: str | None = None) -> dict[str, Any]:
         """Set the scale subresource's replicas (the Role grants `patch` on `deployments/scale` only)."""

@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from include.errors import Conflict, NotFound
 from include.platforms.eks.kube import Kube
 from include.serving import k8s_objects
 from include.serving.route import SERVICE_PORT, route_name
+from include.serving.router import MAX_CONFLICT_RETRIES
 from include.serving.servers import Servers
 from include.settings import Settings
 
@@ -22,17 +24,48 @@ class EksServers(Servers):
         self.kube = kube or Kube(settings.kubernetes_conn_id)
 
     def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True) -> str:
-        """Create the version's Deployment, Service and PDB, or, when the Deployment exists, set its
-        replicas to the desired count: a version scaled to 0 when another was promoted serves again
-        (a rollback to the previous champion). A retried task never makes a second object."""
+        """Create or update the version's Deployment, Service and PDB to what `k8s_objects` renders.
+
+        A Deployment that exists (a rollback to a version scaled to 0, an aborted canary rolled again,
+        a stable rendered by an older release) gets the rendered spec and at least the desired
+        replicas; one running more (scaled up by hand or by an autoscaler) keeps its count. A
+        retried task makes no second object and, when nothing changed, writes nothing."""
         version = service.rsplit("-v", 1)[1]
         objs = k8s_objects.version_objects(self.settings.registered_model_name, version, source_uri,
                                            settings=self.settings, method=method)
         if not self.kube.ensure("Deployment", objs["deployment"], self.namespace):
-            self.kube.scale("Deployment", service, objs["deployment"]["spec"]["replicas"], self.namespace)
-        self.kube.ensure("Service", objs["service"], self.namespace)
-        self.kube.ensure("PodDisruptionBudget", objs["pdb"], self.namespace)
+            self._update_deployment(objs["deployment"])
+        self.kube.ensure("Service", objs["service"], self.namespace)  # selector and port never change
+        if not self.kube.ensure("PodDisruptionBudget", objs["pdb"], self.namespace):
+            self.kube.patch("PodDisruptionBudget", service, [_set("/spec", objs["pdb"]["spec"])], self.namespace)
         return self.url(service)
+
+    def _update_deployment(self, desired: dict[str, Any]) -> None:
+        """Write the rendered labels and spec over the existing Deployment (a JSON patch replaces
+        each field whole: nothing of an older rendering is left), with replicas = max(running,
+        desired). The write is conditional on the resourceVersion read, so a scale made meanwhile
+        is never undone: on a conflict, read again and redo."""
+        name = desired["metadata"]["name"]
+        for _ in range(MAX_CONFLICT_RETRIES):
+            current = self._current(name) or {}
+            running = int((current.get("spec") or {}).get("replicas") or 0)
+            spec = {**desired["spec"], "replicas": max(running, int(desired["spec"]["replicas"]))}
+            ops = [_set("/metadata/labels", desired["metadata"]["labels"]),
+                   *(_set(f"/spec/{key}", value) for key, value in spec.items() if key != "selector")]  # immutable
+            if rv := (current.get("metadata") or {}).get("resourceVersion"):
+                ops.insert(0, {"op": "replace", "path": "/metadata/resourceVersion", "value": rv})
+            try:
+                self.kube.patch("Deployment", name, ops, self.namespace)
+                return
+            except Conflict:
+                continue
+        raise Conflict(f"Deployment {self.namespace}/{name}: still conflicting after {MAX_CONFLICT_RETRIES} tries")
+
+    def _current(self, service: str) -> dict[str, Any] | None:
+        """The Deployment as stored, read through `list` (which the Role grants for the cleanup), so
+        deploying needs no `get`."""
+        found = self.kube.list("Deployment", self.namespace, f"llmops.io/service={service}")
+        return next((d for d in found if d["metadata"]["name"] == service), None)
 
     def url(self, service: str) -> str | None:
         return f"http://{service}.{self.namespace}.svc:{SERVICE_PORT}"
@@ -54,10 +87,13 @@ class EksServers(Servers):
         return out
 
     def scale_down(self, service: str) -> bool:
-        from include.errors import NotFound
-
         try:
             self.kube.scale("Deployment", service, 0, self.namespace)
         except NotFound:
             return False
         return True
+
+
+def _set(path: str, value: Any) -> dict[str, Any]:
+    """A JSON patch operation setting `path` to `value` whole ("add" replaces a member that exists)."""
+    return {"op": "add", "path": path, "value": value}

@@ -90,14 +90,35 @@ def cluster(name: str, port: int) -> dict[str, Any]:
     }
 
 
+def _string_match(field: str, item: Mapping[str, Any]) -> dict[str, Any]:
+    kind = item.get("type", "Exact")
+    if kind == "Exact":
+        return {"exact": item["value"]}
+    if kind == "RegularExpression":
+        return {"safe_regex": {"regex": item["value"]}}
+    raise ValueError(f"HTTPRoute {field} match type {kind!r} is not supported locally (Exact, RegularExpression)")
+
+
 def _match(m: Mapping[str, Any]) -> dict[str, Any]:
+    """One HTTPRouteMatch as Envoy's route match: the path, and the headers, query parameters and
+    method it also requires (a shared route tells its models apart by a header)."""
     path = m.get("path") or {"type": "PathPrefix", "value": "/"}
     kind, value = path.get("type", "PathPrefix"), path.get("value", "/")
     if kind == "Exact":
-        return {"path": value}
-    if kind == "PathPrefix":
-        return {"path_separated_prefix": value.rstrip("/")} if value != "/" else {"prefix": "/"}
-    raise ValueError(f"HTTPRoute path match type {kind!r} is not supported locally (Exact, PathPrefix)")
+        out: dict[str, Any] = {"path": value}
+    elif kind == "PathPrefix":
+        out = {"path_separated_prefix": value.rstrip("/")} if value != "/" else {"prefix": "/"}
+    else:
+        raise ValueError(f"HTTPRoute path match type {kind!r} is not supported locally (Exact, PathPrefix)")
+    headers = [{"name": h["name"].lower(), "string_match": _string_match("header", h)} for h in m.get("headers") or []]
+    if m.get("method"):
+        headers.append({"name": ":method", "string_match": {"exact": m["method"]}})
+    if headers:
+        out["headers"] = headers
+    if m.get("queryParams"):
+        out["query_parameters"] = [{"name": q["name"], "string_match": _string_match("query parameter", q)}
+                                   for q in m["queryParams"]]
+    return out
 
 
 def route_configuration(route: Mapping[str, Any]) -> dict[str, Any]:

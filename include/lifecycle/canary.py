@@ -48,7 +48,8 @@ def open_step(plan: Mapping[str, Any], req: Mapping[str, Any], policy: Mapping[s
 def after_analysis(plan: Mapping[str, Any], req: Mapping[str, Any], event: Mapping[str, Any]) -> dict[str, Any]:
     """Close the step the trigger analysed (probe, table, verdict): the next step, or the verdict. A
     canary the trigger already set to weight 0 (`event["aborted"]`) is not aborted a second time."""
-    index, policy = event["index"], event["policy"]
+    index = event["index"]
+    policy = event.get("policy") or rollout.analysis_policy(req)  # a trigger deferred by an older release
     out = rollout.finish_step(plan, policy, index, event["run"])
     tables = [*event.get("tables", []), out["table"]]
     if out["decision"] == step_analysis.NEXT:

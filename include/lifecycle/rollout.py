@@ -138,12 +138,16 @@ def deploy(plan: Mapping[str, Any], settings: Settings | None = None, *, wait_re
     current = router.get(name)
     if current is not None:
         check_owner(current, plan["run_id"])
-        if rt.state(current).get("run") != plan["run_id"]:
+        mine = rt.state(current) if rt.state(current).get("run") == plan["run_id"] else {}
+        if mine.get("phase") in ("Promoted", "Aborted"):  # a finished run cleared or re-run: nothing to start
+            log.info("rollout %s already %s: not deploying", plan["run_id"], mine["phase"])
+            return servers.url(canary)
+        if not mine:
             check(current)
     if plan["stable"]:
         # As a Deployment's controller would: a stable server that is gone (a local `stop-all`, a
-        # reboot) serves again before the route moves. A no-op where it runs.
-        servers.deploy(plan["stable"]["service"], plan["stable"]["source"])
+        # reboot, scaled to 0) serves again before the route moves; one that runs keeps its spec.
+        servers.deploy(plan["stable"]["service"], plan["stable"]["source"], update=False)
     url = servers.deploy(plan["canary"]["service"], plan["canary"]["source"], wait=wait_ready)
     servers.ensure_observability()
 

@@ -12,10 +12,12 @@ from typing import Any
 
 class Servers(ABC):
     @abstractmethod
-    def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True) -> str:
+    def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True,
+               update: bool = True) -> str:
         """Ensure the version's server exists and serves (idempotent; a stopped or scaled-to-0 one
         starts again); return its base URL. With `wait`, a local server is also ready when this
-        returns; without it (and always on eks) the caller waits."""
+        returns; without it (and always on eks) the caller waits. `update=False` (the stable, which
+        takes traffic): one that exists keeps its spec; only a stopped one starts again."""
 
     @abstractmethod
     def url(self, service: str) -> str | None:

@@ -76,7 +76,7 @@ class CanaryAnalysisTrigger(BaseTrigger):
         from include.serving import analysis as an
         from include.serving import step_analysis
 
-        metrics = get_platform().metrics()
+        metrics = await asyncio.to_thread(get_platform().metrics)  # eks reads a connection: not on the loop
         run = an.AnalysisRun.from_dict(self.run_data)
         weight = self.plan["steps"][self.index]
         while not run.done:

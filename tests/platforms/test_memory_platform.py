@@ -75,6 +75,11 @@ def test_a_canary_rollout_runs_on_the_memory_seams(memory):
     assert world.servers["llmops-assistant-v1"]["replicas"] == 0
     assert rt.weights(world.routes[rt.route_name(MODEL)]) == {"llmops-assistant-v2": 100}
 
+    deploys = [c for c in world.calls if c[0] == "deploy"]
+    rollout.deploy(second)  # the finished run cleared and run again: nothing starts, the loser stays at 0
+    assert [c for c in world.calls if c[0] == "deploy"] == deploys
+    assert world.servers["llmops-assistant-v1"]["replicas"] == 0
+
 
 def test_an_aborted_canary_leaves_the_stable_at_full_weight(memory):
     from include.lifecycle import rollout

@@ -9,7 +9,8 @@ provider's own policy (`generic_api_retry`'s attempts, backoff and Retry-After),
 is an answer here, not a blip.
 
 The connection is the Airflow connection `settings.kubernetes_conn_id`: in-cluster, Airflow's
-ServiceAccount (k8s/airflow/rbac.yaml says what it may do).
+ServiceAccount (its Roles in k8s/serving/rbac.yaml, k8s/training/rbac.yaml and
+k8s/airflow/offhours-rbac.yaml say what it may do).
 """
 
 from __future__ import annotations
@@ -132,9 +133,10 @@ class Kube:
 
     def patch(self, kind: str, name: str, patch: Mapping[str, Any] | list[dict[str, Any]],
               namespace: str | None = None) -> dict[str, Any]:
-        """A merge patch (a mapping), or a JSON patch (a list of operations: it can replace a whole
-        field, and a `resourceVersion` set in it makes the write conditional); NotFound when there is
-        no such object, Conflict when that resourceVersion is stale."""
+        """A mapping: a merge patch (strategic for built-in kinds). A list of operations: a JSON patch,
+        for built-in kinds only (it can replace a whole field, and a `resourceVersion` set in it makes
+        the write conditional). NotFound when there is no such object, Conflict when that
+        resourceVersion is stale."""
         body = [dict(op) for op in patch] if isinstance(patch, list) else dict(patch)
         return self._verb("patch", kind, name, namespace, body=body)
 
@@ -196,8 +198,11 @@ class Kube:
     def _call(self, verb: str, kind: str, name: str, namespace: str | None, call: Any, /, *args: Any,
               **kwargs: Any) -> Any:
         where = f"{kind} {namespace + '/' if namespace else ''}{name}".rstrip("/ ")
+        # The hook's own custom-object methods carry the provider's retry already (get, delete) or
+        # none, as the provider chose (create): not wrapped twice.
+        retrying = call if getattr(call, "__self__", None) is self.hook else _retry(call)
         try:
-            return _retry(call)(*args, **kwargs)
+            return retrying(*args, **kwargs)
         except ApiException as exc:
             detail = _reason(exc)
             if exc.status == 404:

@@ -23,18 +23,24 @@ class EksServers(Servers):
         self.namespace = settings.serving_namespace
         self.kube = kube or Kube(settings.kubernetes_conn_id)
 
-    def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True) -> str:
+    def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True,
+               update: bool = True) -> str:
         """Create or update the version's Deployment, Service and PDB to what `k8s_objects` renders.
 
         A Deployment that exists (a rollback to a version scaled to 0, an aborted canary rolled again,
-        a stable rendered by an older release) gets the rendered spec and at least the desired
-        replicas; one running more (scaled up by hand or by an autoscaler) keeps its count. A
-        retried task makes no second object and, when nothing changed, writes nothing."""
+        a version rendered by an older release) gets the rendered spec and at least the desired
+        replicas; one running more (scaled up by hand or by an autoscaler) keeps its count. With
+        `update=False` (the stable, serving traffic: rewriting its template would roll it without
+        analysis) an existing one keeps its spec and is only scaled up from 0. A retried task makes
+        no second object and, when nothing changed, writes nothing."""
         version = service.rsplit("-v", 1)[1]
         objs = k8s_objects.version_objects(self.settings.registered_model_name, version, source_uri,
                                            settings=self.settings, method=method)
         if not self.kube.ensure("Deployment", objs["deployment"], self.namespace):
-            self._update_deployment(objs["deployment"])
+            if update:
+                self._update_deployment(objs["deployment"])
+            elif not int(((self._current(service) or {}).get("spec") or {}).get("replicas") or 0):
+                self.kube.scale("Deployment", service, int(objs["deployment"]["spec"]["replicas"]), self.namespace)
         self.kube.ensure("Service", objs["service"], self.namespace)  # selector and port never change
         if not self.kube.ensure("PodDisruptionBudget", objs["pdb"], self.namespace):
             self.kube.patch("PodDisruptionBudget", service, [_set("/spec", objs["pdb"]["spec"])], self.namespace)

@@ -25,7 +25,8 @@ class LocalServers(Servers):
     def __init__(self, settings: Settings, root: Path | None = None):
         self.root = root or processes.run_dir(settings.data_root)
 
-    def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True) -> str:
+    def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True,
+               update: bool = True) -> str:
         name = processes.model_server_name(service)
         model_dir = local_model_dir(source_uri)
         info = processes.ensure_running(

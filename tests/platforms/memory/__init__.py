@@ -113,7 +113,9 @@ class MemoryRouter(Router):
 
 
 class MemoryServers(Servers):
-    def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True) -> str:
+    def deploy(self, service: str, source_uri: str, *, method: str = "full", wait: bool = True,
+               update: bool = True) -> str:
+        WORLD.calls.append(("deploy", service))
         WORLD.servers[service] = {"source": source_uri, "replicas": 1}
         return self.url(service)
 

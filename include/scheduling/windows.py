@@ -65,20 +65,30 @@ class Window:
         """(open, close) in UTC of every occurrence overlapping [start, end).
 
         The cron runs over naive local wall-clock times, then each is placed in the zone: a DST
-        change moves the UTC instant, not the local time of the opening.
+        change moves the UTC instant, not the local time of the opening. The stated rule for the
+        two days a year a local time is not one instant: a start in the spring-forward gap (02:30
+        that never happens) opens when the gap ends (03:00), and a start in the fall-back overlap
+        (01:30 twice) opens at its first occurrence. Either way it lasts its duration.
         """
         zone = self.zone
         local = (start - self.duration).astimezone(zone).replace(tzinfo=None) - timedelta(minutes=1)
         it = croniter(self.cron, local)
         out = []
         while True:
-            naive = it.get_next(datetime)
-            opened = naive.replace(tzinfo=zone).astimezone(UTC)
+            opened = _local_instant(it.get_next(datetime), zone)
             if opened >= end:
                 return out
             closed = opened + self.duration
             if closed > start:
                 out.append((opened, closed))
+
+
+def _local_instant(naive: datetime, zone: ZoneInfo) -> datetime:
+    """The UTC instant of a local wall-clock time: the first occurrence of an ambiguous one (fold 0),
+    the end of the gap for one that does not exist."""
+    while (aware := naive.replace(tzinfo=zone)).astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive:
+        naive = naive.replace(second=0, microsecond=0) + timedelta(minutes=1)  # in the gap: the next minute
+    return aware.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -205,11 +215,17 @@ def _budget(field: str, raw: Any) -> dict[str, Any]:
 
 
 def _window(field: str, raw: dict) -> Window:
+    if not isinstance(raw, dict):
+        raise WindowError(f"{field}: expected a mapping with cron, duration and timezone, got {raw!r}")
     for key in ("cron", "duration", "timezone"):
         if key not in raw:
             raise WindowError(f"{field}.{key} is missing")
     if not croniter.is_valid(str(raw["cron"])) or len(str(raw["cron"]).split()) != 5:
         raise WindowError(f"{field}.cron={raw['cron']!r}: expected 5 cron fields (minute hour dom month dow)")
+    if str(raw["cron"]).split()[2:4] != ["*", "*"]:
+        raise WindowError(f"{field}.cron={raw['cron']!r}: day-of-month and month must be '*': windows and the "
+                          "NodePools' disruption budgets built from them repeat every week; choose days with "
+                          "the day-of-week field")
     try:
         croniter(str(raw["cron"]), datetime(2026, 1, 1)).get_next(datetime)
     except (CroniterBadDateError, ValueError):
@@ -256,6 +272,8 @@ def parse(doc: dict, source: str = "windows.yaml") -> Schedule:
     for kind, spec in (doc.get("pools") or {}).items():
         if kind not in PLAN_POOLS:
             raise WindowError(f"{source}: pools.{kind}: expected production or experiment")
+        if not isinstance(spec, dict):
+            raise WindowError(f"{source}: pools.{kind}: expected a mapping with windows and budgets, got {spec!r}")
         windows = tuple(_window(f"pools.{kind}.windows[{i}]", w) for i, w in enumerate(spec.get("windows") or ()))
         if not windows:
             raise WindowError(f"{source}: pools.{kind}.windows is empty")

@@ -34,7 +34,8 @@ def write_windows(path: Path, opens: datetime | None) -> None:
     from include.scheduling.windows import WINDOWS_FILE
 
     doc = yaml.safe_load(WINDOWS_FILE.read_text())
-    cron = f"{opens.minute} {opens.hour} * * *" if opens else "0 0 1 1 *"
+    later = (datetime.now(UTC).isoweekday() + 3) % 7  # closed: a weekly window three days from now (cron 0 = Sunday)
+    cron = f"{opens.minute} {opens.hour} * * *" if opens else f"0 0 * * {later}"
     for pool in doc["pools"].values():
         pool["windows"] = [{"name": "test", "cron": cron, "duration": "30m", "timezone": "UTC"}]
     doc["admission"].update(local_gpu_slots=2, local_seconds_per_step=1)

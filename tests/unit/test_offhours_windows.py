@@ -191,16 +191,26 @@ def test_the_nightly_finetune_schedule_falls_inside_the_production_window():
     assert fired == 365
 
 
-def test_a_rare_window_still_has_a_next_opening_and_a_length():
-    """A yearly window: no opening in the next weeks must not break the tick, nor make every
-    request 'longer than any window'."""
-    from include.scheduling.windows import window_state
+@pytest.mark.parametrize("cron", ["0 20 15 * *", "0 0 1 1 *", "0 0 30 2 *", "0 20 * 12 1-5"])
+def test_a_day_of_month_or_monthly_window_is_refused(cron):
+    """Budgets repeat weekly: `0 20 15 * *` rendered 100 % all week, silently. Now it is refused."""
+    with pytest.raises(WindowError, match=rf"cron='{cron.replace('*', '[*]')}': day-of-month and month must be"):
+        schedule({"cron": cron, "duration": "8h", "timezone": "UTC"})
 
-    yearly = schedule({"cron": "0 0 1 1 *", "duration": "8h", "timezone": "UTC"})
-    pool = yearly.pool("experiment")
-    assert pool.next_open(utc(2026, 6, 1)) == utc(2027, 1, 1)
-    assert pool.longest(utc(2026, 6, 1)) == timedelta(hours=8)
-    state = window_state(yearly, utc(2026, 6, 1))["experiment"]
-    assert state["open"] is False and state["longest_h"] == 8 and state["next_open"] == "2027-01-01T00:00:00+00:00"
-    with pytest.raises(WindowError, match=r"cron='0 0 30 2 \*': never fires"):
-        schedule({"cron": "0 0 30 2 *", "duration": "1h", "timezone": "UTC"})
+
+def test_a_null_pool_section_or_window_names_itself():
+    with pytest.raises(WindowError, match=r"pools\.experiment: expected a mapping with windows and budgets, got None"):
+        parse({"pools": {"experiment": None}, "admission": ADMISSION, "cleanup": CLEANUP})
+    with pytest.raises(WindowError, match=r"pools\.experiment\.windows\[0\]: expected a mapping"):
+        schedule(None)
+
+
+def test_dst_gap_and_overlap_starts_follow_the_stated_rule():
+    """New York: 2026-03-08 02:30 does not exist (opens when the gap ends, 03:00 EDT = 07:00 UTC, not an
+    hour late at 07:30); 2026-11-01 01:30 happens twice (opens at the first, 01:30 EDT = 05:30 UTC)."""
+    gap = schedule({"cron": "30 2 * * *", "duration": "2h", "timezone": "America/New_York"}).pool("experiment")
+    assert gap.intervals(utc(2026, 3, 8, 0), utc(2026, 3, 8, 12)) == [(utc(2026, 3, 8, 7), utc(2026, 3, 8, 9))]
+    assert gap.intervals(utc(2026, 3, 9, 0), utc(2026, 3, 9, 12))[0][0] == utc(2026, 3, 9, 6, 30)  # EDT after
+    twice = schedule({"cron": "30 1 * * *", "duration": "1h", "timezone": "America/New_York"}).pool("experiment")
+    assert twice.intervals(utc(2026, 11, 1, 0), utc(2026, 11, 1, 12)) == [(utc(2026, 11, 1, 5, 30),
+                                                                             utc(2026, 11, 1, 6, 30))]
